@@ -1,0 +1,1 @@
+"""jaxtune: a JAX toolkit for tuning neural networks."""
