@@ -1,0 +1,150 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import qmc
+
+from jaxtune import config as cfg_lib
+from jaxtune.config import ConfigError, SweepConfig, expand_trials, load_config
+
+
+def test_defaults_and_dotted_or_nested_keys_agree():
+    a = SweepConfig.from_dict({"optimizer": {"learning_rate": 0.3}, "train": {"steps": 7}})
+    b = SweepConfig.from_dict({"optimizer.learning_rate": 0.3, "train.steps": 7})
+    assert a.base == b.base
+    assert a["optimizer.learning_rate"] == 0.3
+    assert a["task.model"] == "mlp"
+
+
+def test_grid_is_cartesian_product_with_seeds_fastest():
+    cfg = SweepConfig.from_dict(
+        {
+            "train": {"seed": 5},
+            "sweep": {
+                "seeds": 2,
+                "grid": {"optimizer.learning_rate": [0.01, 0.1], "train.batch_size": [8, 16]},
+            },
+        }
+    )
+    trials = expand_trials(cfg)
+    expected = [
+        {"optimizer.learning_rate": lr, "train.batch_size": bs, "train.seed": 5 + s}
+        for lr, bs in itertools.product([0.01, 0.1], [8, 16])
+        for s in range(2)
+    ]
+    assert trials == expected
+
+
+def test_random_log_uniform_within_bounds_and_log_spread():
+    cfg = SweepConfig.from_dict(
+        {
+            "sweep": {
+                "method": "random",
+                "num_trials": 400,
+                "space": {
+                    "optimizer.learning_rate": {
+                        "distribution": "log_uniform",
+                        "low": 1e-4,
+                        "high": 1.0,
+                    },
+                    "optimizer.name": {"choice": ["sgd", "adam"]},
+                },
+            }
+        }
+    )
+    trials = expand_trials(cfg)
+    lrs = np.array([t["optimizer.learning_rate"] for t in trials])
+    assert np.all((lrs >= 1e-4) & (lrs <= 1.0))
+    # log10 of a log-uniform draw is uniform on [-4, 0]: mean -2, std 4/sqrt(12).
+    logs = np.log10(lrs)
+    assert abs(logs.mean() + 2) < 0.25
+    assert abs(logs.std() - 4 / math.sqrt(12)) < 0.2
+    assert {t["optimizer.name"] for t in trials} == {"sgd", "adam"}
+
+
+def test_quasi_random_uses_scrambled_halton():
+    space = {
+        "optimizer.learning_rate": {"distribution": "uniform", "low": 0.0001, "high": 0.5},
+        "optimizer.momentum": {"distribution": "uniform", "low": 0.5, "high": 0.99},
+    }
+    cfg = SweepConfig.from_dict(
+        {"sweep": {"method": "quasi_random", "num_trials": 16, "seed": 3, "space": space}}
+    )
+    trials = expand_trials(cfg)
+    pts = qmc.Halton(d=2, scramble=True, seed=3).random(16)
+    lr = 0.0001 + pts[:, 0] * (0.5 - 0.0001)
+    mom = 0.5 + pts[:, 1] * (0.99 - 0.5)
+    np.testing.assert_allclose([t["optimizer.learning_rate"] for t in trials], lr)
+    np.testing.assert_allclose([t["optimizer.momentum"] for t in trials], mom)
+
+
+def test_explicit_trial_list():
+    cfg = SweepConfig.from_dict(
+        {"sweep": {"trials": [{"optimizer.learning_rate": 0.1}, {"optimizer": {"name": "adam"}}]}}
+    )
+    assert cfg.method == "list"
+    assert expand_trials(cfg) == [{"optimizer.learning_rate": 0.1}, {"optimizer.name": "adam"}]
+
+
+@pytest.mark.parametrize(
+    "d, match",
+    [
+        (
+            {"optimizer": {"learning_rat": 0.1}},
+            r"optimizer.learning_rat.*did you mean 'optimizer.learning_rate'",
+        ),
+        ({"optimizer": {"name": "adamax"}}, r"optimizer.name.*'sgd'"),
+        ({"optimizer": {"learning_rate": -1.0}}, r"optimizer.learning_rate.*\(0, inf\)"),
+        ({"optimizer": {"momentum": 1.0}}, r"optimizer.momentum.*\[0, 1\)"),
+        ({"train": {"batch_size": "big"}}, r"train.batch_size.*integer"),
+        ({"task": {"widths": [0]}}, r"task.widths"),
+        ({"task": {"init": "kaiming"}}, r"task.init"),
+        ({"sweep": {"method": "bayes"}}, r"sweep.method"),
+        ({"sweep": {"grid": {"optimizer.learning_rate": []}}}, r"empty"),
+        ({"sweep": {"grid": {"train.steps": [1, 2]}}}, r"train.steps cannot vary"),
+        ({"sweep": {"method": "random", "space": {}}}, r"sweep.space"),
+        ({"sweep": {"gird": {}}}, r"did you mean 'grid'"),
+        ({"optimizer": {"name": "adagrad", "momentum": 0.9}}, r"optimizer.momentum"),
+    ],
+)
+def test_bad_config_names_the_key(d, match):
+    with pytest.raises(ConfigError, match=match):
+        SweepConfig.from_dict(d)
+
+
+def test_load_config_toml_and_overrides(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text(
+        '[optimizer]\nname = "adam"\n[sweep]\nseeds = 2\n'
+        '[sweep.grid]\n"optimizer.learning_rate" = [0.001, 0.01]\n'
+    )
+    cfg = load_config(p, ["train.steps=33", "task.normalization=batch"])
+    assert cfg["optimizer.name"] == "adam"
+    assert cfg["train.steps"] == 33
+    assert cfg["task.normalization"] == "batch"
+    assert len(expand_trials(cfg)) == 4
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[task]\nmodel = \n")
+    with pytest.raises(ConfigError, match=r"line 2"):
+        load_config(bad)
+
+
+def test_roundtrip_and_hash():
+    cfg = cfg_lib.default_config()
+    again = SweepConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert cfg_lib.config_hash(again) == cfg_lib.config_hash(cfg)
+    other = cfg.replace({"train.steps": 10})
+    assert cfg_lib.diff_configs(cfg, other) == ["train.steps"]
+    assert len(expand_trials(cfg)) >= 24
+
+
+def test_trial_name_is_short_and_safe():
+    name = cfg_lib.trial_name({"optimizer.learning_rate": 0.001, "train.batch_size": 32})
+    assert name == "lr=0.001,bs=32"

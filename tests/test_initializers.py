@@ -1,0 +1,171 @@
+"""Tests for jaxtune.initializers."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtune.initializers import (
+    INITIALIZERS,
+    compute_fans,
+    expected_std,
+    get_initializer,
+    reinitialize,
+)
+
+DENSE = (512, 256)  # fan_in 512, fan_out 256
+CONV = (3, 3, 64, 128)  # fan_in 576, fan_out 1152
+
+PRESETS = [name for name in INITIALIZERS if name != "normal"]
+
+
+def hand_std(name: str, shape: tuple[int, ...]) -> float:
+    """The closed-form std, written out independently of the library."""
+    receptive = 1
+    for d in shape[:-2]:
+        receptive *= d
+    fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+    if name.startswith("he_"):
+        return math.sqrt(2.0 / fan_in)
+    if name.startswith("glorot_"):
+        return math.sqrt(2.0 / (fan_in + fan_out))
+    if name.startswith("lecun_"):
+        return math.sqrt(1.0 / fan_in)
+    raise AssertionError(name)
+
+
+def empirical_std(w: jax.Array) -> float:
+    return float(np.std(np.asarray(w, dtype=np.float64)))
+
+
+def test_names():
+    assert set(INITIALIZERS) == {
+        "he_normal",
+        "he_uniform",
+        "glorot_normal",
+        "glorot_uniform",
+        "lecun_normal",
+        "lecun_uniform",
+        "normal",
+    }
+
+
+@pytest.mark.parametrize("shape", [DENSE, CONV], ids=["dense", "conv"])
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_empirical_std_matches_closed_form(name, shape):
+    w = get_initializer(name)(jax.random.key(0), shape)
+    assert w.shape == shape and w.dtype == jnp.float32
+    target = hand_std(name, shape)
+    assert abs(empirical_std(w) / target - 1.0) < 0.03
+    assert math.isclose(expected_std(name, shape), target, rel_tol=1e-12)
+    assert abs(float(jnp.mean(w))) < 0.03 * target
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_are_jax_own(name):
+    shape = (32, 16)
+    ours = get_initializer(name)(jax.random.key(3), shape)
+    theirs = getattr(jax.nn.initializers, name)()(jax.random.key(3), shape)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("name", ["he_normal", "glorot_uniform"])
+def test_scale_multiplies_std(name):
+    base = get_initializer(name)(jax.random.key(1), CONV)
+    scaled = get_initializer(name, scale=2.5)(jax.random.key(1), CONV)
+    np.testing.assert_allclose(scaled, 2.5 * base, rtol=1e-6)
+    assert math.isclose(expected_std(name, CONV, scale=2.5), 2.5 * hand_std(name, CONV))
+
+
+def test_normal_stddev_keyword_and_spelled_form():
+    key = jax.random.key(2)
+    by_kw = get_initializer("normal", stddev=0.05)(key, DENSE)
+    spelled = get_initializer("normal(0.05)")(key, DENSE)
+    np.testing.assert_array_equal(by_kw, spelled)
+    np.testing.assert_array_equal(by_kw, jax.nn.initializers.normal(0.05)(key, DENSE))
+    assert abs(empirical_std(by_kw) / 0.05 - 1.0) < 0.03
+    assert expected_std("normal(0.05)", DENSE) == pytest.approx(0.05)
+    default = get_initializer("normal")(key, DENSE)
+    assert abs(empirical_std(default) / 0.01 - 1.0) < 0.03
+
+
+def test_compute_fans():
+    assert compute_fans(DENSE) == (512, 256)
+    assert compute_fans(CONV) == (576, 1152)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: get_initializer("xavier"),
+        lambda: get_initializer("he_normal(0.1)"),
+        lambda: get_initializer("normal(abc)"),
+        lambda: get_initializer("lecun_normal", stddev=0.1),
+        lambda: get_initializer("normal(0.1)", stddev=0.2),
+        lambda: get_initializer("he_normal", scale=0.0),
+        lambda: get_initializer("normal", stddev=-1.0),
+        lambda: expected_std("nope", DENSE),
+        lambda: expected_std("he_normal", (7,)),
+    ],
+)
+def test_bad_arguments_raise(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_unknown_name_lists_allowed():
+    with pytest.raises(ValueError, match="he_normal.*glorot_uniform.*normal"):
+        get_initializer("kaiming")
+
+
+def _params():
+    return {
+        "Conv_0": {"kernel": jnp.ones(CONV), "bias": jnp.ones(CONV[-1])},
+        "BatchNorm_0": {"scale": jnp.full((128,), 2.0), "bias": jnp.ones(128)},
+        "Dense_0": {"kernel": jnp.ones(DENSE), "bias": jnp.ones(DENSE[-1])},
+    }
+
+
+@pytest.mark.parametrize("scheme", ["he_normal", "glorot_uniform", "lecun_normal"])
+def test_reinitialize(scheme):
+    params = _params()
+    new = reinitialize(params, scheme, jax.random.key(0))
+    # pure: input untouched, same structure and dtypes
+    np.testing.assert_array_equal(params["Dense_0"]["kernel"], 1.0)
+    assert jax.tree.structure(new) == jax.tree.structure(params)
+    for old_leaf, new_leaf in zip(jax.tree.leaves(params), jax.tree.leaves(new), strict=True):
+        assert old_leaf.shape == new_leaf.shape and old_leaf.dtype == new_leaf.dtype
+    for layer in ("Conv_0", "BatchNorm_0", "Dense_0"):
+        np.testing.assert_array_equal(new[layer]["bias"], 0.0)
+    np.testing.assert_array_equal(new["BatchNorm_0"]["scale"], 2.0)
+    for layer, shape in (("Conv_0", CONV), ("Dense_0", DENSE)):
+        kernel = new[layer]["kernel"]
+        assert not np.allclose(kernel, 1.0)
+        assert abs(empirical_std(kernel) / hand_std(scheme, shape) - 1.0) < 0.03
+
+
+def test_reinitialize_keys_are_per_path_and_stable():
+    square = {"a": {"kernel": jnp.zeros((64, 64))}, "b": {"kernel": jnp.zeros((64, 64))}}
+    new = reinitialize(square, "he_normal", jax.random.key(0))
+    assert not np.allclose(new["a"]["kernel"], new["b"]["kernel"])
+    bigger = {**square, "c": {"kernel": jnp.zeros((64, 64))}}
+    again = reinitialize(bigger, "he_normal", jax.random.key(0))
+    np.testing.assert_array_equal(new["a"]["kernel"], again["a"]["kernel"])
+    other_key = reinitialize(square, "he_normal", jax.random.key(1))
+    assert not np.allclose(new["a"]["kernel"], other_key["a"]["kernel"])
+
+
+def test_reinitialize_scale():
+    params = _params()
+    base = reinitialize(params, "he_uniform", jax.random.key(4))
+    scaled = reinitialize(params, "he_uniform", jax.random.key(4), scale=0.5)
+    np.testing.assert_allclose(scaled["Dense_0"]["kernel"], 0.5 * base["Dense_0"]["kernel"])
+
+
+def test_reinitialize_bad_scheme():
+    with pytest.raises(ValueError):
+        reinitialize(_params(), "zeros", jax.random.key(0))

@@ -1,0 +1,256 @@
+"""The sweep engine against independent computations: solo runs and a hand-written optax loop."""
+
+import contextlib
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import stats
+
+import jaxtune
+from jaxtune import data as data_lib
+from jaxtune.config import ConfigError, SweepConfig
+
+BASE = {
+    "task": {"dataset": "synthetic", "widths": [32, 32], "normalization": "batch"},
+    "optimizer": {"name": "momentum", "momentum": 0.9, "clip_norm": 0.5},
+    "schedule": {"name": "step_decay", "decay_rate": 0.5, "every": 10},
+    "train": {"steps": 30, "eval_every": 10, "batch_size": 32},
+}
+
+
+def _solo(cfg: SweepConfig, hparams: dict) -> SweepConfig:
+    flat = {k: v for k, v in cfg.base.items() if v is not None}
+    flat.update(hparams)
+    return SweepConfig.from_dict(flat)
+
+
+def _assert_tree_close(a, b, rtol=2e-5, atol=2e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def mixed_sweep():
+    cfg = SweepConfig.from_dict(
+        {
+            **BASE,
+            "sweep": {
+                "seeds": 2,
+                "grid": {"optimizer.learning_rate": [0.03, 0.1], "train.batch_size": [16, 40]},
+            },
+        }
+    )
+    return cfg, jaxtune.run_sweep(cfg)
+
+
+def test_every_trial_equals_its_solo_run(mixed_sweep):
+    cfg, result = mixed_sweep
+    assert len(result.trials) == 8
+    group = result.timing["groups"][0]
+    assert group["calls"] == 1 and group["batch_sizes"] == [16, 40]
+    assert group["batch_utilization"] == pytest.approx((16 + 40) / 80)
+    clipped_any = result.history["clipped"].any()
+    assert clipped_any, "the clip norm should be active in this test"
+    for trial in result.trials:
+        solo = jaxtune.run_sweep(_solo(cfg, trial.hparams))
+        assert len(solo.trials) == 1
+        mine, theirs = result.trial_state(trial.id), solo.trial_state(0)
+        _assert_tree_close(mine.params, theirs.params)
+        _assert_tree_close(mine.model_state, theirs.model_state)
+        for k in ("train_loss", "test_loss", "test_accuracy"):
+            assert trial.final[k] == pytest.approx(solo.trials[0].final[k], rel=1e-4, abs=1e-5)
+        np.testing.assert_allclose(
+            result.history["train_loss"][trial.id], solo.history["train_loss"][0], rtol=1e-4
+        )
+
+
+def _forward(params, x):
+    layers = sorted(params, key=lambda name: int(name.split("_")[1]))
+    for i, name in enumerate(layers):
+        x = x @ params[name]["kernel"] + params[name]["bias"]
+        if i < len(layers) - 1:
+            x = jnp.maximum(x, 0.0)
+    return x
+
+
+def test_matches_a_hand_written_optax_loop():
+    cfg = SweepConfig.from_dict(
+        {
+            **BASE,
+            "task": {"dataset": "synthetic", "widths": [32, 32], "normalization": "none"},
+            "sweep": {"grid": {"optimizer.learning_rate": [0.05, 0.1]}},
+        }
+    )
+    result = jaxtune.run_sweep(cfg)
+    ds = jax.tree.map(jnp.asarray, data_lib.make_classification(flat=True))
+    lr = 0.05
+    # Independent loop: same documented key convention and data order, plain optax chain.
+    init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(0), 3)
+    model = jaxtune.models.mlp(num_outputs=4, input_shape=(16,), widths=(32, 32))
+    params, _ = model.init(init_key)
+    tx = optax.chain(
+        optax.clip_by_global_norm(0.5),
+        optax.sgd(optax.exponential_decay(lr, 10, 0.5, staircase=True), momentum=0.9),
+    )
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, t):
+        n = ds.x_train.shape[0]
+        perm = jax.random.permutation(jax.random.fold_in(data_key, t // (n // 32)), n)
+        idx = jax.lax.dynamic_slice(perm, ((t % (n // 32)) * 32,), (32,))
+        x, y = ds.x_train[idx], ds.y_train[idx]
+
+        def loss_fn(p):
+            return optax.softmax_cross_entropy_with_integer_labels(_forward(p, x), y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    for t in range(30):
+        params, opt_state, loss = step(params, opt_state, t)
+        losses.append(float(loss))
+    mine = result.trial_state(0)
+    _assert_tree_close(mine.params, params)
+    np.testing.assert_allclose(result.history["train_loss"][0], losses, rtol=1e-4)
+    logits = _forward(params, ds.x_test)
+    acc = float(jnp.mean(jnp.argmax(logits, -1) == ds.y_test))
+    assert result.trials[0].final["test_accuracy"] == pytest.approx(acc, abs=1e-6)
+
+
+def _divergence_sweep(lrs):
+    return jaxtune.run_sweep(
+        {
+            "task": {"dataset": "synthetic", "widths": [32]},
+            "optimizer": {"name": "sgd"},
+            "train": {"steps": 40, "eval_every": 20, "batch_size": 32},
+            "sweep": {"grid": {"optimizer.learning_rate": lrs}},
+        }
+    )
+
+
+def test_divergence_is_isolated_bit_for_bit():
+    bad = _divergence_sweep([1e-2, 1e3])
+    good = _divergence_sweep([1e-2, 1e-3])
+    assert bad.trials[1].diverged and bad.trials[1].diverged_step is not None
+    step = bad.trials[1].diverged_step
+    assert 0 <= step < 40
+    assert np.all(np.isnan(bad.history["train_loss"][1, step:]))
+    assert np.all(np.isfinite(bad.history["train_loss"][1, :step]))
+    assert not bad.trials[0].diverged and not good.trials[0].diverged
+    for x, y in zip(
+        jax.tree.leaves(bad.trial_state(0)), jax.tree.leaves(good.trial_state(0)), strict=True
+    ):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    for k in ("train_loss", "grad_norm", "test_loss", "test_accuracy"):
+        assert np.array_equal(bad.history[k][0], good.history[k][0])
+    # The diverged trial kept its last finite parameters.
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(bad.trial_state(1).params))
+
+
+@contextlib.contextmanager
+def _count_compiles():
+    events = []
+
+    def listener(name, duration, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            events.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_one_compile_per_group_whatever_the_trial_count_and_none_on_rerun():
+    def cfg(lrs):
+        return {
+            "task": {"dataset": "synthetic", "widths": [24]},
+            "train": {"steps": 20, "eval_every": 10, "batch_size": 16},
+            "sweep": {"grid": {"optimizer.learning_rate": lrs}},
+        }
+
+    with _count_compiles() as small:
+        jaxtune.run_sweep(cfg([0.1, 0.2]))
+    with _count_compiles() as large:
+        jaxtune.run_sweep(cfg([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]))
+    assert len(small) == len(large) > 0
+    with _count_compiles() as again:
+        r = jaxtune.run_sweep(cfg([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07]))
+    assert len(again) == 0
+    assert r.timing["compile_s"] < 1.0
+
+
+def test_structural_keys_form_groups_equal_to_solo_runs():
+    cfg = SweepConfig.from_dict(
+        {
+            "task": {"dataset": "synthetic", "widths": [16]},
+            "train": {"steps": 20, "eval_every": 10, "batch_size": 32},
+            "sweep": {
+                "grid": {"optimizer.name": ["sgd", "adam"], "optimizer.learning_rate": [0.01]}
+            },
+        }
+    )
+    result = jaxtune.run_sweep(cfg)
+    assert len(result.timing["groups"]) == 2
+    for trial in result.trials:
+        solo = jaxtune.run_sweep(_solo(cfg, trial.hparams))
+        _assert_tree_close(result.trial_state(trial.id).params, solo.trial_state(0).params)
+
+
+def test_split_batch_grouping_and_max_trials_per_call_give_the_same_results(mixed_sweep):
+    cfg, padded = mixed_sweep
+    split = jaxtune.run_sweep(
+        cfg.replace({"train.batch_grouping": "split", "train.max_trials_per_call": 3})
+    )
+    assert len(split.timing["groups"]) == 2
+    assert all(g["batch_utilization"] == 1.0 for g in split.timing["groups"])
+    assert all(g["trials_per_call"] <= 3 for g in split.timing["groups"])
+    for t in padded.trials:
+        _assert_tree_close(padded.trial_state(t.id).params, split.trial_state(t.id).params)
+
+
+def test_result_table_best_aggregate_and_save(mixed_sweep, tmp_path):
+    cfg, result = mixed_sweep
+    best = result.best("test_accuracy")
+    assert best.final["test_accuracy"] == max(t.final["test_accuracy"] for t in result.trials)
+    rows = result.aggregate(over="train.seed")
+    assert len(rows) == 4 and all(r["n"] == 2 for r in rows)
+    row = rows[0]
+    vals = [
+        t.final["test_loss"]
+        for t in result.trials
+        if t.hparams["optimizer.learning_rate"] == row["optimizer.learning_rate"]
+        and t.hparams["train.batch_size"] == row["train.batch_size"]
+    ]
+    mean, sd = np.mean(vals), np.std(vals, ddof=1)
+    half = stats.t.ppf(0.975, 1) * sd / math.sqrt(2)
+    assert row["test_loss"]["mean"] == pytest.approx(mean)
+    assert row["test_loss"]["ci95"][1] == pytest.approx(mean + half)
+
+    result.save(tmp_path)
+    blob = json.loads((tmp_path / "results.json").read_text())
+    assert set(blob) >= {"config", "trials", "timing"}
+    t0 = blob["trials"][0]
+    assert set(t0) >= {"id", "hparams", "final", "diverged", "diverged_step"}
+    assert set(t0["final"]) == {"train_loss", "test_loss", "test_accuracy"}
+    assert set(t0["hparams"]) == {"optimizer.learning_rate", "train.batch_size", "train.seed"}
+    assert (tmp_path / "results.csv").read_text().count("\n") == 9
+    back = jaxtune.SweepResult.load(tmp_path)
+    assert [t.final for t in back.trials] == [t.final for t in result.trials]
+    np.testing.assert_array_equal(back.history["train_loss"], result.history["train_loss"])
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ConfigError, match=r"train.batch_size = 4096.*\[1, 512\]"):
+        jaxtune.run_sweep({"task": {"dataset": "synthetic"}, "train": {"batch_size": 4096}})
+    with pytest.raises(ValueError, match="metric"):
+        jaxtune.SweepResult(SweepConfig.from_dict({}), [], {}, {}).best("accuracy")
