@@ -504,7 +504,7 @@ def batch_indices(key: jax.Array, step: Any, batch_size: int, n: int) -> jax.Arr
     """
     n = _concrete_int(n, "n", 1, np.iinfo(np.int32).max)
     batch_size = _concrete_int(batch_size, "batch_size", 1, n)
-    if isinstance(step, int) and step < 0:
+    if isinstance(step, int | np.integer) and step < 0:
         raise ValueError(f"step must be non-negative, got {step}")
     step = jnp.asarray(step, dtype=jnp.int32)
     perm, start = _epoch_permutation(key, step, jnp.int32(batch_size), n=n)
@@ -545,7 +545,7 @@ def padded_batch_indices(
         concrete = None
     if concrete is not None:
         _concrete_int(concrete, "batch_size", 1, max_batch_size)
-    if isinstance(step, int) and step < 0:
+    if isinstance(step, int | np.integer) and step < 0:
         raise ValueError(f"step must be non-negative, got {step}")
     step = jnp.asarray(step, dtype=jnp.int32)
     batch_size = jnp.clip(jnp.asarray(batch_size, dtype=jnp.int32), 1, max_batch_size)

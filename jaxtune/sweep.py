@@ -514,18 +514,19 @@ def _batch_buckets(sizes: Sequence[int], mode: str) -> list[list[int]]:
 
 
 def _hp_arrays(trials: Sequence[Mapping[str, Any]], program: _Program) -> dict[str, jax.Array]:
-    hp: dict[str, jax.Array] = {}
+    # Built with numpy and moved once, so a new trial count compiles nothing on the host side.
+    hp: dict[str, np.ndarray] = {}
     for key in config_lib.NUMERIC_KEYS:
         values = [t[key] for t in trials]
         if key == "train.seed":
-            hp["key"] = jnp.stack([jax.random.PRNGKey(s) for s in values])
+            hp["key"] = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in values])
         elif key == "train.batch_size":
-            hp[key] = jnp.asarray(values, jnp.int32)
+            hp[key] = np.asarray(values, np.int32)
         elif any(v is None for v in values):
             continue  # structurally absent (momentum or clip norm unset)
         else:
-            hp[key] = jnp.asarray(values, jnp.float32)
-    return hp
+            hp[key] = np.asarray(values, np.float32)
+    return jax.device_put(hp)
 
 
 class _Plan(NamedTuple):
