@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,7 +128,8 @@ class SweepCheckpointer:
         """
         del template_history  # history shapes are read from the checkpoint itself
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, list(template_states))
-        for step in sorted(self.manager.all_steps(read=True), reverse=True):
+        self.manager.reload()
+        for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 restored = self.manager.restore(
                     step,
@@ -142,9 +144,13 @@ class SweepCheckpointer:
                 if restored["meta"]["digest"] != _digest((jax.device_get(states), history)):
                     raise ValueError("the digest of the restored arrays does not match")
             except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                aside = self.directory / f"corrupt-step-{step}-{int(time.time())}"
+                (self.directory / str(step)).rename(aside)
+                self.manager.reload()
                 warnings.warn(
                     f"checkpoint at step {step} in {self.directory} is corrupt or incomplete "
-                    f"({type(e).__name__}: {str(e)[:200]}); falling back to the previous one",
+                    f"({type(e).__name__}: {str(e)[:200]}); moved it to {aside.name} and "
+                    "falling back to the previous one",
                     CheckpointWarning,
                     stacklevel=2,
                 )

@@ -28,10 +28,13 @@ Keys: a trial with seed ``s`` uses ``root = jax.random.PRNGKey(s)`` and
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -756,30 +759,31 @@ def run_sweep(
     t_run = time.perf_counter()
     step = start_step
     last_ckpt = start_step
-    try:
-        while step < steps:
-            length = min(eval_every, steps - step)
-            outs = []
-            for unit in plan.units:
-                unit.state, metrics, evals = unit.chunk[length](
-                    unit.state, unit.hp, data, jnp.int32(step)
-                )
-                outs.append((metrics, evals))
-            history = _record(history, plan.units, jax.device_get(outs), step, length)
-            step += length
-            for cb in callbacks:
-                cb.on_chunk(step - length, step, history)
-            every = base["checkpoint.every"]
-            if ckpt is not None and (step // every > last_ckpt // every or step == steps):
-                ckpt.save(step, [u.state for u in plan.units], history)
-                last_ckpt = step
-    except KeyboardInterrupt:
-        interrupted = True
-        if ckpt is not None and step > last_ckpt:
+    every = base["checkpoint.every"]
+    with _deferred_interrupt() as stop_requested:
+        try:
+            while step < steps and not stop_requested():
+                length = min(eval_every, steps - step)
+                outs = []
+                for unit in plan.units:
+                    unit.state, metrics, evals = unit.chunk[length](
+                        unit.state, unit.hp, data, jnp.int32(step)
+                    )
+                    outs.append((metrics, evals))
+                history = _record(history, plan.units, jax.device_get(outs), step, length)
+                step += length
+                for cb in callbacks:
+                    cb.on_chunk(step - length, step, history)
+                if ckpt is not None and (step // every > last_ckpt // every or step == steps):
+                    ckpt.save(step, [u.state for u in plan.units], history)
+                    last_ckpt = step
+        except KeyboardInterrupt:  # raised by a callback; the state is consistent at `step`
+            interrupted = True
+        interrupted = interrupted or stop_requested()
+        if interrupted and ckpt is not None and step > last_ckpt:
             ckpt.save(step, [u.state for u in plan.units], history)
-    finally:
-        if ckpt is not None:
-            ckpt.close()
+    if ckpt is not None:
+        ckpt.close()
     run_s = time.perf_counter() - t_run
     done_steps = (step - start_step) * n
     timing = {
@@ -871,6 +875,31 @@ def restore_states(cfg: SweepConfig, checkpoint_dir: str | Path) -> tuple[list[A
     if restored is None:
         raise FileNotFoundError(f"no intact checkpoint in {checkpoint_dir}")
     return restored[1], [u.trial_ids for u in ctx.plan.units]
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Turn the first Ctrl-C into a request to stop at the next chunk boundary.
+
+    A chunk's update of every trial's state is then never cut in half, so the final checkpoint
+    is consistent. A second Ctrl-C interrupts at once.
+    """
+    requested = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(True)
+        print("\nstopping after the current chunk (Ctrl-C again to abort now)", flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _fit_memory(cfg, plan, n_train, model_for, data, lengths):

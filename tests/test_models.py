@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 
 import flax.linen as nn
 import jax
@@ -27,11 +27,6 @@ def tree_allclose(a, b, atol=ATOL):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(_numeric(x), _numeric(y), atol=atol, rtol=1e-5)
-
-
-def jitted(model):
-    """``model.apply`` compiled once per (model, train, shapes)."""
-    return jax.jit(model.apply, static_argnames=("train",))
 
 
 def stack(trees):
@@ -108,15 +103,14 @@ def test_cnn_output_shapes(activation, normalization, pooling, head, input_shape
 
 
 def test_cnn_flat_and_image_inputs_agree():
-    flat = cnn(num_outputs=10, input_shape=(64,), channels=(4, 8))
-    image = cnn(num_outputs=10, input_shape=(8, 8, 1), channels=(4, 8))
-    params, state = flat.init(KEY)
-    x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
-    a, _ = flat.apply(params, state, x.reshape(3, 64), train=False)
-    b, _ = image.apply(params, state, x, train=False)
+    model = _builder("cnn", "none")
+    params, state = _init("cnn", "none")
+    x = _inputs("cnn")
+    a, _ = model.apply(params, state, x.reshape(x.shape[0], 64), train=False)
+    b, _ = model.apply(params, state, x, train=False)
     np.testing.assert_allclose(a, b, atol=ATOL)
-    # keeps the spatial layout: flatten head after 8 -> 4 -> 2 pooling sees 2*2*8 features
-    assert params["Dense_0"]["kernel"].shape == (2 * 2 * 8, 10)
+    # keeps the spatial layout: the flatten head after 8 -> 4 -> 2 pooling sees 2*2*8 features
+    assert params["Dense_0"]["kernel"].shape == (2 * 2 * 8, 5)
 
 
 def test_group_count():
@@ -128,11 +122,11 @@ def test_group_count():
 
 
 def test_linen_modules_direct():
-    x = jnp.ones((2, 64))
-    variables = MLP(num_outputs=3, widths=(5,)).init(KEY, x, train=False)
-    assert MLP(num_outputs=3, widths=(5,)).apply(variables, x, train=False).shape == (2, 3)
-    variables = CNN(num_outputs=3, channels=(2,)).init(KEY, x, train=False)
-    assert CNN(num_outputs=3, channels=(2,)).apply(variables, x, train=False).shape == (2, 3)
+    x = jax.ShapeDtypeStruct((2, 64), jnp.float32)
+    for module in (MLP(num_outputs=3, widths=(5,)), CNN(num_outputs=3, channels=(2,))):
+        variables = jax.eval_shape(partial(module.init, train=False), KEY, x)
+        out = jax.eval_shape(partial(module.apply, train=False), variables, x)
+        assert out.shape == (2, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,7 +134,7 @@ def test_linen_modules_direct():
 # --------------------------------------------------------------------------------------------
 
 
-def test_output_layer_is_linear():
+def test_output_layer_is_linear_and_init_scale_multiplies_kernels():
     model = mlp(num_outputs=4, input_shape=(6,), widths=(5,), activation="tanh")
     params, state = model.init(KEY)
     x = jax.random.normal(jax.random.key(1), (7, 6))
@@ -150,13 +144,9 @@ def test_output_layer_is_linear():
     np.testing.assert_allclose(out, hidden @ d1["kernel"] + d1["bias"], atol=ATOL)
     # negative outputs exist: nothing squashes the logits
     assert float(out.min()) < 0.0 < float(out.max())
-
-
-def test_init_scale_multiplies_kernels():
-    base = mlp(num_outputs=3, input_shape=(8,), widths=(16,)).init(KEY)[0]
-    scaled = mlp(num_outputs=3, input_shape=(8,), widths=(16,), init_scale=0.5).init(KEY)[0]
+    scaled = mlp(num_outputs=4, input_shape=(6,), widths=(5,), init_scale=0.5).init(KEY)[0]
     for layer in ("Dense_0", "Dense_1"):
-        np.testing.assert_allclose(scaled[layer]["kernel"], 0.5 * base[layer]["kernel"])
+        np.testing.assert_allclose(scaled[layer]["kernel"], 0.5 * params[layer]["kernel"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +154,9 @@ def test_init_scale_multiplies_kernels():
 # --------------------------------------------------------------------------------------------
 
 
-def _builder(kind, normalization, dropout=0.0):
+@cache
+def _builder(kind, normalization, dropout=0.5):
+    """Shared small models (cached so that tests reuse compiled operations)."""
     if kind == "mlp":
         return mlp(
             num_outputs=5,
@@ -180,6 +172,11 @@ def _builder(kind, normalization, dropout=0.0):
         normalization=normalization,
         dropout=dropout,
     )
+
+
+@cache
+def _init(kind, normalization, seed=0):
+    return _builder(kind, normalization).init(jax.random.key(seed))
 
 
 def _inputs(kind, n=8):
@@ -201,10 +198,10 @@ def assert_eval_returns_state_unchanged(model, params, state, x):
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_batch_stats_change_only_in_training(kind):
     model = _builder(kind, "batch")
-    params, state = model.init(KEY)
-    x = _inputs(kind) + 1.0
+    params, state = _init(kind, "batch")
+    x = _inputs(kind)
     assert_eval_returns_state_unchanged(model, params, state, x)
-    _, train_state = jitted(model)(params, state, x, train=True)
+    _, train_state = model.apply(params, state, x, train=True, key=KEY)
     assert jax.tree.structure(train_state) == jax.tree.structure(state)
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state, train_state)
     assert all(jax.tree.leaves(changed))
@@ -212,49 +209,40 @@ def test_batch_stats_change_only_in_training(kind):
 
 @pytest.mark.parametrize("normalization", ["none", "batch"])
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_padded_batch_mask_matches_unpadded(kind, normalization):
+def test_padded_batch_matches_unpadded(kind, normalization):
+    """Masked BatchNorm statistics and per-example dropout make padding invisible."""
     model = _builder(kind, normalization)
-    apply = jitted(model)
-    params, state = model.init(KEY)
+    params, state = _init(kind, normalization)
     x = _inputs(kind)
     b = 5
     xp, mask = padded(x, b)
     for train in (True, False):
-        out_p, state_p = apply(params, state, xp, train=train, mask=mask)
-        out_u, state_u = apply(params, state, x[:b], train=train)
+        out_p, state_p = model.apply(params, state, xp, train=train, key=KEY, mask=mask)
+        out_u, state_u = model.apply(params, state, x[:b], train=train, key=KEY)
         np.testing.assert_allclose(out_p[:b], out_u, atol=ATOL)
         tree_allclose(state_p, state_u)
-        if normalization == "batch" and train:
-            # without the mask the junk rows would leak into the statistics
-            _, leaky = apply(params, state, xp, train=True, mask=jnp.ones_like(mask))
-            stats = "batch_stats", "BatchNorm_0", "mean"
-            assert not np.allclose(
-                leaky[stats[0]][stats[1]][stats[2]], state_u[stats[0]][stats[1]][stats[2]]
-            )
+    if normalization == "batch":
+        # without the mask the junk rows leak into the statistics
+        _, leaky = model.apply(params, state, xp, train=True, key=KEY)
+        mean = lambda s: s["batch_stats"]["BatchNorm_0"]["mean"]
+        assert not np.allclose(mean(leaky), mean(state_u))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_dropout_is_per_example_under_padding(kind):
-    model = _builder(kind, "batch", dropout=0.5)
-    apply = jitted(model)
-    params, state = model.init(KEY)
+def test_dropout_active_only_in_training(kind):
+    model = _builder(kind, "none")
+    params, state = _init(kind, "none")
     x = _inputs(kind)
-    b, drop_key = 3, jax.random.key(11)
-    xp, mask = padded(x, b)
-    out_p, state_p = apply(params, state, xp, train=True, key=drop_key, mask=mask)
-    out_u, state_u = apply(params, state, x[:b], train=True, key=drop_key, mask=mask[:b])
-    np.testing.assert_allclose(out_p[:b], out_u, atol=ATOL)
-    tree_allclose(state_p, state_u)
-    # dropout is active in training (the key matters) and off in evaluation
-    out_other, _ = apply(params, state, x[:b], train=True, key=jax.random.key(12), mask=mask[:b])
-    assert not np.allclose(out_u, out_other)
-    ev1, _ = apply(params, state, x, train=False, key=drop_key)
-    ev2, _ = apply(params, state, x, train=False, key=jax.random.key(12))
+    a, _ = model.apply(params, state, x, train=True, key=KEY)
+    b, _ = model.apply(params, state, x, train=True, key=jax.random.key(12))
+    assert not np.allclose(a, b)
+    ev1, _ = model.apply(params, state, x, train=False, key=KEY)
+    ev2, _ = model.apply(params, state, x, train=False)
     np.testing.assert_array_equal(ev1, ev2)
 
 
 def test_dropout_without_key_raises():
-    model = _builder("mlp", "none", dropout=0.5)
+    model = _builder("mlp", "none")
     params, state = jax.eval_shape(model.init, KEY)
     x = jax.ShapeDtypeStruct((4, 64), jnp.float32)
     with pytest.raises(ValueError, match="key"):
@@ -266,11 +254,19 @@ def test_dropout_without_key_raises():
 # --------------------------------------------------------------------------------------------
 
 
-def _check_vmapped(model, x, *, n=2, mask=None):
-    """vmap(jit) over stacked trials equals a jitted per-trial apply, in train and eval."""
-    keys = jax.random.split(jax.random.key(3), n)
+def _check_vmapped(model, per_trial, x, *, jit=False, mask=None):
+    """vmap over stacked trials equals the per-trial apply, in train and eval mode.
+
+    Args:
+      model: The model.
+      per_trial: ``[(params, model_state), ...]`` from ``model.init`` with different keys.
+      x: A batch.
+      jit: Also compile the vmapped functions.
+      mask: Optional batch mask.
+    """
+    n = len(per_trial)
+    params, state = stack([p for p, _ in per_trial]), stack([s for _, s in per_trial])
     drop_keys = jax.random.split(jax.random.key(4), n)
-    params, state = jax.jit(jax.vmap(model.init))(keys)
 
     def train_step(p, s, k):
         return model.apply(p, s, x, train=True, key=k, mask=mask)
@@ -278,26 +274,31 @@ def _check_vmapped(model, x, *, n=2, mask=None):
     def eval_step(p, s):
         return model.apply(p, s, x, train=False)[0]
 
-    outs, states = jax.jit(jax.vmap(train_step))(params, state, drop_keys)
-    evals = jax.jit(jax.vmap(eval_step))(params, state)
-    single_train, single_eval = jax.jit(train_step), jax.jit(eval_step)
-    for i in range(n):
-        p_i, s_i = model.init(keys[i])
-        tree_allclose(jax.tree.map(lambda a: a[i], params), p_i)
-        tree_allclose(jax.tree.map(lambda a: a[i], state), s_i)
-        out_i, state_i = single_train(p_i, s_i, drop_keys[i])
+    wrap = jax.jit if jit else (lambda f: f)
+    outs, states = wrap(jax.vmap(train_step))(params, state, drop_keys)
+    evals = wrap(jax.vmap(eval_step))(params, state)
+    for i, (p_i, s_i) in enumerate(per_trial):
+        out_i, state_i = train_step(p_i, s_i, drop_keys[i])
         np.testing.assert_allclose(outs[i], out_i, atol=ATOL)
         tree_allclose(jax.tree.map(lambda a: a[i], states), state_i)
-        np.testing.assert_allclose(evals[i], single_eval(p_i, s_i), atol=ATOL)
-    return outs
+        np.testing.assert_allclose(evals[i], eval_step(p_i, s_i), atol=ATOL)
+    assert not np.allclose(outs[0], outs[1])
+    assert not np.allclose(evals[0], evals[1])
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_vmap_over_trials_matches_per_key(kind):
-    model = _builder(kind, "batch", dropout=0.25)
-    x = _inputs(kind, n=6)
-    outs = _check_vmapped(model, x, mask=jnp.arange(6) < 4)
-    assert not np.allclose(outs[0], outs[1])
+    model = _builder(kind, "batch")
+    per_trial = [_init(kind, "batch", seed) for seed in (0, 1)]
+    _check_vmapped(model, per_trial, _inputs(kind), mask=jnp.arange(8) < 6)
+
+
+def test_vmapped_init_matches_per_key_init():
+    model = _builder("mlp", "batch")
+    keys = jnp.stack([jax.random.key(0), jax.random.key(1)])
+    stacked = jax.vmap(model.init)(keys)
+    for i in range(2):
+        tree_allclose(jax.tree.map(lambda a: a[i], stacked), _init("mlp", "batch", i), atol=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,61 +336,59 @@ class UserNNX(nnx.Module):
         return self.out(self.drop(nnx.relu(self.norm(self.dense(x), mask=bn_mask))))
 
 
-def test_from_linen():
+def _adapter_batch():
+    x = jax.random.normal(jax.random.key(1), (6, 5))
+    return (x, *padded(x, 4))
+
+
+def test_from_linen_jit_vmap():
     model = from_linen(UserLinen(), (5,))
     assert model.num_outputs == 3 and model.input_shape == (5,)
-    params, state = model.init(KEY)
+    per_trial = [model.init(jax.random.key(seed)) for seed in (0, 1)]
+    params, state = per_trial[0]
+    assert set(params) == {"Dense_0", "BatchNorm_0", "Dense_1"}
     assert set(state) == {"batch_stats"}
-    x = jax.random.normal(jax.random.key(1), (6, 5))
-    _, same = model.apply(params, state, x, train=False)
-    assert same is state
-    _check_vmapped(model, x)
+    x, xp, mask = _adapter_batch()
+    assert_eval_returns_state_unchanged(model, params, state, x)
+    _check_vmapped(model, per_trial, x, jit=True)
+    # a module without a mask parameter ignores the mask
+    out, _ = model.apply(params, state, xp, train=False, mask=mask)
+    np.testing.assert_array_equal(out, model.apply(params, state, xp, train=False)[0])
 
 
 def test_from_linen_forwards_mask_when_accepted():
     model = from_linen(UserLinenMasked(), (5,), num_outputs=3)
     params, state = model.init(KEY)
-    x = jax.random.normal(jax.random.key(1), (6, 5))
-    xp, mask = padded(x, 4)
+    x, xp, mask = _adapter_batch()
     out_p, state_p = model.apply(params, state, xp, train=True, mask=mask)
     out_u, state_u = model.apply(params, state, x[:4], train=True)
     np.testing.assert_allclose(out_p[:4], out_u, atol=ATOL)
     tree_allclose(state_p, state_u)
-    # a module without a mask parameter simply ignores it
-    plain = from_linen(UserLinen(), (5,))
-    p, s = plain.init(KEY)
-    plain.apply(p, s, xp, train=True, key=KEY, mask=mask)
 
 
-def test_from_nnx():
+def test_from_nnx_jit_vmap():
     model = from_nnx(UserNNX, (5,))
-    assert model.num_outputs == 3
-    params, state = model.init(KEY)
+    assert model.num_outputs == 3 and model.input_shape == (5,)
+    per_trial = [model.init(jax.random.key(seed)) for seed in (0, 1)]
+    params, state = per_trial[0]
     assert set(params) == {"dense", "norm", "out"}
     assert set(state["norm"]) == {"mean", "var"}
-    assert all(isinstance(v, jax.Array) for v in jax.tree.leaves(params))
-    x = jax.random.normal(jax.random.key(1), (6, 5))
-    _, same = model.apply(params, state, x, train=False)
-    assert same is state
-    outs = _check_vmapped(model, x)
-    assert not np.allclose(outs[0], outs[1])
-    _, trained = model.apply(params, state, x, train=True, key=KEY)
+    assert all(isinstance(v, jax.Array) for v in jax.tree.leaves((params, state)))
+    x, xp, mask = _adapter_batch()
+    assert_eval_returns_state_unchanged(model, params, state, x)
+    _check_vmapped(model, per_trial, x, jit=True)
+    apply = jax.jit(model.apply, static_argnames="train")
+    _, trained = apply(params, state, x, train=True, key=KEY)
     assert not np.allclose(trained["norm"]["mean"], state["norm"]["mean"])
-    # eval mode: running statistics used, dropout off, deterministic
-    a, _ = model.apply(params, trained, x, train=False)
-    b, _ = model.apply(params, trained, x, train=False, key=jax.random.key(9))
+    # eval mode: running statistics, dropout off, so the key does not matter
+    a, _ = apply(params, trained, x, train=False)
+    b, _ = apply(params, trained, x, train=False, key=jax.random.key(9))
     np.testing.assert_array_equal(a, b)
-
-
-def test_from_nnx_mask():
-    model = from_nnx(UserNNX, (5,))
-    params, state = model.init(KEY)
-    x = jax.random.normal(jax.random.key(1), (6, 5))
-    xp, mask = padded(x, 4)
-    out_p, state_p = model.apply(params, state, xp, train=True, key=KEY, mask=mask)
-    out_u, state_u = model.apply(params, state, x[:4], train=True, key=KEY)
-    np.testing.assert_allclose(out_p[:4], out_u, atol=ATOL)
+    # the mask reaches a module whose __call__ accepts it
+    out_p, state_p = apply(params, state, xp, train=True, key=KEY, mask=mask)
+    out_u, state_u = apply(params, state, x[:4], train=True, key=KEY)
     tree_allclose(state_p["norm"], state_u["norm"])
+    assert out_p.shape == (6, 3) and out_u.shape == (4, 3)
 
 
 # --------------------------------------------------------------------------------------------

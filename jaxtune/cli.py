@@ -1,0 +1,451 @@
+"""The ``jaxtune`` command line.
+
+Subcommands:
+
+* ``jaxtune sweep [CONFIG.toml] [--set key=value ...] [--out DIR] [--resume]``: run a sweep (the
+  bundled default without CONFIG), with a progress bar, TensorBoard logs, PNG plots, Orbax
+  checkpoints and a ranked table; every output path is printed at the end.
+* ``jaxtune show DIR``: reprint the ranked table of a finished or interrupted sweep.
+* ``jaxtune plot DIR``: redraw a sweep's plots.
+
+A configuration problem (missing file, TOML syntax error, unknown key, bad value, an output folder
+that cannot be used) exits with status 2 and one line on stderr; Ctrl-C exits with status 130
+after saying how to resume.
+
+Other modules add subcommands through :func:`build_parser`: a ``jaxtune.diagnostics`` module with
+``add_subcommands(subparsers, add_config_arguments)`` is called when present. A subcommand sets
+``func`` (``func(args) -> int``) with ``set_defaults``; :func:`main` turns a ``ConfigError`` raised
+by it into exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxtune import config as config_lib
+from jaxtune.config import ConfigError, SweepConfig
+
+__all__ = ["add_config_arguments", "build_parser", "main", "to_toml"]
+
+PROG = "jaxtune"
+
+
+# ----------------------------------------------------------------------------------------------
+# A small TOML writer (nested tables of str / int / float / bool / lists / inline tables).
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
+        return key
+    return _toml_string(key)
+
+
+def _toml_string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(v: Any) -> str:
+    if hasattr(v, "item") and callable(v.item) and not isinstance(v, list | tuple | Mapping):
+        v = v.item()  # numpy scalar
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)  # shortest round-tripping form, e.g. 0.1, 1e-05, 3.0
+    if isinstance(v, str):
+        return _toml_string(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        items = [f"{_toml_key(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    if v is None:
+        raise TypeError("TOML has no null value; leave the key out instead")
+    raise TypeError(f"cannot write a {type(v).__name__} as TOML: {v!r}")
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Serialize nested dicts of str/int/float/bool/lists to TOML (None values are left out).
+
+    Nested dicts become ``[table]`` sections; dicts inside lists become inline tables. Floats use
+    their shortest round-tripping representation, so ``tomllib.loads(to_toml(d)) == d``.
+    """
+    lines: list[str] = []
+
+    def emit(path: list[str], table: Mapping[str, Any]) -> None:
+        scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping) and v is not None]
+        tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
+        if path and (scalars or not tables):
+            if lines:
+                lines.append("")
+            lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
+        for k, v in scalars:
+            lines.append(f"{_toml_key(str(k))} = {_toml_value(v)}")
+        for k, v in tables:
+            emit([*path, str(k)], v)
+
+    emit([], data)
+    return "\n".join(lines) + "\n"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser.
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``CONFIG`` (optional positional), ``--set key=value`` (repeatable) and ``--out DIR``."""
+    parser.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        metavar="CONFIG.toml",
+        help="a sweep configuration file (default: the bundled default sweep)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set optimizer.learning_rate=0.1 or "
+        "--set 'sweep.grid.train.batch_size=[32, 64]' (repeatable; values are TOML)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: runs/<YYYYmmdd-HHMMSS>)",
+    )
+    return parser
+
+
+def load_config_from_args(args: argparse.Namespace) -> SweepConfig:
+    """The configuration named by ``add_config_arguments``' options (raises ``ConfigError``)."""
+    return config_lib.load_config(args.config, list(args.set or ()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxtune`` argument parser; each subcommand sets ``func(args) -> int``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Vectorized hyperparameter sweeps for JAX models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+
+    p = subparsers.add_parser(
+        "sweep",
+        help="run a sweep",
+        description="Run a sweep: every trial of the search space, vectorized, with a progress "
+        "bar, TensorBoard logs, plots, checkpoints and a ranked table.",
+    )
+    add_config_arguments(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --out DIR from its latest checkpoint (CONFIG defaults to "
+        "DIR/config.toml)",
+    )
+    p.set_defaults(func=cmd_sweep)
+
+    p = subparsers.add_parser("show", help="print the ranked table of a sweep's results")
+    p.add_argument("dir", metavar="DIR", help="a sweep's output folder (with results.json)")
+    p.add_argument("--top", type=int, default=None, metavar="N", help="show only the best N")
+    p.set_defaults(func=cmd_show)
+
+    p = subparsers.add_parser("plot", help="redraw a sweep's plots")
+    p.add_argument("dir", metavar="DIR", help="a sweep's output folder (with results.json)")
+    p.set_defaults(func=cmd_plot)
+
+    _add_plugin_subcommands(subparsers)
+    return parser
+
+
+def _add_plugin_subcommands(subparsers: Any) -> None:
+    try:
+        module = importlib.import_module("jaxtune.diagnostics")
+    except ImportError as e:
+        if getattr(e, "name", None) in ("jaxtune.diagnostics", None):
+            return  # not installed: nothing to add
+        raise  # the module exists but one of its own imports failed: show it
+    add = getattr(module, "add_subcommands", None)
+    if callable(add):
+        add(subparsers, add_config_arguments)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks done before anything runs.
+
+
+def _check_output_dir(out: Path, *, resume: bool) -> None:
+    """Refuse an output folder that is a file, cannot be written, or holds another sweep."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    parent = out
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {parent} is not writable")
+    if out.is_dir() and not resume:
+        ckpt = out / "checkpoints"
+        has_ckpt = ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+        if has_ckpt or (out / "results.json").exists():
+            raise ConfigError(
+                f"--out {out} already holds a sweep; pass --resume to continue it or choose "
+                "another --out"
+            )
+
+
+def _make_output_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".jaxtune-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {out} is not writable: {e.strerror or e}") from None
+
+
+def _check_resume(cfg: SweepConfig, out: Path) -> None:
+    if cfg.base["checkpoint.every"] <= 0:
+        raise ConfigError("--resume needs checkpoints: set checkpoint.every to a positive number")
+    meta = out / "checkpoints" / "sweep.json"
+    if meta.is_file():
+        stored = SweepConfig.from_dict(json.loads(meta.read_text())["config"])
+        if config_lib.config_hash(stored) != config_lib.config_hash(cfg):
+            keys = config_lib.diff_configs(stored, cfg)
+            raise ConfigError(
+                f"cannot resume {out}: the configuration differs from the checkpointed sweep in "
+                + (", ".join(keys) if keys else "its search space")
+            )
+
+
+def _check_against_data(cfg: SweepConfig) -> None:
+    """Batch sizes and ``task.subset`` against the training set, before compiling anything."""
+    from jaxtune import sweep as sweep_lib
+
+    ds = sweep_lib.load_task_data(cfg.base)  # raises ConfigError for a too-large subset
+    n_train = int(ds.x_train.shape[0])
+    trials = config_lib.expand_trials(cfg)
+    if not trials:
+        raise ConfigError("the search space is empty: the sweep has no trials")
+    for overrides in trials:
+        bs = overrides.get("train.batch_size", cfg.base["train.batch_size"])
+        if bs > n_train:
+            raise ConfigError(
+                f"train.batch_size = {bs} is larger than the training set ({n_train} examples): "
+                f"expected an integer in [1, {n_train}]"
+            )
+
+
+def _default_out() -> Path:
+    out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    candidate, i = out, 1
+    while candidate.exists():
+        candidate = out.with_name(f"{out.name}-{i}")
+        i += 1
+    return candidate
+
+
+# ----------------------------------------------------------------------------------------------
+# Subcommands.
+
+
+def _resume_hint(out: Path) -> str:
+    return f"{PROG} sweep --out {out} --resume"
+
+
+def _has_checkpoint(out: Path) -> bool:
+    ckpt = out / "checkpoints"
+    return ckpt.is_dir() and any(p.is_dir() and p.name.isdigit() for p in ckpt.iterdir())
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``jaxtune sweep``: validate, run, plot and report."""
+    from jaxtune import plots, progress, sweep, tblog
+
+    if args.resume and args.out is None:
+        raise ConfigError("--resume needs --out DIR: the folder of the sweep to continue")
+    out = Path(args.out) if args.out is not None else _default_out()
+    if args.config is None and args.resume and (out / "config.toml").is_file():
+        args.config = str(out / "config.toml")
+    cfg = load_config_from_args(args)
+    _check_output_dir(out, resume=args.resume)
+    if args.resume:
+        _check_resume(cfg, out)
+    _check_against_data(cfg)
+    _make_output_dir(out)
+    config_path = out / "config.toml"
+    _write_text_atomic(config_path, to_toml(cfg.to_dict()))
+
+    base = cfg.base
+    callbacks: list[sweep.SweepCallback] = [progress.ProgressBar()]
+    tb_dir = out / "tb"
+    if base["log.tensorboard"]:
+        callbacks.append(tblog.TensorBoardLogger(tb_dir))
+    try:
+        result = sweep.run_sweep(cfg, out_dir=out, resume=args.resume, callbacks=callbacks)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        if _has_checkpoint(out):
+            msg = (
+                f"{PROG}: interrupted; the sweep was checkpointed in {out / 'checkpoints'}. "
+                f"Resume it with: {_resume_hint(out)}"
+            )
+        elif base["checkpoint.every"] <= 0:
+            msg = (
+                f"{PROG}: interrupted; no checkpoint was written (checkpoint.every = 0), so the "
+                "sweep cannot be resumed; set checkpoint.every to make it resumable"
+            )
+        else:
+            msg = (
+                f"{PROG}: interrupted before the first checkpoint; run the same command again "
+                "to start over"
+            )
+        if (out / "results.json").exists():
+            msg += f" (partial results: {PROG} show {out})"
+        print(msg, file=sys.stderr)
+        return 130
+
+    written: list[Path] = []
+    if base["log.plots"]:
+        written = plots.write_plots(result, out)
+    print()
+    print(progress.format_table(result))
+    n_div = sum(t.diverged for t in result.trials)
+    t = result.timing
+    print(
+        f"\n{n_div} of {len(result.trials)} trials diverged. "
+        f"compile {t.get('compile_s', math.nan):.1f} s, run {t.get('run_s', math.nan):.1f} s, "
+        f"{t.get('trial_steps_per_s', math.nan):.0f} trial-steps/s"
+    )
+    outputs = [
+        ("results", out / "results.json"),
+        ("table", out / "results.csv"),
+        ("history", out / "history.npz"),
+        ("config", config_path),
+    ]
+    outputs += [("plot", p) for p in written]
+    if base["log.tensorboard"]:
+        outputs.append(("tensorboard", tb_dir))
+    if base["checkpoint.every"] > 0:
+        outputs.append(("checkpoints", out / "checkpoints"))
+    print("\noutputs:")
+    for label, path in outputs:
+        print(f"  {label + ':':<13}{path}")
+    if base["log.tensorboard"]:
+        print(f"\nview the curves with: tensorboard --logdir {tb_dir}")
+    return 0
+
+
+def _load_result(directory: str) -> Any:
+    from jaxtune.sweep import SweepResult
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise ConfigError(f"{d} is not a directory")
+    if not (d / "results.json").is_file():
+        hint = ""
+        if _has_checkpoint(d):
+            hint = f"; it holds checkpoints: resume it with {_resume_hint(d)}"
+        raise ConfigError(f"no results.json in {d}{hint}")
+    try:
+        return SweepResult.load(d)
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ConfigError(f"{d / 'results.json'} is not a jaxtune results file ({e})") from None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``jaxtune show DIR``: reprint the ranked table from ``results.json``."""
+    from jaxtune import progress
+
+    result = _load_result(args.dir)
+    print(progress.format_table(result, top=args.top))
+    t = result.timing
+    steps = result.config.base["train.steps"]
+    done = t.get("steps_done", steps)
+    if t.get("interrupted") or done < steps:
+        print(
+            f"(interrupted at step {done} of {steps}; resume with: "
+            f"{_resume_hint(Path(args.dir))})"
+        )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``jaxtune plot DIR``: redraw ``plots/*.png``."""
+    from jaxtune import plots
+
+    result = _load_result(args.dir)
+    for p in plots.write_plots(result, args.dir):
+        print(p)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point.
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``jaxtune`` command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args) or 0)
+    except ConfigError as e:
+        print(f"{PROG}: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""PNG plots of a sweep's results (matplotlib, Agg canvas, no global state touched).
+
+* :func:`plot_lr_vs_metric`: final test accuracy and test loss against the learning rate (log x),
+  one line per setting of the other varying keys (e.g. batch size), diverged trials marked ``x``.
+* :func:`plot_curves`: every trial's training loss (log y, gaps where it is not finite) and test
+  accuracy over the evaluation steps.
+* :func:`write_plots`: both, into ``<out_dir>/plots/``.
+
+Figures are built as ``matplotlib.figure.Figure`` with a ``FigureCanvasAgg``, so importing this
+module neither selects a backend nor touches ``pyplot``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from jaxtune.sweep import SweepResult, TrialResult
+
+__all__ = ["plot_curves", "plot_lr_vs_metric", "write_plots"]
+
+_LR = "optimizer.learning_rate"
+_SEED = "train.seed"
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.stem + ".tmp" + p.suffix)
+    fig.savefig(tmp, format="png")
+    tmp.replace(p)
+    return p
+
+
+def _freeze(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, tuple | list):
+        return "-".join(str(x) for x in v)
+    return str(v)
+
+
+def _short(key: str) -> str:
+    return key.split(".")[-1]
+
+
+def varying_keys(trials: Sequence[TrialResult]) -> list[str]:
+    """Hyperparameter keys whose values differ between trials, in first-seen order."""
+    keys = list(dict.fromkeys(k for t in trials for k in t.hparams))
+    return [k for k in keys if len({_freeze(t.hparams.get(k)) for t in trials}) > 1]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    if n <= 10:
+        cmap = colormaps["tab10"]
+        return [cmap(i) for i in range(n)]
+    cmap = colormaps["viridis"]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+def _x_axis(result: SweepResult) -> str | None:
+    varying = varying_keys(result.trials)
+    if _LR in varying:
+        return _LR
+    numeric = [k for k in varying if k != _SEED and all(_is_number(t.hparams[k]) for t in result.trials)]
+    if numeric:
+        return numeric[0]
+    rest = [k for k in varying if k != _SEED]
+    return rest[0] if rest else None
+
+
+def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
+    """Final test accuracy and test loss against the learning rate (or the main varying key).
+
+    One line per setting of the other varying keys (seeds are averaged, each seed a faint dot);
+    diverged trials are drawn as ``x`` and left out of the lines.
+    """
+    trials = result.trials
+    x_key = _x_axis(result)
+    if x_key is None:
+        x_of = {t.id: float(t.id) for t in trials}
+        x_label, categorical, ticks = "trial", False, None
+    else:
+        raw = [t.hparams.get(x_key, result.config.base.get(x_key)) for t in trials]
+        if all(_is_number(v) for v in raw):
+            x_of = {t.id: float(v) for t, v in zip(trials, raw, strict=True)}
+            categorical, ticks = False, None
+        else:
+            labels = list(dict.fromkeys(_fmt(v) for v in raw))
+            x_of = {t.id: float(labels.index(_fmt(v))) for t, v in zip(trials, raw, strict=True)}
+            categorical, ticks = True, labels
+        x_label = x_key
+    xs_all = np.array(list(x_of.values()), float)
+    log_x = (
+        not categorical
+        and x_key is not None
+        and bool(np.all(xs_all > 0))
+        and (x_key == _LR or xs_all.max() / xs_all.min() >= 10)
+    )
+    group_keys = [k for k in varying_keys(trials) if k not in (x_key, _SEED)]
+    groups: dict[tuple, list[TrialResult]] = {}
+    for t in trials:
+        groups.setdefault(tuple(_freeze(t.hparams.get(k)) for k in group_keys), []).append(t)
+    colors = _colors(len(groups))
+
+    fig = _figure(12, 4.8)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    losses = np.array([t.final.get("test_loss", math.nan) for t in trials if not t.diverged], float)
+    losses = losses[np.isfinite(losses) & (losses > 0)]
+    cap = float(10 * np.median(losses)) if losses.size else math.inf
+    any_diverged = any(t.diverged for t in trials)
+    any_capped = False
+    for color, (gkey, members) in zip(colors, groups.items(), strict=True):
+        label = ", ".join(f"{_short(k)}={_fmt(v)}" for k, v in zip(group_keys, gkey, strict=True))
+        for ax, metric in ((ax_acc, "test_accuracy"), (ax_loss, "test_loss")):
+            ok = [t for t in members if not t.diverged and math.isfinite(t.final.get(metric, math.nan))]
+            by_x: dict[float, list[float]] = {}
+            for t in ok:
+                by_x.setdefault(x_of[t.id], []).append(t.final[metric])
+            xs = sorted(by_x)
+            ys = np.array([np.mean(by_x[x]) for x in xs], float)
+            if metric == "test_loss":
+                any_capped |= bool(np.any(ys > cap))
+                ys = np.minimum(ys, cap)
+            ax.plot(xs, ys, "o-", color=color, label=label or None, markersize=4)
+            if any(len(v) > 1 for v in by_x.values()):
+                px = [x_of[t.id] for t in ok]
+                py = np.array([t.final[metric] for t in ok], float)
+                py = np.minimum(py, cap) if metric == "test_loss" else py
+                ax.plot(px, py, ".", color=color, alpha=0.35)
+            bad = [t for t in members if t.diverged]
+            if bad:
+                by = np.array([t.final.get(metric, math.nan) for t in bad], float)
+                if metric == "test_loss":
+                    by = np.where(np.isfinite(by), np.minimum(by, cap), cap if math.isfinite(cap) else 1.0)
+                else:
+                    by = np.where(np.isfinite(by), by, 0.0)
+                ax.plot([x_of[t.id] for t in bad], by, "x", color=color, markersize=9, mew=2)
+    ax_acc.set_ylabel("final test accuracy")
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_loss.set_ylabel("final test loss" + (f" (capped at {cap:.3g})" if any_capped else ""))
+    pos = [t.final.get("test_loss", math.nan) for t in trials]
+    if any(math.isfinite(v) and v > 0 for v in pos):
+        ax_loss.set_yscale("log")
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel(x_label)
+        ax.grid(True, which="major", alpha=0.3)
+        if log_x:
+            ax.set_xscale("log")
+        if categorical and ticks:
+            ax.set_xticks(range(len(ticks)), ticks)
+    ax_acc.set_title(f"final test accuracy vs {_short(x_label)}")
+    ax_loss.set_title(f"final test loss vs {_short(x_label)}")
+    handles, labels = ax_acc.get_legend_handles_labels()
+    if any_diverged:
+        handles.append(Line2D([], [], ls="", marker="x", color="gray", mew=2, markersize=8))
+        labels.append("diverged")
+    if handles:
+        ax_acc.legend(handles, labels, fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_curves(result: SweepResult, path: str | Path) -> Path:
+    """Training loss of every trial (log y) and test accuracy over the evaluation steps."""
+    h = result.history
+    if "train_loss" not in h:
+        raise ValueError("the result has no history (history.npz is missing); cannot plot curves")
+    loss = np.asarray(h["train_loss"], float)
+    n, steps = loss.shape
+    colors = _colors(n)
+    fig = _figure(12, 4.8)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    step_axis = np.arange(steps)
+    for i, t in enumerate(result.trials):
+        # NaN (diverged, or not yet run) leaves a gap in the line.
+        ax_loss.plot(step_axis, loss[i], color=colors[i], lw=0.8, alpha=0.85, label=t.name)
+        if t.diverged and t.diverged_step is not None:
+            finite = np.flatnonzero(np.isfinite(loss[i, : t.diverged_step + 1]))
+            if finite.size:
+                j = int(finite[-1])
+                ax_loss.plot([j], [loss[i, j]], "x", color=colors[i], markersize=8, mew=2)
+    finite = loss[np.isfinite(loss) & (loss > 0)]
+    if finite.size:
+        ax_loss.set_yscale("log")
+        first = loss[:, 0][np.isfinite(loss[:, 0]) & (loss[:, 0] > 0)]
+        lo, hi = float(finite.min()), float(finite.max())
+        cap = 10 * float(first.max()) if first.size else hi
+        top = min(hi, cap) * 1.3
+        if top > lo * 0.8:
+            ax_loss.set_ylim(lo * 0.8, top)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("train loss")
+    ax_loss.set_title("train loss (x: diverged)")
+    ax_loss.grid(True, alpha=0.3)
+
+    eval_step = np.asarray(h.get("eval_step", np.zeros(0)), float)
+    acc = np.asarray(h.get("test_accuracy", np.zeros((n, 0))), float)
+    for i, t in enumerate(result.trials):
+        if eval_step.size:
+            ax_acc.plot(eval_step, acc[i], "o-", color=colors[i], lw=1, markersize=3, label=t.name)
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("test accuracy")
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_acc.set_title("test accuracy")
+    ax_acc.grid(True, alpha=0.3)
+    if 0 < n <= 16 and eval_step.size:
+        ax_acc.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def write_plots(result: SweepResult, out_dir: str | Path) -> list[Path]:
+    """Write ``plots/lr_vs_metric.png`` and ``plots/curves.png`` under ``out_dir``.
+
+    ``curves.png`` is skipped when the result carries no history.
+    """
+    d = Path(out_dir) / "plots"
+    paths = [plot_lr_vs_metric(result, d / "lr_vs_metric.png")]
+    if "train_loss" in result.history:
+        paths.append(plot_curves(result, d / "curves.png"))
+    return paths

@@ -1,0 +1,162 @@
+"""Orbax checkpoints: kill-and-resume is bit-identical, wrong configs and corrupt checkpoints."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import jaxtune
+from jaxtune.checkpoint import CheckpointWarning
+
+CFG = {
+    "task": {"dataset": "synthetic", "widths": [16], "normalization": "batch"},
+    "optimizer": {"clip_norm": 1.0},
+    "train": {"steps": 120, "eval_every": 10, "batch_size": 16},
+    "checkpoint": {"every": 20, "max_to_keep": 3},
+    "sweep": {"grid": {"optimizer.learning_rate": [0.01, 0.1], "train.batch_size": [16, 32]}},
+}
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import jaxtune
+
+    class Slow(jaxtune.SweepCallback):
+        def on_chunk(self, start, stop, history):
+            print("chunk", stop, flush=True)
+            time.sleep(0.3)
+
+    cfg = {cfg!r}
+    jaxtune.run_sweep(cfg, out_dir=sys.argv[1], resume=sys.argv[2] == "1", callbacks=[Slow()])
+    print("done", flush=True)
+    """
+)
+
+
+def _assert_same_run(a: Path, b: Path, n_trials: int) -> None:
+    ra, rb = jaxtune.SweepResult.load(a), jaxtune.SweepResult.load(b)
+    assert [t.final for t in ra.trials] == [t.final for t in rb.trials]
+    for k in ra.history:
+        assert np.array_equal(ra.history[k], rb.history[k], equal_nan=True), k
+    for i in range(n_trials):
+        va, vb = jaxtune.export_trial(a, i), jaxtune.export_trial(b, i)
+        for x, y in zip(jax.tree.leaves(va), jax.tree.leaves(vb), strict=True):
+            assert np.array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    jaxtune.run_sweep(CFG, out_dir=out)
+    return out
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(cfg=CFG))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out), "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    with proc:
+        for line in proc.stdout:
+            if line.strip() == "chunk 50":
+                break
+        assert (out / "checkpoints" / "40").is_dir()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not (out / "results.json").exists()
+    done = subprocess.run(
+        [sys.executable, str(script), str(out), "1"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "chunk 50\n" in done.stdout and "chunk 30\n" not in done.stdout
+    _assert_same_run(out, reference, 4)
+
+
+def test_ctrl_c_stops_at_a_chunk_boundary_with_a_final_checkpoint(tmp_path, reference):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(cfg=CFG))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out), "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with proc:
+        for line in proc.stdout:
+            if line.strip() == "chunk 30":
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] % 10 == 0 and 30 <= steps[-1] < 120
+    interrupted = jaxtune.SweepResult.load(out)
+    assert interrupted.timing["interrupted"] and interrupted.timing["steps_done"] == steps[-1]
+    done = subprocess.run(
+        [sys.executable, str(script), str(out), "1"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    _assert_same_run(out, reference, 4)
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    cfg = {**CFG, "train": {**CFG["train"], "steps": 20}}
+    jaxtune.run_sweep(cfg, out_dir=tmp_path)
+    changed = {**cfg, "optimizer": {"clip_norm": 2.0}, "train": {**cfg["train"], "seed": 3}}
+    with pytest.raises(jaxtune.ConfigError, match=r"optimizer.clip_norm, train.seed"):
+        jaxtune.run_sweep(changed, out_dir=tmp_path, resume=True)
+    # A fresh run into a directory with checkpoints would overwrite them: refused too.
+    with pytest.raises(jaxtune.ConfigError, match="already holds checkpoints"):
+        jaxtune.run_sweep(cfg, out_dir=tmp_path)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+    class StopAt(jaxtune.SweepCallback):
+        def on_chunk(self, start, stop, history):
+            if stop == 60:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        jaxtune.run_sweep(CFG, out_dir=tmp_path, callbacks=[StopAt()])
+    latest = tmp_path / "checkpoints" / "60"
+    assert latest.is_dir()
+    files = sorted(p for p in (latest / "state").rglob("*") if p.is_file() and p.stat().st_size)
+    victim = max(files, key=lambda p: p.stat().st_size)
+    blob = bytearray(victim.read_bytes())
+    for i in range(0, len(blob), 7):
+        blob[i] ^= 0xFF
+    victim.write_bytes(bytes(blob))
+    with pytest.warns(CheckpointWarning, match="step 60"):
+        jaxtune.run_sweep(CFG, out_dir=tmp_path, resume=True)
+    _assert_same_run(tmp_path, reference, 4)
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path, reference):
+    class StopAt(jaxtune.SweepCallback):
+        def on_chunk(self, start, stop, history):
+            if stop == 40:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        jaxtune.run_sweep(CFG, out_dir=tmp_path, callbacks=[StopAt()])
+    # What a crash during a write leaves: Orbax's temporary directory, never renamed.
+    partial = tmp_path / "checkpoints" / "60.orbax-checkpoint-tmp-1234"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\0" * 10)
+    t0 = time.time()
+    jaxtune.run_sweep(CFG, out_dir=tmp_path, resume=True)
+    assert time.time() - t0 < 300
+    _assert_same_run(tmp_path, reference, 4)

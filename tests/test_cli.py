@@ -1,0 +1,549 @@
+"""The ``jaxtune`` command line end to end, with its TensorBoard logs, plots and progress display.
+
+The main end-to-end test runs ``jaxtune sweep`` in a subprocess on a tiny synthetic 2x2 grid and
+checks every output; the rest runs in-process on one tiny sweep (sharing its compiled program).
+"""
+
+import csv
+import io
+import json
+import math
+import struct
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxtune import cli, plots
+from jaxtune import config as config_lib
+from jaxtune.cli import main, to_toml
+from jaxtune.config import load_config
+from jaxtune.progress import ProgressBar, format_table, rank_trials
+from jaxtune.sweep import SweepResult, TrialResult, run_sweep
+from jaxtune.tblog import TensorBoardLogger, read_scalars
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """\
+[task]
+dataset = "synthetic"
+widths = [8]
+
+[optimizer]
+name = "momentum"
+momentum = 0.9
+clip_norm = 1.0
+
+[train]
+steps = 20
+eval_every = 10
+batch_size = 32
+
+[checkpoint]
+every = 10
+
+[sweep.grid]
+"optimizer.learning_rate" = [0.05, 0.5]
+"train.batch_size" = [16, 32]
+"""
+
+# In-process sweep: one trial diverges (huge learning rate, no clipping).
+INPROC = {
+    "task": {"dataset": "synthetic", "widths": [8]},
+    "optimizer": {"name": "sgd"},
+    "train": {"steps": 20, "eval_every": 10, "batch_size": 32},
+    "checkpoint": {"every": 10},
+    "sweep": {"grid": {"optimizer.learning_rate": [0.1, 1e30]}},
+}
+
+
+def _jaxtune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jaxtune.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Event files, parsed independently of jaxtune.tblog (TFRecord framing + masked CRC32C).
+
+
+def _masked_crc(data: bytes) -> int:
+    from tensorboardX.crc32c import crc32c
+
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _events(run_dir: Path) -> list:
+    from tensorboardX.proto.event_pb2 import Event
+
+    files = sorted(run_dir.glob("events.out.tfevents.*"))
+    assert files, f"no event file in {run_dir}"
+    events = []
+    for f in files:
+        data = f.read_bytes()
+        pos = 0
+        while pos < len(data):
+            header = data[pos : pos + 8]
+            (length,) = struct.unpack("<Q", header)
+            assert struct.unpack("<I", data[pos + 8 : pos + 12])[0] == _masked_crc(header)
+            body = data[pos + 12 : pos + 12 + length]
+            assert struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])[0] == (
+                _masked_crc(body)
+            )
+            events.append(Event.FromString(body))
+            pos += 16 + length
+    return events
+
+
+def _scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for ev in _events(run_dir):
+        for v in ev.summary.value:
+            if v.WhichOneof("value") == "simple_value":
+                out.setdefault(v.tag, {})[ev.step] = v.simple_value
+    return out
+
+
+def _tags(run_dir: Path) -> set[str]:
+    return {v.tag for ev in _events(run_dir) for v in ev.summary.value}
+
+
+# ----------------------------------------------------------------------------------------------
+# The end-to-end run (subprocess).
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    cfg = d / "tiny.toml"
+    cfg.write_text(TINY)
+    out = d / "run"
+    proc = _jaxtune("sweep", str(cfg), "--out", str(out), cwd=d)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return out, cfg, proc
+
+
+def test_sweep_prints_table_and_every_output(cli_run):
+    out, _, proc = cli_run
+    text = proc.stdout
+    assert "rank" in text and "test_acc" in text
+    names = [t["name"] for t in json.loads((out / "results.json").read_text())["trials"]]
+    assert all(n in text for n in names)
+    assert "diverged" in text
+    for rel in (
+        "results.json", "results.csv", "history.npz", "config.toml", "plots/lr_vs_metric.png",
+        "plots/curves.png", "tb", "checkpoints",
+    ):
+        assert str(out / rel) in text, rel
+        assert (out / rel).exists(), rel
+    assert f"tensorboard --logdir {out / 'tb'}" in text
+    # The progress bar went to stderr and reached the end.
+    assert "80/80" in proc.stderr
+
+
+def test_results_json_schema(cli_run):
+    out, _, _ = cli_run
+    blob = json.loads((out / "results.json").read_text())
+    assert set(blob) >= {"config", "trials", "timing"}
+    assert load_config(out / "config.toml") == config_lib.SweepConfig.from_dict(blob["config"])
+    assert [t["id"] for t in blob["trials"]] == [0, 1, 2, 3]
+    for t in blob["trials"]:
+        assert set(t["hparams"]) == {"optimizer.learning_rate", "train.batch_size"}
+        assert set(t["final"]) == {"train_loss", "test_loss", "test_accuracy"}
+        assert 0.0 <= t["final"]["test_accuracy"] <= 1.0
+        assert math.isfinite(t["final"]["train_loss"]) and math.isfinite(t["final"]["test_loss"])
+        assert isinstance(t["diverged"], bool)
+        assert t["diverged_step"] is None or isinstance(t["diverged_step"], int)
+    assert blob["timing"]["steps_done"] == 20
+    assert blob["timing"]["compile_s"] > 0 and blob["timing"]["run_s"] > 0
+
+
+def test_results_csv_rows(cli_run):
+    out, _, _ = cli_run
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert {"id", "name", "optimizer.learning_rate", "train.batch_size", "test_accuracy"} <= set(
+        rows[0]
+    )
+    assert sorted(float(r["optimizer.learning_rate"]) for r in rows) == [0.05, 0.05, 0.5, 0.5]
+    assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in rows)
+
+
+def test_config_toml_loads_back_equal(cli_run):
+    out, cfg, _ = cli_run
+    written = load_config(out / "config.toml")
+    assert written == load_config(cfg)
+    assert config_lib.config_hash(written) == config_lib.config_hash(load_config(cfg))
+
+
+def test_plots_are_readable_pngs(cli_run):
+    import matplotlib.image as mpimg
+
+    out, _, _ = cli_run
+    for name in ("lr_vs_metric.png", "curves.png"):
+        img = mpimg.imread(out / "plots" / name)
+        assert img.ndim == 3 and img.shape[0] >= 300 and img.shape[1] >= 600
+        assert float(np.std(img)) > 0.01  # not blank
+
+
+def test_tensorboard_runs_scalars_and_hparams(cli_run):
+    out, _, _ = cli_run
+    blob = json.loads((out / "results.json").read_text())
+    history = np.load(out / "history.npz")
+    runs = sorted(p.name for p in (out / "tb").iterdir())
+    assert runs == sorted(t["name"] for t in blob["trials"])
+    for t in blob["trials"]:
+        run = out / "tb" / t["name"]
+        s = _scalars(run)
+        for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/clip_rate"):
+            assert sorted(s[tag]) == list(range(20)), tag
+        np.testing.assert_allclose(
+            [s["train/loss"][k] for k in range(20)], history["train_loss"][t["id"]], rtol=1e-6
+        )
+        assert all(v == pytest.approx(t["hparams"]["optimizer.learning_rate"], rel=1e-6)
+                   for v in s["train/learning_rate"].values())
+        assert all(0.0 <= v <= 1.0 for v in s["train/clip_rate"].values())
+        assert sorted(s["test/accuracy"]) == [10, 20] and sorted(s["test/loss"]) == [10, 20]
+        assert s["test/accuracy"][20] == pytest.approx(t["final"]["test_accuracy"], abs=1e-6)
+        tags = _tags(run)
+        assert {
+            "_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"
+        } <= tags
+        assert s["hparams/test_accuracy"][20] == pytest.approx(
+            t["final"]["test_accuracy"], abs=1e-6
+        )
+    best = max(blob["trials"], key=lambda t: t["final"]["test_accuracy"])
+    assert "test/worst_examples" in _tags(out / "tb" / best["name"])
+
+
+def test_hparams_session_holds_the_trial_values(cli_run):
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+
+    out, _, _ = cli_run
+    t = json.loads((out / "results.json").read_text())["trials"][3]
+    for ev in _events(out / "tb" / t["name"]):
+        for v in ev.summary.value:
+            if v.tag == "_hparams_/session_start_info":
+                data = HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                hp = data.session_start_info.hparams
+                assert hp["optimizer.learning_rate"].number_value == pytest.approx(0.5)
+                assert hp["train.batch_size"].number_value == 32
+                return
+    pytest.fail("no session_start_info")
+
+
+def test_checkpoints_written(cli_run):
+    out, _, _ = cli_run
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [10, 20]
+
+
+def test_show_and_plot(cli_run, capsys):
+    out, _, _ = cli_run
+    assert main(["show", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].startswith("rank")
+    assert "4 trials, 0 diverged; best:" in text
+    assert main(["show", str(out), "--top", "1"]) == 0
+    assert "... 3 more" in capsys.readouterr().out
+
+    for p in (out / "plots").glob("*.png"):
+        p.unlink()
+    assert main(["plot", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / "plots" / "lr_vs_metric.png"), str(out / "plots" / "curves.png")]
+    assert all(Path(p).stat().st_size > 1000 for p in printed)
+
+
+def test_existing_out_is_refused_without_resume(cli_run, capsys):
+    out, cfg, _ = cli_run
+    assert main(["sweep", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a sweep" in err and "--resume" in err
+
+
+def test_show_without_results(tmp_path, capsys):
+    assert main(["show", str(tmp_path)]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad configurations: exit 2, one line on stderr, no traceback, before anything runs.
+
+
+def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    tiny = tmp / "tiny.toml"
+    tiny.write_text(TINY)
+    syntax = tmp / "syntax.toml"
+    syntax.write_text('[task]\ndataset = "synthetic"\nwidths = [8,\nmodel = = "mlp"\n')
+    unknown = tmp / "unknown.toml"
+    unknown.write_text(TINY.replace('name = "momentum"', 'nmae = "momentum"'))
+    empty = tmp / "empty.toml"
+    empty.write_text(TINY.replace("[0.05, 0.5]", "[]"))
+    a_file = tmp / "a_file"
+    a_file.write_text("")
+    out = ["--out", str(tmp / "never")]
+    return {
+        "missing file": (["sweep", str(tmp / "nope.toml"), *out], "not found"),
+        "toml syntax": (["sweep", str(syntax), *out], "line 4"),
+        "unknown key in file": (["sweep", str(unknown), *out], "did you mean 'optimizer.name'"),
+        "unknown key in --set": (
+            ["sweep", str(tiny), "--set", "optimizer.learnig_rate=0.1", *out],
+            "did you mean 'optimizer.learning_rate'",
+        ),
+        "wrong type": (["sweep", str(tiny), "--set", "train.steps=fast", *out], "train.steps"),
+        "out of range": (
+            ["sweep", str(tiny), "--set", "optimizer.momentum=1.5", *out], "optimizer.momentum"
+        ),
+        "batch size > training set": (
+            ["sweep", str(tiny), "--set", "sweep.grid.train.batch_size=[16, 4096]", *out],
+            "larger than the training set",
+        ),
+        "empty grid": (["sweep", str(empty), *out], "empty"),
+        "out is a file": (["sweep", str(tiny), "--out", str(a_file)], "is a file"),
+        "resume without out": (["sweep", str(tiny), "--resume"], "--resume needs --out"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file", "toml syntax", "unknown key in file", "unknown key in --set", "wrong type",
+        "out of range", "batch size > training set", "empty grid", "out is a file",
+        "resume without out",
+    ],
+)
+def test_bad_config_exits_2_with_one_line(case, tmp_path, capsys):
+    argv, expected = _bad_cases(tmp_path)[case]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("jaxtune: error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in captured.err
+    assert captured.out == ""
+    assert not (tmp_path / "never").exists()  # nothing was created
+
+
+def test_bad_config_in_a_subprocess(tmp_path):
+    proc = _jaxtune("sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["toml syntax", "unknown key in --set", "empty grid", "out is a file"])
+def test_bad_config_in_a_subprocess_slow(case, tmp_path):
+    argv, expected = _bad_cases(tmp_path)[case]
+    proc = _jaxtune(*argv)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# In-process: ProgressBar, TensorBoardLogger, format_table, interrupt and resume.
+
+
+@pytest.fixture(scope="module")
+def inproc(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inproc")
+    buf = io.StringIO()
+    bar = ProgressBar(file=buf, mininterval=0)
+    logger = TensorBoardLogger(d / "tb")
+    result = run_sweep(INPROC, callbacks=[bar, logger])
+    return result, buf.getvalue(), d / "tb"
+
+
+def test_progress_bar(inproc):
+    result, text, _ = inproc
+    assert "40/40" in text  # steps x trials
+    assert "trial-step" in text
+    assert "step 20/20" in text
+    best = max(t.final["test_accuracy"] for t in result.trials if not t.diverged)
+    assert f"best acc {best:.4f}" in text
+    assert "diverged 1" in text
+
+
+def test_logger_skips_nan_after_divergence(inproc):
+    result, _, tb = inproc
+    bad = next(t for t in result.trials if t.diverged)
+    good = next(t for t in result.trials if not t.diverged)
+    s = read_scalars(tb / bad.name)
+    assert max(step for step, _ in s["train/loss"]) < bad.diverged_step
+    assert all(math.isfinite(v) for _, v in s["train/loss"])
+    assert s["hparams/diverged"] == [(20, 1.0)]
+    assert len(read_scalars(tb / good.name)["train/loss"]) == 20
+    # Clipping is off: the clip rate is 0 throughout.
+    assert {v for _, v in read_scalars(tb / good.name)["train/clip_rate"]} == {0.0}
+    # The image grid lives in the best trial's run.
+    assert any(
+        v.tag == "test/worst_examples" for ev in _events(tb / good.name) for v in ev.summary.value
+    )
+
+
+def test_format_table_of_a_live_result(inproc):
+    result, _, _ = inproc
+    text = format_table(result)
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["rank", "name", "learning_rate", "train_loss"]
+    bad = next(t for t in result.trials if t.diverged)
+    assert bad.name in lines[-2] and lines[-2].split()[-1] == str(bad.diverged_step)
+    assert lines[-1].startswith("2 trials, 1 diverged; best: ")
+
+
+def _trial(i, acc, diverged=False, step=None):
+    return TrialResult(
+        id=i,
+        name=f"{i:03d}-lr={i}",
+        hparams={"optimizer.learning_rate": float(i + 1), "train.batch_size": 16 * (1 + i % 2)},
+        final={"train_loss": 0.5, "test_loss": 1.0 - (0 if math.isnan(acc) else acc),
+               "test_accuracy": acc},
+        diverged=diverged,
+        diverged_step=step,
+        best_step=None,
+        best_test_accuracy=acc,
+    )
+
+
+def _fake_result(trials):
+    cfg = config_lib.SweepConfig.from_dict({"train": {"steps": 4, "eval_every": 2}})
+    n = len(trials)
+    history = {
+        "train_loss": np.array([[2.0, 1.5, np.nan, np.nan]] * n, np.float32),
+        "grad_norm": np.ones((n, 4), np.float32),
+        "clipped": np.zeros((n, 4), bool),
+        "learning_rate": np.ones((n, 4), np.float32),
+        "eval_step": np.array([2, 4], np.int32),
+        "test_loss": np.ones((n, 2), np.float32),
+        "test_accuracy": np.full((n, 2), 0.5, np.float32),
+    }
+    return SweepResult(cfg, trials, history, {"steps_done": 4})
+
+
+def test_format_table_ordering():
+    result = _fake_result(
+        [
+            _trial(0, 0.5),
+            _trial(1, 0.9),
+            _trial(2, math.nan),
+            _trial(3, 0.99, diverged=True, step=7),
+            _trial(4, 0.7),
+            _trial(5, 0.2, diverged=True, step=3),
+        ]
+    )
+    assert [t.id for t in rank_trials(result)] == [1, 4, 0, 2, 3, 5]
+    lines = format_table(result).splitlines()
+    body = lines[2:-1]
+    assert [int(line.split()[0]) for line in body] == [1, 2, 3, 4, 5, 6]
+    assert [line.split()[1] for line in body] == [result.trials[i].name for i in (1, 4, 0, 2, 3, 5)]
+    assert body[-2].split()[-1] == "7" and body[0].split()[-1] == "-"
+    assert lines[-1] == "6 trials, 2 diverged; best: 001-lr=1 (test accuracy 0.9000, test loss 0.1)"
+    top = format_table(result, top=2).splitlines()
+    assert len(top) == 2 + 2 + 2 and top[-2] == "... 4 more"
+
+
+def test_plots_of_a_synthetic_result_with_divergence(tmp_path):
+    result = _fake_result(
+        [_trial(0, 0.5), _trial(1, 0.9), _trial(2, 0.3, diverged=True, step=2), _trial(3, 0.6)]
+    )
+    paths = plots.write_plots(result, tmp_path)
+    assert [p.name for p in paths] == ["lr_vs_metric.png", "curves.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    # A result without history draws only the learning-rate plot.
+    result.history = {}
+    assert [p.name for p in plots.write_plots(result, tmp_path / "b")] == ["lr_vs_metric.png"]
+
+
+def test_interrupt_then_resume(tmp_path, capsys, monkeypatch, inproc):
+    """Ctrl-C after the first chunk exits 130 with a resume hint; --resume finishes the sweep."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(config_lib.SweepConfig.from_dict(INPROC).to_dict()))
+    out = tmp_path / "run"
+    original = ProgressBar.on_chunk
+
+    def interrupt(self, start, stop, history):
+        original(self, start, stop, history)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ProgressBar, "on_chunk", interrupt)
+    assert main(["sweep", str(cfg), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"jaxtune sweep --out {out} --resume" in err and "Traceback" not in err
+    assert json.loads((out / "results.json").read_text())["timing"]["steps_done"] == 10
+    assert main(["show", str(out)]) == 0
+    assert "interrupted at step 10 of 20" in capsys.readouterr().out
+
+    monkeypatch.setattr(ProgressBar, "on_chunk", original)
+    assert main(["sweep", "--out", str(out), "--resume"]) == 0  # CONFIG from out/config.toml
+    capsys.readouterr()
+    resumed = SweepResult.load(out)
+    live, _, _ = inproc
+    assert resumed.timing["steps_done"] == 20
+    for a, b in zip(resumed.trials, live.trials, strict=True):
+        assert a.diverged_step == b.diverged_step
+        np.testing.assert_allclose(a.final["test_accuracy"], b.final["test_accuracy"])
+    # The resumed runs purge and continue the TensorBoard curves.
+    steps = sorted({s for s, _ in read_scalars(out / "tb" / live.trials[0].name)["train/loss"]})
+    assert steps == list(range(20))
+    # Resuming with a different configuration is refused before anything runs.
+    assert main(["sweep", str(cfg), "--out", str(out), "--resume",
+                 "--set", "train.steps=30"]) == 2
+    assert "train.steps" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser structure, TOML writer and the bundled examples.
+
+
+def test_parser_is_extensible():
+    parser = cli.build_parser()
+    args = parser.parse_args(["sweep", "x.toml", "--set", "a=1", "--set", "b=2", "--out", "o"])
+    assert (args.config, args.set, args.out, args.resume) == ("x.toml", ["a=1", "b=2"], "o", False)
+    assert args.func is cli.cmd_sweep
+    import argparse
+
+    other = cli.add_config_arguments(argparse.ArgumentParser())
+    assert other.parse_args([]).config is None
+
+
+def test_to_toml_round_trips():
+    data = {
+        "a": {"s": 'q"uo\\te\n\x7f', "i": -3, "f": 1e-05, "g": 3.0, "h": 0.1, "b": True,
+              "l": [1, 2], "ll": [[8], [16, 16]], "none": None},
+        "sweep": {
+            "method": "grid",
+            "grid": {"optimizer.learning_rate": [0.001, 1e30], "task.widths": [[8], [16]]},
+            "space": {"x.y": {"distribution": "log_uniform", "low": 0.001, "high": 3.0}},
+            "trials": [{"optimizer.learning_rate": 0.1}, {"optimizer.learning_rate": 0.2}],
+        },
+    }
+    back = tomllib.loads(to_toml(data))
+    expected = json.loads(json.dumps(data))
+    del expected["a"]["none"]
+    assert back == expected
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.toml")), ids=lambda p: p.name)
+def test_examples_load(path):
+    cfg = load_config(path)
+    trials = config_lib.expand_trials(cfg)
+    assert 2 <= len(trials) <= 32
+    if path.name == "default.toml":
+        assert cfg == config_lib.default_config()
+    if path.name == "cnn_batchnorm.toml":
+        assert {t["task.normalization"] for t in trials} == {"none", "batch"}
+    if path.name == "quasi_random.toml":
+        assert cfg.method == "quasi_random" and len(trials) == 16
