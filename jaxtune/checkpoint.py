@@ -143,7 +143,7 @@ class SweepCheckpointer:
                 history = {k: np.asarray(v) for k, v in restored["history"].items()}
                 if restored["meta"]["digest"] != _digest((jax.device_get(states), history)):
                     raise ValueError("the digest of the restored arrays does not match")
-            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+            except Exception as e:
                 aside = self.directory / f"corrupt-step-{step}-{int(time.time())}"
                 (self.directory / str(step)).rename(aside)
                 self.manager.reload()
@@ -191,4 +191,6 @@ def export_trial(run_dir: str | Path, trial_id: int) -> dict[str, Any]:
             params = jax.tree.map(lambda a: np.asarray(a[j]), state.params)
             model_state = jax.tree.map(lambda a: np.asarray(a[j]), state.model_state)
             return {"params": params, **dict(model_state)}
-    raise ValueError(f"trial_id = {trial_id} is invalid: the sweep has trials 0..{sum(map(len, units)) - 1}")
+    raise ValueError(
+        f"trial_id = {trial_id} is invalid: the sweep has trials 0..{sum(map(len, units)) - 1}"
+    )

@@ -146,8 +146,15 @@ NUMERIC_KEYS = (
 )
 
 #: Keys that cannot vary inside one sweep (all trials share one step clock).
-_UNSWEEPABLE = ("train.steps", "train.eval_every", "train.max_trials_per_call",
-                "train.batch_grouping", "task.dataset", "task.subset", "task.test_fraction")
+_UNSWEEPABLE = (
+    "train.steps",
+    "train.eval_every",
+    "train.max_trials_per_call",
+    "train.batch_grouping",
+    "task.dataset",
+    "task.subset",
+    "task.test_fraction",
+)
 
 _SWEEP_KEYS = ("method", "num_trials", "seeds", "seed", "grid", "space", "trials")
 _METHODS = ("grid", "random", "quasi_random", "list")
@@ -296,7 +303,7 @@ class SweepConfig:
         sweep = dict(d.get("sweep", {}))
         for k, v in d.items():
             if k.startswith("sweep."):
-                sweep[k[len("sweep."):]] = v
+                sweep[k[len("sweep.") :]] = v
         for k in sweep:
             if k not in _SWEEP_KEYS:
                 raise _unknown(k, list(_SWEEP_KEYS), "sweep key")
@@ -415,8 +422,10 @@ def _check_space(space: Any) -> dict[str, dict]:
         if isinstance(spec, Sequence) and not isinstance(spec, str):
             spec = {"choice": list(spec)}
         if not isinstance(spec, Mapping):
-            raise ConfigError(f"sweep.space[{key!r}] must be a table, e.g. "
-                              '{ distribution = "log_uniform", low = 1e-3, high = 1.0 }')
+            raise ConfigError(
+                f"sweep.space[{key!r}] must be a table, e.g. "
+                '{ distribution = "log_uniform", low = 1e-3, high = 1.0 }'
+            )
         spec = dict(spec)
         if "choice" in spec:
             spec.setdefault("distribution", "choice")
@@ -433,7 +442,9 @@ def _check_space(space: Any) -> dict[str, dict]:
             spec["choice"] = [_plain(check_value(key, v)) for v in values]
         else:
             for bound in ("low", "high"):
-                if not isinstance(spec.get(bound), int | float) or isinstance(spec.get(bound), bool):
+                if not isinstance(spec.get(bound), int | float) or isinstance(
+                    spec.get(bound), bool
+                ):
                     raise ConfigError(f"sweep.space[{key!r}].{bound} must be a number")
             low, high = spec["low"], spec["high"]
             if not low < high:
@@ -486,8 +497,9 @@ def expand_trials(cfg: SweepConfig) -> list[dict[str, Any]]:
     """The overrides of every trial, in order (seeds vary fastest)."""
     if cfg.method == "grid":
         keys = list(cfg.grid)
-        settings = [dict(zip(keys, combo, strict=True))
-                    for combo in itertools.product(*cfg.grid.values())]
+        settings = [
+            dict(zip(keys, combo, strict=True)) for combo in itertools.product(*cfg.grid.values())
+        ]
     elif cfg.method == "list":
         settings = [dict(t) for t in cfg.trials]
     else:
@@ -549,7 +561,9 @@ def diff_configs(a: SweepConfig, b: SweepConfig) -> list[str]:
     return keys
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping = ()) -> SweepConfig:
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] | Mapping = ()
+) -> SweepConfig:
     """Load a TOML sweep file (or the bundled default when ``path`` is None).
 
     Args:

@@ -104,7 +104,9 @@ def build_schedule(flat: Mapping[str, Any], hp: Mapping[str, Any] | None = None)
     if name == "cosine":
         return sched_lib.cosine_decay(lr, steps, alpha=v["schedule.alpha"])
     warm = v["schedule.warmup_steps"]
-    return sched_lib.warmup(sched_lib.cosine_decay(lr, steps - warm, alpha=v["schedule.alpha"]), warm)
+    return sched_lib.warmup(
+        sched_lib.cosine_decay(lr, steps - warm, alpha=v["schedule.alpha"]), warm
+    )
 
 
 def build_optimizer(
@@ -122,7 +124,9 @@ def build_optimizer(
     )
 
 
-def build_model(flat: Mapping[str, Any], ds: data_lib.Dataset, num_classes: int) -> models_lib.Model:
+def build_model(
+    flat: Mapping[str, Any], ds: data_lib.Dataset, num_classes: int
+) -> models_lib.Model:
     """The Flax model a configuration names, for inputs shaped like ``ds.x_train``."""
     common = dict(
         num_outputs=num_classes,
@@ -150,7 +154,8 @@ def load_task_data(flat: Mapping[str, Any]) -> data_lib.Dataset:
         n = flat["task.subset"]
         if n > ds.x_train.shape[0]:
             raise ConfigError(
-                f"task.subset = {n} is larger than the training set ({ds.x_train.shape[0]} examples)"
+                f"task.subset = {n} is larger than the training set "
+                f"({ds.x_train.shape[0]} examples)"
             )
         ds = data_lib.subset(ds, n)
     return ds
@@ -199,7 +204,12 @@ def _make_fns(prog: _Program, model: models_lib.Model, n_train: int) -> tuple[Ca
         params = _scale_kernels(params, hp["task.init_scale"])
         opt_state = optimizer(hp).init(params)
         return TrainState(
-            params, model_state, opt_state, hp["key"], jnp.asarray(False), jnp.asarray(-1, jnp.int32)
+            params,
+            model_state,
+            opt_state,
+            hp["key"],
+            jnp.asarray(False),
+            jnp.asarray(-1, jnp.int32),
         )
 
     def step_one(state: TrainState, hp, data, step):
@@ -361,7 +371,9 @@ class SweepResult:
             )
         sign = -1.0 if metric == "test_accuracy" else 1.0
         candidates = [
-            t for t in self.trials if not t.diverged and math.isfinite(t.final.get(metric, math.nan))
+            t
+            for t in self.trials
+            if not t.diverged and math.isfinite(t.final.get(metric, math.nan))
         ]
         if not candidates:
             raise ValueError("no trial finished with a finite value of " + metric)
@@ -612,7 +624,7 @@ class SweepCallback:
     """Hooks called on the host between compiled chunks. Subclass and override what you need."""
 
     def on_start(self, info: dict[str, Any]) -> None:
-        """``info``: ``names``, ``hparams``, ``steps``, ``num_trials``, ``out_dir``, ``start_step``."""
+        """``info`` has ``names``, ``hparams``, ``steps``, ``num_trials``, ``out_dir``, ...."""
 
     def on_chunk(self, start: int, stop: int, history: dict[str, np.ndarray]) -> None:
         """Steps ``[start, stop)`` are done; ``history`` holds all metrics up to ``stop``."""
@@ -636,13 +648,18 @@ def _memory_bytes(compiled: Any) -> int:
     if m is None:
         return 0
     return int(
-        m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
         - m.alias_size_in_bytes
     )
 
 
 def _compile_unit(
-    unit: _Unit, model: models_lib.Model, data: data_lib.Dataset, lengths: Sequence[int],
+    unit: _Unit,
+    model: models_lib.Model,
+    data: data_lib.Dataset,
+    lengths: Sequence[int],
     cache: dict,
 ) -> float:
     """Compile the unit's init and chunk programs (cached by shape); returns seconds spent."""
@@ -713,7 +730,7 @@ def run_sweep(
     cfg = config_lib.default_config() if config is None else SweepConfig.from_dict(config)
     base = cfg.base
     ctx = _prepare(cfg, model=model, dataset=dataset, compile_programs=True)
-    plan, data, lengths, compile_s = ctx.plan, ctx.data, ctx.lengths, ctx.compile_s
+    plan, data, compile_s = ctx.plan, ctx.data, ctx.compile_s
     steps, eval_every = base["train.steps"], base["train.eval_every"]
 
     ckpt = None
@@ -861,7 +878,9 @@ def _prepare(
     return _Context(plan, data, lengths, compile_s)
 
 
-def restore_states(cfg: SweepConfig, checkpoint_dir: str | Path) -> tuple[list[Any], list[list[int]]]:
+def restore_states(
+    cfg: SweepConfig, checkpoint_dir: str | Path
+) -> tuple[list[Any], list[list[int]]]:
     """The latest intact checkpointed states of a sweep, with the trial ids of each call."""
     from jaxtune import checkpoint as ckpt_lib
 
