@@ -104,7 +104,14 @@ class SweepCheckpointer:
         )
 
     def save(self, step: int, states: Sequence[Any], history: dict[str, np.ndarray]) -> None:
-        """Save the sweep at ``step`` (blocking; the write is atomic)."""
+        """Save the sweep at ``step`` (blocking; the write is atomic).
+
+        Args:
+          step: the number of steps every trial has taken.
+          states: one state per group, stacked over the group's trials (device-independent
+            layout, so a sweep can resume on a different number of devices).
+          history: the metric histories so far.
+        """
         states = jax.device_get(list(states))
         meta = {"step": int(step), "digest": _digest((states, history))}
         self.manager.save(
@@ -117,20 +124,30 @@ class SweepCheckpointer:
             force=True,
         )
         self.manager.wait_until_finished()
+        step_dir = self.directory / str(int(step))
+        manifest = step_dir / _MANIFEST
+        tmp = step_dir / (_MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(_file_hashes(step_dir), indent=1))
+        tmp.replace(manifest)
 
     def restore_latest(
-        self, template_states: Sequence[Any], template_history: dict[str, np.ndarray]
+        self, template_states: Sequence[Any]
     ) -> tuple[int, list[Any], dict[str, np.ndarray]] | None:
         """Restore the newest intact checkpoint, or return None when there is none.
 
-        A checkpoint that cannot be read or whose digest does not match is skipped with a
+        Args:
+          template_states: one abstract state per group (shapes and dtypes, stacked over the
+            group's trials); the restored arrays are host (numpy) arrays, which the engine then
+            places on however many devices the resumed run has.
+
+        A checkpoint that cannot be read or whose digest does not match is moved aside with a
         :class:`CheckpointWarning` naming it, and the previous one is tried.
         """
-        del template_history  # history shapes are read from the checkpoint itself
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, list(template_states))
+        abstract = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), list(template_states))
         self.manager.reload()
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
+                _verify_files(self.directory / str(step))
                 restored = self.manager.restore(
                     step,
                     args=ocp.args.Composite(
@@ -162,6 +179,29 @@ class SweepCheckpointer:
         self.manager.close()
 
 
+_MANIFEST = "jaxtune_files.json"
+
+
+def _file_hashes(step_dir: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(step_dir.rglob("*")):
+        if p.is_file() and not p.name.startswith(_MANIFEST):
+            out[str(p.relative_to(step_dir))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _verify_files(step_dir: Path) -> None:
+    """Compare a checkpoint's files with the hashes written after it was saved."""
+    manifest = step_dir / _MANIFEST
+    if not manifest.exists():
+        return  # saved, but the process died before the manifest: the digest check decides
+    expected = json.loads(manifest.read_text())
+    actual = _file_hashes(step_dir)
+    bad = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+    if bad:
+        raise ValueError(f"files changed since they were written: {', '.join(bad[:3])}")
+
+
 def _has_steps(directory: Path) -> bool:
     return any(p.is_dir() and p.name.isdigit() for p in directory.iterdir())
 
@@ -184,13 +224,12 @@ def export_trial(run_dir: str | Path, trial_id: int) -> dict[str, Any]:
     if not meta.exists():
         raise FileNotFoundError(f"no sweep checkpoints in {run_dir} (missing {meta})")
     cfg = SweepConfig.from_dict(json.loads(meta.read_text())["config"])
-    states, units = sweep_lib.restore_states(cfg, ckpt_dir)
-    for state, ids in zip(states, units, strict=True):
+    states, groups = sweep_lib.restore_states(cfg, ckpt_dir)
+    for state, ids in zip(states, groups, strict=True):
         if trial_id in ids:
             j = ids.index(trial_id)
             params = jax.tree.map(lambda a: np.asarray(a[j]), state.params)
             model_state = jax.tree.map(lambda a: np.asarray(a[j]), state.model_state)
             return {"params": params, **dict(model_state)}
-    raise ValueError(
-        f"trial_id = {trial_id} is invalid: the sweep has trials 0..{sum(map(len, units)) - 1}"
-    )
+    total = sum(map(len, groups))
+    raise ValueError(f"trial_id = {trial_id} is invalid: expected an integer in [0, {total})")

@@ -408,8 +408,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     done = t.get("steps_done", steps)
     if t.get("interrupted") or done < steps:
         print(
-            f"(interrupted at step {done} of {steps}; resume with: "
-            f"{_resume_hint(Path(args.dir))})"
+            f"(interrupted at step {done} of {steps}; resume with: {_resume_hint(Path(args.dir))})"
         )
     return 0
 

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from jaxtune import data as data_lib
+from jaxtune import initializers as init_lib
 from jaxtune import models as models_lib
 from jaxtune import optimizers as opt_lib
 from jaxtune.config import SweepConfig
@@ -227,14 +228,12 @@ class OverfitResult:
 def _diagnose_curve(
     losses: np.ndarray, grad_norms: np.ndarray, lr: float, tol: float
 ) -> tuple[int | None, str]:
-    """Steps to tol (or None) and a one-line diagnosis of one loss curve."""
+    """Steps to tol (or None) and a one-line diagnosis of one loss curve (the steps that ran)."""
     finite = np.isfinite(losses)
     below = np.flatnonzero(finite & (losses < tol))
     if below.size:
         return int(below[0]), "ok"
-    ran = np.flatnonzero(~np.isnan(losses) | ~np.isnan(grad_norms))
-    n = int(ran[-1]) + 1 if ran.size else 0
-    losses, grad_norms = losses[:n], grad_norms[:n]
+    n = len(losses)
     bad = np.flatnonzero(~np.isfinite(losses) | ~np.isfinite(grad_norms))
     if bad.size:
         k = int(bad[0])
@@ -258,6 +257,8 @@ def _diagnose_curve(
             f"{lr:.3g} too small (or dead units); raise it"
         )
     w = max(2, n // 10)
+    if 2 * w > n:
+        return None, f"loss {l0:.4g} -> {lmin:.4g} after only {n} steps: give it more steps"
     late, earlier = float(np.mean(losses[-w:])), float(np.mean(losses[-2 * w : -w]))
     if earlier - late > 0.05 * earlier:
         return None, (
@@ -303,9 +304,13 @@ def _make_overfit_program(model: models_lib.Model, flat: Mapping[str, Any], step
         nan = jnp.full((steps,), jnp.nan, jnp.float32)
         carry = (jnp.int32(0), params, model_state, opt_state, nan, nan, jnp.asarray(False))
         out = jax.lax.while_loop(cond, body, carry)
-        return out[4], out[5]
+        return out[4], out[5], out[0]
 
     return jax.jit(jax.vmap(train_one, in_axes=(0, 0, None, None, None, None, None)))
+
+
+#: Compiled overfit programs by (config, batch shape, outputs, steps, tol).
+_OVERFIT_PROGRAMS: dict = {}
 
 
 def overfit_check(
@@ -380,20 +385,28 @@ def overfit_check(
     masks = np.stack([np.arange(bs) == 0, np.ones(bs, bool)])
     lr_arr = np.asarray([lr for _ in stages for lr in lrs], np.float32)
     mask_arr = np.repeat(masks, len(lrs), axis=0)
-    program = _make_overfit_program(model, flat, steps, tol)
-    losses, gns = jax.device_get(program(lr_arr, mask_arr, params, model_state, x, y, dropout_key))
+    structure = sorted((k, str(v)) for k, v in flat.items() if k != "optimizer.learning_rate")
+    key = (tuple(structure), x.shape, model.num_outputs)
+    key += (steps, tol)
+    if key not in _OVERFIT_PROGRAMS:
+        _OVERFIT_PROGRAMS[key] = _make_overfit_program(model, flat, steps, tol)
+    program = _OVERFIT_PROGRAMS[key]
+    outs = program(lr_arr, mask_arr, params, model_state, x, y, dropout_key)
+    losses, gns, ran = jax.device_get(outs)
+    ran = np.asarray(ran).reshape(len(stages), len(lrs))
     losses = np.asarray(losses).reshape(len(stages), len(lrs), steps)
     gns = np.asarray(gns).reshape(len(stages), len(lrs), steps)
     steps_to, diag, final, lmin = [], [], [], []
     for s in range(len(stages)):
         row_s, row_d, row_f, row_m = [], [], [], []
         for j, lr in enumerate(lrs):
-            st, d = _diagnose_curve(losses[s, j], gns[s, j], lr, tol)
-            ran = losses[s, j][~np.isnan(losses[s, j])]
+            n_run = int(ran[s, j])
+            st, d = _diagnose_curve(losses[s, j, :n_run], gns[s, j, :n_run], lr, tol)
+            done = losses[s, j, :n_run]
             row_s.append(st)
             row_d.append(d)
-            row_f.append(float(ran[-1]) if ran.size else math.nan)
-            fin = ran[np.isfinite(ran)]
+            row_f.append(float(done[-1]) if done.size else math.nan)
+            fin = done[np.isfinite(done)]
             row_m.append(float(fin.min()) if fin.size else math.nan)
         steps_to.append(row_s)
         diag.append(row_d)
@@ -947,44 +960,105 @@ _LAYER_TYPES = (nn.Dense, nn.Conv)
 _NORM_TYPES = (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
-def _record_layers(fn: Callable[[], Any]) -> tuple[Any, list[tuple[str, str, jax.Array]]]:
-    """Run ``fn`` eagerly and record the outputs of every Dense/Conv/normalization layer."""
-    records: list[tuple[str, str, jax.Array]] = []
+def _interceptor(records: list, eps: Sequence[jax.Array] | None = None) -> Any:
+    """A linen interceptor that records every Dense/Conv/normalization output in ``records``.
+
+    With ``eps``, the ``k``-th Dense/Conv output gets ``eps[k]`` added, so the gradient with
+    respect to ``eps`` is the backpropagated signal at that layer.
+    """
+    count = [0]
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         m = context.module
         if context.method_name == "__call__" and isinstance(m, _LAYER_TYPES + _NORM_TYPES):
             kind = "norm" if isinstance(m, _NORM_TYPES) else "layer"
+            if kind == "layer" and eps is not None:
+                out = out + eps[count[0]]
+                count[0] += 1
             records.append((kind, m.name, out))
         return out
 
-    with nn.intercept_methods(interceptor):
+    return nn.intercept_methods(interceptor)
+
+
+def _record_layers(fn: Callable[[], Any]) -> tuple[Any, list[tuple[str, str, Any]]]:
+    """Run ``fn`` and record the outputs of every Dense/Conv/normalization layer."""
+    records: list[tuple[str, str, Any]] = []
+    with _interceptor(records):
         out = fn()
     return out, records
 
 
+def _jstd(a: jax.Array) -> jax.Array:
+    """Standard deviation that does not overflow for huge (but finite) values."""
+    a = jnp.asarray(a, jnp.float32)
+    m = jnp.max(jnp.abs(a))
+    m = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
+    return m * jnp.std(a / m)
+
+
 def _std(x: Any) -> float:
-    a = np.asarray(x, np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        v = float(np.std(a))
+    v = float(_jstd(x))
     return v if math.isfinite(v) else math.inf
 
 
-def _layer_stats(records, activation: str) -> tuple[list[str], list[float], list[float]]:
-    """Names, pre-activation std and activation std of each hidden layer (and the output)."""
+def _hidden_inputs(records: list, activation: str) -> tuple[list[str], list, list]:
+    """Names, raw outputs and activations (logits for the output) of each Dense/Conv layer."""
     act = models_lib._ACTIVATION_FNS[activation]
-    names, pre, post = [], [], []
-    for j, (kind, name, out) in enumerate(records):
-        if kind != "layer":
-            continue
+    names, raw, post = [], [], []
+    layer_ids = [j for j, r in enumerate(records) if r[0] == "layer"]
+    for j in layer_ids:
+        out = records[j][2]
         nxt = records[j + 1] if j + 1 < len(records) else None
-        hidden_in = nxt[2] if nxt is not None and nxt[0] == "norm" else out
-        is_output = all(r[0] != "layer" for r in records[j + 1 :])
-        names.append(name)
-        pre.append(_std(out))
-        post.append(_std(out if is_output else act(hidden_in)))
-    return names, pre, post
+        normed = nxt[2] if nxt is not None and nxt[0] == "norm" else out
+        names.append(records[j][1])
+        raw.append(out)
+        post.append(out if j == layer_ids[-1] else act(normed))
+    return names, raw, post
+
+
+def _default_variables(model: models_lib.Model) -> tuple[Any, Any]:
+    """``(params, model_state)`` with Flax's default non-kernel values, without running init.
+
+    Scales and variances are ones, everything else zeros; kernels are then drawn by
+    :func:`jaxtune.initializers.reinitialize` (no compiled or eager Flax ``init`` needed).
+    """
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+
+    def leaf(path, x):
+        ones = init_lib._leaf_name(path) in ("scale", "var")
+        return (jnp.ones if ones else jnp.zeros)(x.shape, x.dtype)
+
+    params, state = (jax.tree_util.tree_map_with_path(leaf, t) for t in shapes)
+    return params, state
+
+
+def _signal_program(model: models_lib.Model, activation: str, x: jax.Array, y: jax.Array):
+    """Layer names and a jitted ``fn(params, state) -> (pre_std, act_std, delta_std)``."""
+    records: list = []
+    params_shape = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    with _interceptor(records):
+        jax.eval_shape(lambda p, s: model.apply(p, s, x, train=True)[0], *params_shape)
+    names = [r[1] for r in records if r[0] == "layer"]
+    shapes = [r[2].shape for r in records if r[0] == "layer"]
+
+    def forward(eps, params, state):
+        recs: list = []
+        with _interceptor(recs, eps):
+            logits, _ = model.apply(params, state, x, train=True)
+        _, pre, post = _hidden_inputs(recs, activation)
+        loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        stats = (jnp.stack([_jstd(v) for v in pre]), jnp.stack([_jstd(v) for v in post]))
+        return loss, stats
+
+    @jax.jit
+    def run(params, state):
+        eps = [jnp.zeros(s, jnp.float32) for s in shapes]
+        deltas, (pre, post) = jax.grad(forward, has_aux=True)(eps, params, state)
+        return pre, post, jnp.stack([_jstd(d) for d in deltas])
+
+    return names, run
 
 
 @dataclasses.dataclass
@@ -993,8 +1067,9 @@ class InitReport:
 
     ``act_ratio[preset][l]`` is the std of layer ``l``'s activation (post-activation for hidden
     layers, logits for the output) over the input's std; ``grad_ratio[preset][l]`` is the std of
-    layer ``l``'s kernel gradient over the output layer's. ``flags[preset]`` lists the layers
-    whose ratio leaves ``[low, high]``.
+    the gradient of the summed loss with respect to layer ``l``'s output (the backpropagated
+    signal) over the last hidden layer's. ``flags[preset]`` lists the layers whose ratio leaves
+    ``[low, high]``.
     """
 
     passed: bool
@@ -1027,7 +1102,7 @@ class InitReport:
             lines.append(
                 "  " + f"{p:<14}" + "".join(f"{_fmt(self.act_ratio[p][k]):>10}" for k in shown)
             )
-        lines.append("  kernel-gradient std / output layer's, per layer:")
+        lines.append("  backpropagated gradient std / last hidden layer's, per layer:")
         lines.append(head)
         for p in self.presets:
             lines.append(
@@ -1066,9 +1141,11 @@ def init_report(
     A batch of standard-normal inputs goes through a freshly initialized ``depth x width`` MLP
     (or CNN of ``depth`` 3x3 conv layers with ``width`` channels on 8x8 inputs) built with
     :mod:`jaxtune.models`; every Dense/Conv output is recorded with
-    ``flax.linen.intercept_methods``. Kernel gradients come from the cross-entropy against random
-    labels. A layer is flagged when its activation-std ratio to the input (or its gradient-std
-    ratio to the output layer) leaves ``[low, high]`` or is non-finite.
+    ``flax.linen.intercept_methods``, which also adds a zero to each so that the gradient of the
+    summed cross-entropy (random labels) with respect to it is the backpropagated signal there.
+    One compiled program serves every preset (only the initial parameters differ). A layer is
+    flagged when its activation-std ratio to the input (or, for hidden layers, its gradient-std
+    ratio to the last hidden layer's) leaves ``[low, high]`` or is non-finite.
 
     Args:
       depth, width: hidden layers and their width (channels for the CNN).
@@ -1113,35 +1190,38 @@ def init_report(
         high,
         list(check) if check is not None else list(presets),
     )
+    builder = models_lib.mlp if model == "mlp" else models_lib.cnn
+    kw = {"widths": widths} if model == "mlp" else {"channels": widths}
+    m = builder(
+        num_outputs=10,
+        input_shape=shape,
+        activation=activation,
+        normalization=normalization,
+        init=presets[0],
+        **kw,
+    )
+    # One model and one compiled program for every preset: only the kernels differ, redrawn
+    # with jaxtune.initializers.reinitialize.
+    names, run = _signal_program(m, activation, x, y)
+    params0, state = _default_variables(m)
     for preset in presets:
-        builder = models_lib.mlp if model == "mlp" else models_lib.cnn
-        kw = {"widths": widths} if model == "mlp" else {"channels": widths}
-        m = builder(
-            num_outputs=10,
-            input_shape=shape,
-            activation=activation,
-            normalization=normalization,
-            init=preset,
-            **kw,
+        params = init_lib.reinitialize(params0, preset, key_p)
+        pre, post, gstd = (
+            [float(v) if math.isfinite(float(v)) else math.inf for v in np.asarray(a)]
+            for a in jax.device_get(run(params, state))
         )
-        params, state = m.init(key_p)
-        _, records = _record_layers(lambda m=m, p=params, s=state: m.apply(p, s, x, train=True))
-        names, pre, post = _layer_stats(records, activation)
-
-        def loss_fn(p, m=m, s=state):
-            return _masked_ce(m.apply(p, s, x, train=True)[0], y, None)
-
-        grads = jax.grad(loss_fn)(params)
-        gstd = [_std(grads[name]["kernel"]) for name in names]
         rep.layers = names
         rep.pre_std[preset] = pre
         rep.act_std[preset] = post
         rep.grad_std[preset] = gstd
         rep.act_ratio[preset] = [_ratio(v, input_std) for v in post]
-        rep.grad_ratio[preset] = [_ratio(v, gstd[-1]) for v in gstd]
+        ref = gstd[-2] if len(gstd) > 1 else gstd[-1]
+        rep.grad_ratio[preset] = [_ratio(v, ref) for v in gstd]
         flags = []
         for k, name in enumerate(names):
             a, g = rep.act_ratio[preset][k], rep.grad_ratio[preset][k]
+            if k == len(names) - 1:
+                g = 1.0  # the output layer's backward signal is the loss gradient itself
             if not (low <= a <= high):
                 flags.append(
                     f"{name}: activation {'explodes' if a > high else 'vanishes'} (x{a:.3g})"
@@ -1183,7 +1263,7 @@ def plot_init_report(rep: InitReport, *, out_dir: str | Path | None = None) -> P
             ax.plot(np.arange(1, len(v) + 1), v, "o-", ms=3, label=p)
     for ax, title in (
         (axes[0, 0], "activation std / input std"),
-        (axes[0, 1], "kernel gradient std / output layer's"),
+        (axes[0, 1], "backprop gradient std / last hidden's"),
     ):
         ax.axhspan(rep.low, rep.high, color="green", alpha=0.08)
         ax.set_yscale("log")

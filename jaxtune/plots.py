@@ -85,7 +85,9 @@ def _x_axis(result: SweepResult) -> str | None:
     varying = varying_keys(result.trials)
     if _LR in varying:
         return _LR
-    numeric = [k for k in varying if k != _SEED and all(_is_number(t.hparams[k]) for t in result.trials)]
+    numeric = [
+        k for k in varying if k != _SEED and all(_is_number(t.hparams[k]) for t in result.trials)
+    ]
     if numeric:
         return numeric[0]
     rest = [k for k in varying if k != _SEED]
@@ -136,7 +138,11 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
     for color, (gkey, members) in zip(colors, groups.items(), strict=True):
         label = ", ".join(f"{_short(k)}={_fmt(v)}" for k, v in zip(group_keys, gkey, strict=True))
         for ax, metric in ((ax_acc, "test_accuracy"), (ax_loss, "test_loss")):
-            ok = [t for t in members if not t.diverged and math.isfinite(t.final.get(metric, math.nan))]
+            ok = [
+                t
+                for t in members
+                if not t.diverged and math.isfinite(t.final.get(metric, math.nan))
+            ]
             by_x: dict[float, list[float]] = {}
             for t in ok:
                 by_x.setdefault(x_of[t.id], []).append(t.final[metric])
@@ -155,7 +161,9 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
             if bad:
                 by = np.array([t.final.get(metric, math.nan) for t in bad], float)
                 if metric == "test_loss":
-                    by = np.where(np.isfinite(by), np.minimum(by, cap), cap if math.isfinite(cap) else 1.0)
+                    by = np.where(
+                        np.isfinite(by), np.minimum(by, cap), cap if math.isfinite(cap) else 1.0
+                    )
                 else:
                     by = np.where(np.isfinite(by), by, 0.0)
                 ax.plot([x_of[t.id] for t in bad], by, "x", color=color, markersize=9, mew=2)

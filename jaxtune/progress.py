@@ -31,7 +31,9 @@ class ProgressBar(SweepCallback):
       **tqdm_kwargs: further tqdm options (``ncols``, ``mininterval``, ...).
     """
 
-    def __init__(self, *, file: IO[str] | None = None, disable: bool | None = False, **tqdm_kwargs: Any):
+    def __init__(
+        self, *, file: IO[str] | None = None, disable: bool | None = False, **tqdm_kwargs: Any
+    ):
         self.file = file
         self.disable = disable
         self.tqdm_kwargs = tqdm_kwargs

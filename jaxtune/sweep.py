@@ -491,12 +491,24 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 @dataclasses.dataclass
-class _Unit:
-    """One compiled call: a slice of a group's trials (padded to the call size)."""
+class _Group:
+    """Trials that share one compiled program (same structure and batch bucket)."""
 
     program: _Program
-    trial_ids: list[int]  # real trials, in order; the call may hold padding copies after them
-    size: int  # trials per call including padding
+    members: list[int]  # trial ids, in order
+    trials: list[dict[str, Any]]  # their full flat configs
+    info: dict[str, Any]
+
+
+@dataclasses.dataclass
+class _Unit:
+    """One compiled call: a contiguous slice of a group's trials, padded to the call size."""
+
+    group: int
+    program: _Program
+    offset: int  # position of the first trial within the group's members
+    trial_ids: list[int]  # real trials, in order; the call holds padding copies after them
+    size: int  # trials per call including padding (a multiple of the device count)
     hp: dict[str, jax.Array]
     init: Any = None
     chunk: dict[int, Any] = dataclasses.field(default_factory=dict)  # length -> compiled
@@ -528,8 +540,8 @@ def _batch_buckets(sizes: Sequence[int], mode: str) -> list[list[int]]:
     return buckets
 
 
-def _hp_arrays(trials: Sequence[Mapping[str, Any]], program: _Program) -> dict[str, jax.Array]:
-    # Built with numpy and moved once, so a new trial count compiles nothing on the host side.
+def _hp_numpy(trials: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    # Built with numpy, so a new trial count compiles nothing on the host side.
     hp: dict[str, np.ndarray] = {}
     for key in config_lib.NUMERIC_KEYS:
         values = [t[key] for t in trials]
@@ -541,18 +553,51 @@ def _hp_arrays(trials: Sequence[Mapping[str, Any]], program: _Program) -> dict[s
             continue  # structurally absent (momentum or clip norm unset)
         else:
             hp[key] = np.asarray(values, np.float32)
-    return jax.device_put(hp)
+    return hp
+
+
+def _pad_trials(tree: Any, size: int) -> Any:
+    """Pad the leading trial axis to ``size`` with copies of the first trial."""
+
+    def pad(a):
+        a = np.asarray(a)
+        extra = size - a.shape[0]
+        return a if extra == 0 else np.concatenate([a, np.repeat(a[:1], extra, axis=0)])
+
+    return jax.tree.map(pad, tree)
+
+
+def _mesh(setting: Any) -> jax.sharding.Mesh:
+    devices = jax.devices()
+    k = len(devices) if setting in ("all", "auto") else int(setting)
+    if k > len(devices):
+        raise ConfigError(
+            f"parallel.devices = {k} is invalid: expected 'all' or an integer in "
+            f"[1, {len(devices)}] ({len(devices)} {jax.default_backend()} devices available)"
+        )
+    return jax.sharding.Mesh(np.asarray(devices[:k]), ("trials",))
+
+
+def _trial_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
 
 
 class _Plan(NamedTuple):
     trials: list[dict[str, Any]]  # full flat config per trial
     hparams: list[dict[str, Any]]
     names: list[str]
+    groups: list[_Group]
     units: list[_Unit]
-    groups: list[dict[str, Any]]
+    mesh: jax.sharding.Mesh
+
+    @property
+    def group_info(self) -> list[dict[str, Any]]:
+        return [g.info for g in self.groups]
 
 
-def _plan(cfg: SweepConfig, n_train: int, max_per_call: int | None) -> _Plan:
+def _plan(
+    cfg: SweepConfig, n_train: int, max_per_call: int | None, mesh: jax.sharding.Mesh
+) -> _Plan:
     overrides = config_lib.expand_trials(cfg)
     if not overrides:
         raise ConfigError("the search space is empty: the sweep has no trials")
@@ -574,42 +619,85 @@ def _plan(cfg: SweepConfig, n_train: int, max_per_call: int | None) -> _Plan:
             t["optimizer.clip_norm"] is None,
         )
         by_structure.setdefault(key, []).append(i)
-    units: list[_Unit] = []
-    groups: list[dict[str, Any]] = []
+    groups: list[_Group] = []
     for (structure, _, no_clip), ids in by_structure.items():
         sizes = [trials[i]["train.batch_size"] for i in ids]
         use_wd = any(trials[i]["optimizer.weight_decay"] != 0.0 for i in ids)
         for bucket in _batch_buckets(sizes, cfg.base["train.batch_grouping"]):
             members = [i for i in ids if trials[i]["train.batch_size"] in bucket]
-            padded = len(bucket) > 1
             prog = _Program(
                 structure=structure,
-                batch_size=None if padded else bucket[0],
+                batch_size=None if len(bucket) > 1 else bucket[0],
                 max_batch=bucket[0],
                 use_clip=not no_clip,
                 use_weight_decay=use_wd,
             )
             used = sum(trials[i]["train.batch_size"] for i in members)
-            groups.append(
-                {
-                    "trials": len(members),
-                    "batch_sizes": sorted(bucket),
-                    "gathered_batch": bucket[0],
-                    "batch_utilization": used / (len(members) * bucket[0]),
-                    "structure": {k: _jsonable(v) for k, v in structure if _varies(k, trials)},
-                }
-            )
-            per_call = max_per_call or len(members)
-            n_calls = math.ceil(len(members) / per_call)
-            size = math.ceil(len(members) / n_calls)
-            for c in range(n_calls):
-                chunk_ids = members[c * size : (c + 1) * size]
-                padded_ids = chunk_ids + [chunk_ids[0]] * (size - len(chunk_ids))
-                hp = _hp_arrays([trials[i] for i in padded_ids], prog)
-                units.append(_Unit(prog, chunk_ids, size, hp))
-            groups[-1]["calls"] = n_calls
-            groups[-1]["trials_per_call"] = size
-    return _Plan(trials, hparams, names, units, groups)
+            info = {
+                "trials": len(members),
+                "batch_sizes": sorted(bucket),
+                "gathered_batch": bucket[0],
+                "batch_utilization": used / (len(members) * bucket[0]),
+                "structure": {k: _jsonable(v) for k, v in structure if _varies(k, trials)},
+            }
+            groups.append(_Group(prog, members, [trials[i] for i in members], info))
+    units = _split_units(groups, max_per_call, mesh)
+    return _Plan(trials, hparams, names, groups, units, mesh)
+
+
+def _split_units(
+    groups: Sequence[_Group], max_per_call: int | None, mesh: jax.sharding.Mesh
+) -> list[_Unit]:
+    k = mesh.size
+    sharding = _trial_sharding(mesh)
+    units = []
+    for g, group in enumerate(groups):
+        n = len(group.members)
+        per_call = max_per_call or n
+        n_calls = math.ceil(n / per_call)
+        size = math.ceil(n / n_calls)
+        size = math.ceil(size / k) * k
+        n_calls = math.ceil(n / size)
+        hp_all = _hp_numpy(group.trials)
+        for c in range(n_calls):
+            lo, hi = c * size, min((c + 1) * size, n)
+            hp = _pad_trials(jax.tree.map(lambda a: a[lo:hi], hp_all), size)
+            hp = jax.device_put(hp, sharding)
+            units.append(_Unit(g, group.program, lo, group.members[lo:hi], size, hp))
+        group.info["calls"] = n_calls
+        group.info["trials_per_call"] = size
+        group.info["padding_trials"] = n_calls * size - n
+    return units
+
+
+def _group_states(plan: _Plan) -> list[Any]:
+    """Host copies of each group's state, stacked over its real trials in member order."""
+    out = []
+    for g in range(len(plan.groups)):
+        parts = [
+            jax.tree.map(lambda a, u=u: np.asarray(a)[: len(u.trial_ids)], jax.device_get(u.state))
+            for u in plan.units
+            if u.group == g
+        ]
+        out.append(jax.tree.map(lambda *xs: np.concatenate(xs), *parts))
+    return out
+
+
+def _scatter_states(plan: _Plan, group_states: Sequence[Any]) -> None:
+    """Give every unit its slice of the groups' states (padded, sharded over the mesh)."""
+    sharding = _trial_sharding(plan.mesh)
+    for unit in plan.units:
+        part = jax.tree.map(
+            lambda a, u=unit: np.asarray(a)[u.offset : u.offset + len(u.trial_ids)],
+            group_states[unit.group],
+        )
+        unit.state = jax.device_put(_pad_trials(part, unit.size), sharding)
+
+
+def _group_templates(plan: _Plan, init_fns: Sequence[Callable]) -> list[Any]:
+    return [
+        jax.eval_shape(init_fns[g], _hp_numpy(group.trials)) for g, group in enumerate(plan.groups)
+    ]
 
 
 def _varies(key: str, trials: Sequence[Mapping[str, Any]]) -> bool:
@@ -633,14 +721,15 @@ class SweepCallback:
         """The sweep finished (or stopped); ``result`` is final."""
 
 
-def _device_memory_budget() -> int:
-    dev = jax.devices()[0]
+def _device_memory_budget(mesh: jax.sharding.Mesh) -> int:
+    """Bytes one call may use on each device of the mesh."""
+    dev = mesh.devices.flat[0]
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"] * 0.8)
     import psutil
 
-    return int(psutil.virtual_memory().available * 0.5)
+    return int(psutil.virtual_memory().available * 0.5 / mesh.size)
 
 
 def _memory_bytes(compiled: Any) -> int:
@@ -660,23 +749,40 @@ def _compile_unit(
     model: models_lib.Model,
     data: data_lib.Dataset,
     lengths: Sequence[int],
+    mesh: jax.sharding.Mesh,
     cache: dict,
 ) -> float:
     """Compile the unit's init and chunk programs (cached by shape); returns seconds spent."""
     t0 = time.perf_counter()
     n_train = int(data.x_train.shape[0])
-    key = (unit.program, unit.size, jax.tree.map(lambda a: (a.shape, a.dtype), data), n_train)
+    key = (
+        unit.program,
+        unit.size,
+        jax.tree.map(lambda a: (a.shape, a.dtype), data),
+        tuple(d.id for d in mesh.devices.flat),
+        id(model),
+    )
     if key not in cache:
-        cache[key] = {"fns": _make_fns(unit.program, model, n_train)}
+        cache[key] = {"fns": _make_fns(unit.program, model, n_train), "model": model}
     entry = cache[key]
     init_all, chunk_all = entry["fns"]
+    trial_sh = _trial_sharding(mesh)
     if "init" not in entry:
-        entry["init"] = jax.jit(init_all).lower(unit.hp).compile()
+        entry["init"] = jax.jit(init_all, out_shardings=trial_sh).lower(unit.hp).compile()
     unit.init = entry["init"]
-    state_shape = jax.eval_shape(init_all, unit.hp)
+    state_shape = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=trial_sh),
+        jax.eval_shape(init_all, unit.hp),
+    )
+    step_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "trials"))
     for length in lengths:
         if length not in entry:
-            fn = jax.jit(chunk_all, static_argnames="length", donate_argnums=0)
+            fn = jax.jit(
+                chunk_all,
+                static_argnames="length",
+                donate_argnums=0,
+                out_shardings=(trial_sh, step_sh, trial_sh),
+            )
             entry[length] = fn.lower(
                 state_shape, unit.hp, data, jnp.int32(0), length=length
             ).compile()
@@ -684,8 +790,8 @@ def _compile_unit(
     return time.perf_counter() - t0
 
 
-#: Compiled programs by (program, trials per call, data shapes). Lets a second sweep of the same
-#: shapes reuse the compiled code instead of compiling again.
+#: Compiled programs by (program, trials per call, data shapes, devices, model). Lets a second
+#: sweep of the same shapes reuse the compiled code instead of compiling again.
 _COMPILED: dict = {}
 
 
@@ -704,13 +810,13 @@ def run_sweep(
     Args:
       config: a :class:`SweepConfig`, a dict of sections/dotted keys, or ``None`` for the
         bundled default sweep.
-      out_dir: where checkpoints go (``<out_dir>/checkpoints``) when ``checkpoint.every > 0``;
-        results are written there too when given.
-      resume: continue from the latest checkpoint in ``out_dir``.
+      out_dir: where results and checkpoints (``<out_dir>/checkpoints``, when
+        ``checkpoint.every > 0``) are written.
+      resume: continue from the latest intact checkpoint in ``out_dir``.
       callbacks: host-side hooks (progress bars, TensorBoard logging).
       model: a user :class:`jaxtune.models.Model` replacing ``task.model`` for every trial.
       dataset: a user :class:`jaxtune.data.Dataset` replacing ``task.dataset``.
-      verbose: print what the engine chose (groups, trials per call).
+      verbose: print what the engine chose (groups, trials per call, devices).
 
     Returns:
       A :class:`SweepResult`.
@@ -729,34 +835,26 @@ def run_sweep(
 
     cfg = config_lib.default_config() if config is None else SweepConfig.from_dict(config)
     base = cfg.base
+    if resume and (out_dir is None or base["checkpoint.every"] == 0):
+        raise ConfigError("resume needs an output directory and checkpoint.every > 0")
     ctx = _prepare(cfg, model=model, dataset=dataset, compile_programs=True)
-    plan, data, compile_s = ctx.plan, ctx.data, ctx.compile_s
+    plan, data = ctx.plan, ctx.data
     steps, eval_every = base["train.steps"], base["train.eval_every"]
-
-    ckpt = None
-    start_step = 0
     n = len(plan.trials)
-    history = {
-        "train_loss": np.full((n, steps), np.nan, np.float32),
-        "grad_norm": np.full((n, steps), np.nan, np.float32),
-        "clipped": np.zeros((n, steps), bool),
-        "learning_rate": np.full((n, steps), np.nan, np.float32),
-        "eval_step": np.zeros((0,), np.int32),
-        "test_loss": np.zeros((n, 0), np.float32),
-        "test_accuracy": np.zeros((n, 0), np.float32),
-    }
-    for unit in plan.units:
-        unit.state = unit.init(unit.hp)
+    history = _empty_history(n, steps)
+    start_step = 0
+    ckpt = None
     if out_dir is not None and base["checkpoint.every"] > 0:
         ckpt = ckpt_lib.SweepCheckpointer(Path(out_dir) / "checkpoints", cfg, resume=resume)
-        if resume:
-            restored = ckpt.restore_latest([u.state for u in plan.units], history)
-            if restored is not None:
-                start_step, states, history = restored
-                for unit, state in zip(plan.units, states, strict=True):
-                    unit.state = state
-    elif resume:
-        raise ConfigError("resume needs out_dir and checkpoint.every > 0")
+    restored = None
+    if ckpt is not None and resume:
+        restored = ckpt.restore_latest(_group_templates(plan, ctx.init_fns))
+    if restored is not None:
+        start_step, group_states, history = restored
+        _scatter_states(plan, group_states)
+    else:
+        for unit in plan.units:
+            unit.state = unit.init(unit.hp)
 
     info = {
         "names": plan.names,
@@ -765,7 +863,8 @@ def run_sweep(
         "num_trials": n,
         "out_dir": None if out_dir is None else str(out_dir),
         "start_step": start_step,
-        "groups": plan.groups,
+        "groups": plan.group_info,
+        "devices": plan.mesh.size,
     }
     if verbose:
         _describe(plan)
@@ -774,8 +873,7 @@ def run_sweep(
 
     interrupted = False
     t_run = time.perf_counter()
-    step = start_step
-    last_ckpt = start_step
+    step = last_ckpt = start_step
     every = base["checkpoint.every"]
     with _deferred_interrupt() as stop_requested:
         try:
@@ -792,28 +890,29 @@ def run_sweep(
                 for cb in callbacks:
                     cb.on_chunk(step - length, step, history)
                 if ckpt is not None and (step // every > last_ckpt // every or step == steps):
-                    ckpt.save(step, [u.state for u in plan.units], history)
+                    ckpt.save(step, _group_states(plan), history)
                     last_ckpt = step
         except KeyboardInterrupt:  # raised by a callback; the state is consistent at `step`
             interrupted = True
         interrupted = interrupted or stop_requested()
         if interrupted and ckpt is not None and step > last_ckpt:
-            ckpt.save(step, [u.state for u in plan.units], history)
+            ckpt.save(step, _group_states(plan), history)
     if ckpt is not None:
         ckpt.close()
     run_s = time.perf_counter() - t_run
     done_steps = (step - start_step) * n
     timing = {
-        "compile_s": compile_s,
+        "compile_s": ctx.compile_s,
         "run_s": run_s,
         "trial_steps_per_s": done_steps / run_s if run_s > 0 else math.nan,
         "steps_done": step,
         "interrupted": interrupted,
-        "groups": plan.groups,
+        "groups": plan.group_info,
         "backend": jax.default_backend(),
-        "devices": len(jax.devices()),
+        "devices": plan.mesh.size,
+        "trials_per_call": ctx.choice,
     }
-    div_steps = [None] * n
+    div_steps: list[int | None] = [None] * n
     for unit in plan.units:
         ds_ = np.asarray(jax.device_get(unit.state.diverged_step))
         for j, i in enumerate(unit.trial_ids):
@@ -829,11 +928,24 @@ def run_sweep(
     return result
 
 
+def _empty_history(n: int, steps: int) -> dict[str, np.ndarray]:
+    return {
+        "train_loss": np.full((n, steps), np.nan, np.float32),
+        "grad_norm": np.full((n, steps), np.nan, np.float32),
+        "clipped": np.zeros((n, steps), bool),
+        "learning_rate": np.full((n, steps), np.nan, np.float32),
+        "eval_step": np.zeros((0,), np.int32),
+        "test_loss": np.zeros((n, 0), np.float32),
+        "test_accuracy": np.zeros((n, 0), np.float32),
+    }
+
+
 class _Context(NamedTuple):
     plan: _Plan
     data: data_lib.Dataset
-    lengths: list[int]
+    init_fns: list[Callable]  # per group: init_all(hp) for templates
     compile_s: float
+    choice: str  # what decided the trials per call
 
 
 def _prepare(
@@ -852,9 +964,11 @@ def _prepare(
     n_train = int(ds.x_train.shape[0])
     steps, eval_every = base["train.steps"], base["train.eval_every"]
     lengths = sorted({min(eval_every, steps), (steps % eval_every) or min(eval_every, steps)})
-    data = jax.device_put(ds)
+    mesh = _mesh(base["parallel.devices"])
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    data = jax.device_put(jax.tree.map(np.asarray, ds), replicated)
     mtpc = base["train.max_trials_per_call"]
-    plan = _plan(cfg, n_train, None if mtpc == "auto" else mtpc)
+    plan = _plan(cfg, n_train, None if mtpc == "auto" else mtpc, mesh)
     models: dict[tuple, models_lib.Model] = {}
 
     def model_for(prog: _Program) -> models_lib.Model:
@@ -864,36 +978,35 @@ def _prepare(
             models[prog.structure] = build_model(prog.flat, ds, num_classes)
         return models[prog.structure]
 
+    init_fns = [_make_fns(g.program, model_for(g.program), n_train)[0] for g in plan.groups]
+    choice = "all trials of a group in one call" if mtpc == "auto" else f"fixed at {mtpc}"
     compile_s = 0.0
-    if not compile_programs:
+    if compile_programs:
         for unit in plan.units:
-            init_all, _ = _make_fns(unit.program, model_for(unit.program), n_train)
-            unit.init = jax.jit(init_all)
-        return _Context(plan, data, lengths, compile_s)
-    for unit in plan.units:
-        compile_s += _compile_unit(unit, model_for(unit.program), data, lengths, _COMPILED)
-    if mtpc == "auto":
-        plan, more = _fit_memory(cfg, plan, n_train, model_for, data, lengths)
-        compile_s += more
-    return _Context(plan, data, lengths, compile_s)
+            compile_s += _compile_unit(
+                unit, model_for(unit.program), data, lengths, mesh, _COMPILED
+            )
+        if mtpc == "auto":
+            plan, more, choice = _fit_memory(cfg, plan, n_train, model_for, data, lengths)
+            compile_s += more
+    return _Context(plan, data, init_fns, compile_s, choice)
 
 
 def restore_states(
     cfg: SweepConfig, checkpoint_dir: str | Path
 ) -> tuple[list[Any], list[list[int]]]:
-    """The latest intact checkpointed states of a sweep, with the trial ids of each call."""
+    """The latest intact checkpointed state of each group, with the trial ids of each group."""
     from jaxtune import checkpoint as ckpt_lib
 
     ctx = _prepare(cfg, model=None, dataset=None, compile_programs=False)
-    templates = [jax.eval_shape(u.init, u.hp) for u in ctx.plan.units]
     ckpt = ckpt_lib.SweepCheckpointer(checkpoint_dir, cfg, resume=True)
     try:
-        restored = ckpt.restore_latest(templates, {})
+        restored = ckpt.restore_latest(_group_templates(ctx.plan, ctx.init_fns))
     finally:
         ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"no intact checkpoint in {checkpoint_dir}")
-    return restored[1], [u.trial_ids for u in ctx.plan.units]
+    return restored[1], [g.members for g in ctx.plan.groups]
 
 
 @contextlib.contextmanager
@@ -923,23 +1036,38 @@ def _deferred_interrupt():
 
 def _fit_memory(cfg, plan, n_train, model_for, data, lengths):
     """Split groups into smaller calls until each compiled call fits the memory budget."""
-    budget = _device_memory_budget()
-    worst = max(
-        (_memory_bytes(u.chunk[max(lengths)]) / max(u.size, 1) for u in plan.units), default=0
+    budget = _device_memory_budget(plan.mesh)
+    per_trial = max(
+        _memory_bytes(u.chunk[max(lengths)]) / max(u.size // plan.mesh.size, 1) for u in plan.units
     )
-    biggest = max(u.size for u in plan.units)
-    if worst * biggest <= budget:
-        return plan, 0.0
-    per_call = max(1, int(budget // max(worst, 1)))
-    plan = _plan(cfg, n_train, per_call)
+    biggest = max(u.size // plan.mesh.size for u in plan.units)
+    if per_trial * biggest <= budget:
+        return (
+            plan,
+            0.0,
+            (
+                f"auto: all trials of a group in one call (~{per_trial * biggest / 2**20:.0f} MiB "
+                f"per device of a {budget / 2**20:.0f} MiB budget)"
+            ),
+        )
+    per_call = max(1, int(budget // max(per_trial, 1))) * plan.mesh.size
+    plan = _plan(cfg, n_train, per_call, plan.mesh)
     extra = 0.0
     for unit in plan.units:
-        extra += _compile_unit(unit, model_for(unit.program), data, lengths, _COMPILED)
-    return plan, extra
+        extra += _compile_unit(unit, model_for(unit.program), data, lengths, plan.mesh, _COMPILED)
+    return (
+        plan,
+        extra,
+        (
+            f"auto: {per_call} trials per call so that each call fits the "
+            f"{budget / 2**20:.0f} MiB per-device memory budget"
+        ),
+    )
 
 
 def _describe(plan: _Plan) -> None:
-    for g in plan.groups:
+    print(f"devices: {plan.mesh.size} x {jax.default_backend()}")
+    for g in plan.group_info:
         print(
             f"group: {g['trials']} trials, {g['calls']} call(s) of {g['trials_per_call']}, "
             f"batch sizes {g['batch_sizes']} gathered at {g['gathered_batch']} "
@@ -973,7 +1101,6 @@ def _result(cfg, plan, history, timing, steps, div_step) -> SweepResult:
         acc = history["test_accuracy"][i]
         finite_acc = np.where(np.isfinite(acc), acc, -np.inf)
         best = int(np.argmax(finite_acc)) if acc.size else None
-        diverged = div_step[i] is not None
         final = {
             "train_loss": float(np.mean(window)) if window.size else math.nan,
             "test_loss": float(history["test_loss"][i, -1]) if acc.size else math.nan,
@@ -985,7 +1112,7 @@ def _result(cfg, plan, history, timing, steps, div_step) -> SweepResult:
                 name=name,
                 hparams=plan.hparams[i],
                 final=final,
-                diverged=diverged,
+                diverged=div_step[i] is not None,
                 diverged_step=div_step[i],
                 best_step=int(history["eval_step"][best]) if best is not None else None,
                 best_test_accuracy=float(acc[best]) if best is not None else math.nan,

@@ -16,6 +16,7 @@ predicted labels.
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,6 +91,8 @@ class TensorBoardLogger(SweepCallback):
         self.writers: list[Any] = []
         self.names: list[str] = []
         self.run_dirs: list[Path] = []
+        self._train_from: list[int] = []  # per run: first train step not yet logged
+        self._eval_from: list[int] = []  # per run: first eval step not yet logged
 
     # -- callback hooks --------------------------------------------------------------------
 
@@ -109,13 +112,25 @@ class TensorBoardLogger(SweepCallback):
         start = int(info.get("start_step", 0))
         self.names = list(info["names"])
         self.run_dirs = [root / name for name in self.names]
-        # A resumed sweep purges the steps logged after its checkpoint (TensorBoard hides them).
-        self.writers = [
-            SummaryWriter(
-                logdir=str(d), purge_step=start if start > 0 else None, flush_secs=self.flush_secs
+        self.writers = []
+        self._train_from = []
+        self._eval_from = []
+        for d in self.run_dirs:
+            # On resume, continue from the first step the earlier sessions did not log (an
+            # interrupt can land after a checkpoint but before the logging of its chunk), and
+            # purge what they logged past it, so TensorBoard shows every step exactly once.
+            first = 0 if start == 0 else min(start, _last_logged_step(d) + 1)
+            self._train_from.append(first)
+            self._eval_from.append(max(first, 1))
+            self.writers.append(
+                SummaryWriter(
+                    logdir=str(d),
+                    purge_step=first if first > 0 else None,
+                    flush_secs=self.flush_secs,
+                    # Unique per session, so a quick resume never reuses an event file's name.
+                    filename_suffix=f".{os.getpid()}-{start}",
+                )
             )
-            for d in self.run_dirs
-        ]
 
     def on_chunk(self, start: int, stop: int, history: dict[str, np.ndarray]) -> None:
         from tensorboardX.proto.summary_pb2 import Summary
@@ -124,15 +139,16 @@ class TensorBoardLogger(SweepCallback):
         alive = np.isfinite(loss)
         for i, writer in enumerate(self.writers):
             fw = writer.file_writer
-            rate = _clip_rate(history["clipped"][i], alive[i], start, stop, self.clip_window)
-            for s in range(start, stop):
+            first = min(self._train_from[i], start)
+            rate = _clip_rate(history["clipped"][i], alive[i], first, stop, self.clip_window)
+            for s in range(first, stop):
                 values = []
                 if alive[i, s]:
                     for tag, v in (
                         ("train/loss", loss[i, s]),
                         ("train/learning_rate", history["learning_rate"][i, s]),
                         ("train/grad_norm", history["grad_norm"][i, s]),
-                        ("train/clip_rate", rate[s - start]),
+                        ("train/clip_rate", rate[s - first]),
                     ):
                         if np.isfinite(v):
                             values.append(Summary.Value(tag=tag, simple_value=float(v)))
@@ -143,14 +159,19 @@ class TensorBoardLogger(SweepCallback):
                     # One event per step with all train scalars: 4x fewer records to write.
                     fw.add_summary(Summary(value=values), global_step=s)
             for j, e in enumerate(history["eval_step"]):
-                if start < int(e) <= stop:
+                if self._eval_from[i] <= int(e) <= stop:
                     values = [
                         Summary.Value(tag=tag, simple_value=float(history[key][i, j]))
-                        for tag, key in (("test/loss", "test_loss"), ("test/accuracy", "test_accuracy"))
+                        for tag, key in (
+                            ("test/loss", "test_loss"),
+                            ("test/accuracy", "test_accuracy"),
+                        )
                         if np.isfinite(history[key][i, j])
                     ]
                     if values:
                         fw.add_summary(Summary(value=values), global_step=int(e))
+            self._train_from[i] = stop
+            self._eval_from[i] = stop + 1
 
     def on_end(self, result: SweepResult) -> None:
         try:
@@ -207,9 +228,7 @@ class TensorBoardLogger(SweepCallback):
         )
         image = render_examples(ex, title=f"{best.name}: worst-classified test examples")
         step = int(result.timing.get("steps_done", result.config.base["train.steps"]))
-        self.writers[best.id].add_image(
-            "test/worst_examples", image, step, dataformats="HWC"
-        )
+        self.writers[best.id].add_image("test/worst_examples", image, step, dataformats="HWC")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,9 +338,30 @@ def read_events(path: str | Path) -> list[Any]:
         while pos + 12 <= len(data):
             (length,) = struct.unpack("<Q", data[pos : pos + 8])
             start = pos + 12  # uint64 length, uint32 masked crc of the length
+            if start + length + 4 > len(data):
+                break  # a record cut short by a crash
             events.append(Event.FromString(data[start : start + length]))
             pos = start + length + 4  # the record, then a uint32 masked crc of it
     return events
+
+
+def _last_logged_step(run_dir: Path) -> int:
+    """The last ``train/*`` step still visible in a run's event files (-1 if none).
+
+    Files are read in order and a purge (``SessionLog.START`` at step p) drops steps >= p.
+    """
+    if not run_dir.is_dir():
+        return -1
+    steps: set[int] = set()
+    for f in sorted(run_dir.glob("events.out.tfevents.*")):
+        for ev in read_events(f):
+            if ev.HasField("session_log") and ev.session_log.status == ev.session_log.START:
+                steps = {s for s in steps if s < ev.step}
+            elif ev.HasField("summary") and any(
+                v.tag.startswith("train/") for v in ev.summary.value
+            ):
+                steps.add(int(ev.step))
+    return max(steps, default=-1)
 
 
 def read_scalars(path: str | Path) -> dict[str, list[tuple[int, float]]]:
