@@ -538,11 +538,19 @@ def trial_name(hparams: Mapping[str, Any]) -> str:
     return ",".join(parts).replace("/", "_").replace(" ", "")
 
 
+#: What may change between a run and its resume: where and how it runs, not what it computes.
+_NOT_HASHED_SECTIONS = ("checkpoint", "log", "parallel")
+_NOT_HASHED_KEYS = ("train.max_trials_per_call",)
+
+
 def config_hash(cfg: SweepConfig) -> str:
     """A stable hash of everything that determines a sweep's results."""
     d = cfg.to_dict()
-    for section in ("checkpoint", "log"):
+    for section in _NOT_HASHED_SECTIONS:
         d.pop(section, None)
+    for key in _NOT_HASHED_KEYS:
+        section, name = key.split(".")
+        d.get(section, {}).pop(name, None)
     blob = json.dumps(d, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -552,10 +560,12 @@ def diff_configs(a: SweepConfig, b: SweepConfig) -> list[str]:
     da, db = a.to_dict(), b.to_dict()
     keys = []
     for section in sorted(set(da) | set(db)):
-        if section in ("checkpoint", "log"):
+        if section in _NOT_HASHED_SECTIONS:
             continue
         sa, sb = da.get(section, {}), db.get(section, {})
         for name in sorted(set(sa) | set(sb)):
+            if f"{section}.{name}" in _NOT_HASHED_KEYS:
+                continue
             if sa.get(name) != sb.get(name):
                 keys.append(f"{section}.{name}")
     return keys

@@ -1,0 +1,94 @@
+"""Trials sharded over several devices (forced CPU devices in a subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+CFG = {
+    "task": {"dataset": "synthetic", "widths": [16], "normalization": "batch"},
+    "optimizer": {"clip_norm": 1.0},
+    "train": {"steps": 40, "eval_every": 10, "batch_size": 16},
+    "checkpoint": {"every": 20},
+    "sweep": {
+        "seeds": 2,
+        "grid": {"optimizer.learning_rate": [0.01, 0.1, 0.3], "train.batch_size": [16, 24]},
+    },
+}
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    import jaxtune
+
+    out, devices, resume, stop_at = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
+    cfg = json.loads(sys.argv[5])
+    cfg["parallel"] = {{"devices": int(devices)}}
+
+    class StopAt(jaxtune.SweepCallback):
+        def on_chunk(self, start, stop, history):
+            if stop == stop_at:
+                raise KeyboardInterrupt
+
+    try:
+        r = jaxtune.run_sweep(cfg, out_dir=out, resume=resume, callbacks=[StopAt()])
+    except KeyboardInterrupt:
+        print("stopped")
+        raise SystemExit(0)
+    params = {{t.id: [np.asarray(x).tolist() for x in jax.tree.leaves(r.trial_state(t.id).params)]
+              for t in r.trials}}
+    print(json.dumps({{"devices": r.timing["devices"], "groups": r.timing["groups"],
+                      "local": len(jax.devices()), "params": params}}))
+    """
+)
+
+
+def _run(tmp_path, out, devices, *, resume=False, stop_at=-1, forced=4):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format())
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={forced}")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(out),
+            str(devices),
+            "1" if resume else "0",
+            str(stop_at),
+            json.dumps(CFG),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    return None if last == "stopped" else json.loads(last)
+
+
+def _close(a, b):
+    for trial in a["params"]:
+        for x, y in zip(a["params"][trial], b["params"][trial], strict=True):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.slow
+def test_sharded_sweep_equals_single_device_and_resumes_on_fewer_devices(tmp_path):
+    one = _run(tmp_path, tmp_path / "one", 1)
+    four = _run(tmp_path, tmp_path / "four", 4)
+    assert one["devices"] == 1 and four["devices"] == 4 and four["local"] == 4
+    # 12 trials over 4 devices: the call is padded to a multiple of 4 and the padding dropped.
+    assert all(g["trials_per_call"] % 4 == 0 for g in four["groups"])
+    assert len(four["params"]) == 12
+    _close(one, four)
+    # Checkpointed on 4 devices at step 20, resumed on 2.
+    assert _run(tmp_path, tmp_path / "elastic", 4, stop_at=20) is None
+    two = _run(tmp_path, tmp_path / "elastic", 2, resume=True)
+    assert two["devices"] == 2
+    _close(one, two)
