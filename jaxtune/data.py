@@ -58,12 +58,14 @@ class Standardizer:
     """Per-feature affine standardization ``(x - mean) / std``, a JAX pytree.
 
     Statistics are taken over axis 0, so for images of shape (N, H, W, C) they are per pixel and
-    channel. ``std`` is floored at ``min_std`` when fitting, so constant features map to 0
-    instead of dividing by zero.
+    channel. Features whose training standard deviation is below ``min_std`` (constant
+    features, such as the always-blank border pixels of digits) get a scale of 1, as
+    scikit-learn's ``StandardScaler`` does: they map to 0 on the training split and keep their
+    raw offset elsewhere, instead of being blown up by a tiny divisor.
 
     Attributes:
         mean: Per-feature mean, float32, shape ``x.shape[1:]``.
-        std: Per-feature standard deviation (floored), float32, shape ``x.shape[1:]``.
+        std: Per-feature standard deviation (1 for constant features), float32.
 
     Example:
         >>> s = Standardizer.fit(np.array([[0.0, 1.0], [2.0, 1.0]]))
@@ -80,7 +82,8 @@ class Standardizer:
 
         Args:
             x_train: Array of shape (N, ...) with N >= 1.
-            min_std: Floor applied to the standard deviation; must be positive.
+            min_std: Features with a smaller standard deviation count as constant (scale 1);
+                must be positive.
 
         Returns:
             A Standardizer whose statistics were computed in float64 and stored as float32.
@@ -95,7 +98,8 @@ class Standardizer:
         if x.ndim < 1 or x.shape[0] < 1:
             raise ValueError(f"x_train must have at least one example, got shape {x.shape}")
         mean = x.mean(axis=0)
-        std = np.maximum(x.std(axis=0), min_std)
+        std = x.std(axis=0)
+        std = np.where(std < min_std, 1.0, std)
         return cls(
             mean=jnp.asarray(mean, dtype=jnp.float32), std=jnp.asarray(std, dtype=jnp.float32)
         )

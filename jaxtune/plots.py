@@ -191,6 +191,21 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def _moving_average(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over ``window`` steps of the finite values; NaN where ``x`` is NaN."""
+    if window <= 1:
+        return x
+    ok = np.isfinite(x)
+    csum = np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(np.where(ok, x, 0.0), 1)], 1)
+    ccnt = np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(ok, 1)], 1)
+    hi = np.arange(1, x.shape[1] + 1)
+    lo = np.maximum(0, hi - window)
+    count = ccnt[:, hi] - ccnt[:, lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        avg = (csum[:, hi] - csum[:, lo]) / count
+    return np.where(ok, avg, np.nan)
+
+
 def plot_curves(result: SweepResult, path: str | Path) -> Path:
     """Training loss of every trial (log y) and test accuracy over the evaluation steps."""
     h = result.history
@@ -202,15 +217,17 @@ def plot_curves(result: SweepResult, path: str | Path) -> Path:
     fig = _figure(12, 4.8)
     ax_loss, ax_acc = fig.subplots(1, 2)
     step_axis = np.arange(steps)
+    window = max(1, steps // 50)
+    smooth = _moving_average(loss, window)
     for i, t in enumerate(result.trials):
         # NaN (diverged, or not yet run) leaves a gap in the line.
-        ax_loss.plot(step_axis, loss[i], color=colors[i], lw=0.8, alpha=0.85, label=t.name)
+        ax_loss.plot(step_axis, smooth[i], color=colors[i], lw=0.9, alpha=0.9, label=t.name)
         if t.diverged and t.diverged_step is not None:
             finite = np.flatnonzero(np.isfinite(loss[i, : t.diverged_step + 1]))
             if finite.size:
                 j = int(finite[-1])
                 ax_loss.plot([j], [loss[i, j]], "x", color=colors[i], markersize=8, mew=2)
-    finite = loss[np.isfinite(loss) & (loss > 0)]
+    finite = smooth[np.isfinite(smooth) & (smooth > 0)]
     if finite.size:
         ax_loss.set_yscale("log")
         first = loss[:, 0][np.isfinite(loss[:, 0]) & (loss[:, 0] > 0)]
@@ -221,7 +238,8 @@ def plot_curves(result: SweepResult, path: str | Path) -> Path:
             ax_loss.set_ylim(lo * 0.8, top)
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("train loss")
-    ax_loss.set_title("train loss (x: diverged)")
+    avg = f", moving average of {window} steps" if window > 1 else ""
+    ax_loss.set_title(f"train loss ({n} trials{avg}; x: diverged)")
     ax_loss.grid(True, alpha=0.3)
 
     eval_step = np.asarray(h.get("eval_step", np.zeros(0)), float)

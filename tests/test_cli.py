@@ -56,7 +56,7 @@ INPROC = {
     "optimizer": {"name": "sgd"},
     "train": {"steps": 20, "eval_every": 10, "batch_size": 32},
     "checkpoint": {"every": 10},
-    "sweep": {"grid": {"optimizer.learning_rate": [0.1, 1e30]}},
+    "sweep": {"grid": {"optimizer.learning_rate": [0.1, 1e6]}},
 }
 
 
@@ -140,8 +140,14 @@ def test_sweep_prints_table_and_every_output(cli_run):
     assert all(n in text for n in names)
     assert "diverged" in text
     for rel in (
-        "results.json", "results.csv", "history.npz", "config.toml", "plots/lr_vs_metric.png",
-        "plots/curves.png", "tb", "checkpoints",
+        "results.json",
+        "results.csv",
+        "history.npz",
+        "config.toml",
+        "plots/lr_vs_metric.png",
+        "plots/curves.png",
+        "tb",
+        "checkpoints",
     ):
         assert str(out / rel) in text, rel
         assert (out / rel).exists(), rel
@@ -210,14 +216,18 @@ def test_tensorboard_runs_scalars_and_hparams(cli_run):
         np.testing.assert_allclose(
             [s["train/loss"][k] for k in range(20)], history["train_loss"][t["id"]], rtol=1e-6
         )
-        assert all(v == pytest.approx(t["hparams"]["optimizer.learning_rate"], rel=1e-6)
-                   for v in s["train/learning_rate"].values())
+        assert all(
+            v == pytest.approx(t["hparams"]["optimizer.learning_rate"], rel=1e-6)
+            for v in s["train/learning_rate"].values()
+        )
         assert all(0.0 <= v <= 1.0 for v in s["train/clip_rate"].values())
         assert sorted(s["test/accuracy"]) == [10, 20] and sorted(s["test/loss"]) == [10, 20]
         assert s["test/accuracy"][20] == pytest.approx(t["final"]["test_accuracy"], abs=1e-6)
         tags = _tags(run)
         assert {
-            "_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"
+            "_hparams_/experiment",
+            "_hparams_/session_start_info",
+            "_hparams_/session_end_info",
         } <= tags
         assert s["hparams/test_accuracy"][20] == pytest.approx(
             t["final"]["test_accuracy"], abs=1e-6
@@ -303,7 +313,8 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "wrong type": (["sweep", str(tiny), "--set", "train.steps=fast", *out], "train.steps"),
         "out of range": (
-            ["sweep", str(tiny), "--set", "optimizer.momentum=1.5", *out], "optimizer.momentum"
+            ["sweep", str(tiny), "--set", "optimizer.momentum=1.5", *out],
+            "optimizer.momentum",
         ),
         "batch size > training set": (
             ["sweep", str(tiny), "--set", "sweep.grid.train.batch_size=[16, 4096]", *out],
@@ -318,8 +329,15 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
 @pytest.mark.parametrize(
     "case",
     [
-        "missing file", "toml syntax", "unknown key in file", "unknown key in --set", "wrong type",
-        "out of range", "batch size > training set", "empty grid", "out is a file",
+        "missing file",
+        "toml syntax",
+        "unknown key in file",
+        "unknown key in --set",
+        "wrong type",
+        "out of range",
+        "batch size > training set",
+        "empty grid",
+        "out is a file",
         "resume without out",
     ],
 )
@@ -344,7 +362,9 @@ def test_bad_config_in_a_subprocess(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["toml syntax", "unknown key in --set", "empty grid", "out is a file"])
+@pytest.mark.parametrize(
+    "case", ["toml syntax", "unknown key in --set", "empty grid", "out is a file"]
+)
 def test_bad_config_in_a_subprocess_slow(case, tmp_path):
     argv, expected = _bad_cases(tmp_path)[case]
     proc = _jaxtune(*argv)
@@ -409,8 +429,11 @@ def _trial(i, acc, diverged=False, step=None):
         id=i,
         name=f"{i:03d}-lr={i}",
         hparams={"optimizer.learning_rate": float(i + 1), "train.batch_size": 16 * (1 + i % 2)},
-        final={"train_loss": 0.5, "test_loss": 1.0 - (0 if math.isnan(acc) else acc),
-               "test_accuracy": acc},
+        final={
+            "train_loss": 0.5,
+            "test_loss": 1.0 - (0 if math.isnan(acc) else acc),
+            "test_accuracy": acc,
+        },
         diverged=diverged,
         diverged_step=step,
         best_step=None,
@@ -467,6 +490,7 @@ def test_plots_of_a_synthetic_result_with_divergence(tmp_path):
     assert [p.name for p in plots.write_plots(result, tmp_path / "b")] == ["lr_vs_metric.png"]
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume(tmp_path, capsys, monkeypatch, inproc):
     """Ctrl-C after the first chunk exits 130 with a resume hint; --resume finishes the sweep."""
     cfg = tmp_path / "c.toml"
@@ -499,8 +523,7 @@ def test_interrupt_then_resume(tmp_path, capsys, monkeypatch, inproc):
     steps = sorted({s for s, _ in read_scalars(out / "tb" / live.trials[0].name)["train/loss"]})
     assert steps == list(range(20))
     # Resuming with a different configuration is refused before anything runs.
-    assert main(["sweep", str(cfg), "--out", str(out), "--resume",
-                 "--set", "train.steps=30"]) == 2
+    assert main(["sweep", str(cfg), "--out", str(out), "--resume", "--set", "train.steps=30"]) == 2
     assert "train.steps" in capsys.readouterr().err
 
 
@@ -521,8 +544,17 @@ def test_parser_is_extensible():
 
 def test_to_toml_round_trips():
     data = {
-        "a": {"s": 'q"uo\\te\n\x7f', "i": -3, "f": 1e-05, "g": 3.0, "h": 0.1, "b": True,
-              "l": [1, 2], "ll": [[8], [16, 16]], "none": None},
+        "a": {
+            "s": 'q"uo\\te\n\x7f',
+            "i": -3,
+            "f": 1e-05,
+            "g": 3.0,
+            "h": 0.1,
+            "b": True,
+            "l": [1, 2],
+            "ll": [[8], [16, 16]],
+            "none": None,
+        },
         "sweep": {
             "method": "grid",
             "grid": {"optimizer.learning_rate": [0.001, 1e30], "task.widths": [[8], [16]]},

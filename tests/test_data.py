@@ -57,6 +57,9 @@ def test_standardizer_train_stats_and_constant_features() -> None:
     np.testing.assert_allclose(z[:, live].mean(axis=0), 0.0, atol=1e-6)
     np.testing.assert_allclose(z[:, live].std(axis=0), 1.0, atol=1e-6)
     np.testing.assert_allclose(np.asarray(s.inverse_transform(z)), x, rtol=1e-5, atol=1e-5)
+    # A constant feature keeps scale 1 elsewhere: an unseen value is not blown up.
+    assert float(s.std[2]) == 1.0
+    np.testing.assert_allclose(np.asarray(s.transform(x[:1] + 1.0))[0, 2], 1.0, rtol=1e-6)
 
 
 def test_standardizer_is_pytree_and_jittable() -> None:
@@ -96,7 +99,8 @@ def test_digits_train_is_standardized(digits: Dataset, raw_split) -> None:
 def test_digits_test_uses_train_statistics(digits: Dataset, raw_split) -> None:
     x_train_raw, x_test_raw, y_train_raw, y_test_raw = raw_split
     mean = x_train_raw.mean(axis=0)
-    std = np.maximum(x_train_raw.std(axis=0), 1e-6)
+    std = x_train_raw.std(axis=0)
+    std[std < 1e-6] = 1.0  # constant pixels keep scale 1 (as sklearn's StandardScaler)
     np.testing.assert_allclose(digits.x_train, (x_train_raw - mean) / std, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(digits.x_test, (x_test_raw - mean) / std, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(digits.y_train, y_train_raw)
@@ -104,6 +108,7 @@ def test_digits_test_uses_train_statistics(digits: Dataset, raw_split) -> None:
     # The test split was not standardized with its own statistics.
     live = x_train_raw.std(axis=0) > 0
     assert np.abs(digits.x_test[:, live].astype(np.float64).mean(axis=0)).max() > 1e-2
+    assert np.abs(digits.x_test).max() <= 16.0 / std[std > 0].min() + 1e-3
 
 
 def test_digits_return_standardizer(raw_split) -> None:
