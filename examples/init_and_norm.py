@@ -63,18 +63,22 @@ def init_presets(shape: tuple[int, int]) -> None:
 
 
 def signal_propagation(depth: int, width: int) -> None:
-    print(f"\n2. Activation std through a {depth}-layer ReLU MLP of width {width} (inputs ~ N(0, 1))")
+    print(
+        f"\n2. Activation std through a {depth}-layer ReLU MLP of width {width} (inputs ~ N(0, 1))"
+    )
     x0 = jax.random.normal(jax.random.key(3), (512, width))
     show = sorted({1, 2, depth // 4, depth // 2, depth} - {0})
     print(f"   {'init':<14}" + "".join(f"{'layer ' + str(i):>12}" for i in show))
     for init in ("he_normal", "normal(1.0)", "normal(0.01)"):
-        model = jaxtune.mlp(num_outputs=10, input_shape=(width,), widths=(width,) * depth, init=init)
+        model = jaxtune.mlp(
+            num_outputs=10, input_shape=(width,), widths=(width,) * depth, init=init
+        )
         params, _ = model.init(jax.random.key(4))
         x, stds = x0, {}
         for i in range(depth):  # hidden layers Dense_0 .. Dense_{depth-1}: Dense -> ReLU
             layer = params[f"Dense_{i}"]
             x = jax.nn.relu(x @ layer["kernel"] + layer["bias"])
-            stds[i + 1] = float(jnp.std(x))
+            stds[i + 1] = float(np.std(np.asarray(x, np.float64)))  # float64: no overflow
         print(f"   {init:<14}" + "".join(f"{stds[i]:>12.3g}" for i in show))
 
 
@@ -84,7 +88,7 @@ def normalization_sweep(steps: int, widths: list[int]) -> None:
     config = {
         "task": {"dataset": "digits", "model": "mlp", "widths": widths},
         "optimizer": {"name": "momentum", "momentum": 0.9},
-        "train": {"steps": steps, "batch_size": 64, "eval_every": steps},
+        "train": {"steps": steps, "batch_size": 64, "eval_every": max(1, steps // 4)},
         "sweep": {
             "grid": {
                 "task.normalization": ["none", "batch", "layer", "group"],

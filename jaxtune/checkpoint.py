@@ -86,14 +86,16 @@ class SweepCheckpointer:
                         "cannot resume: the configuration differs from the checkpointed sweep in "
                         + (", ".join(keys) if keys else "its search space")
                     )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = meta_path.with_name("sweep.json.tmp")
-        tmp.write_text(
-            json.dumps(
-                {"config": config.to_dict(), "hash": config_lib.config_hash(config)}, indent=2
+        self.primary = jax.process_index() == 0
+        if self.primary:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = meta_path.with_name("sweep.json.tmp")
+            tmp.write_text(
+                json.dumps(
+                    {"config": config.to_dict(), "hash": config_lib.config_hash(config)}, indent=2
+                )
             )
-        )
-        tmp.replace(meta_path)
+            tmp.replace(meta_path)
         keep = max_to_keep or config.base["checkpoint.max_to_keep"]
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -124,6 +126,8 @@ class SweepCheckpointer:
             force=True,
         )
         self.manager.wait_until_finished()
+        if not self.primary:
+            return
         step_dir = self.directory / str(int(step))
         manifest = step_dir / _MANIFEST
         tmp = step_dir / (_MANIFEST + ".tmp")

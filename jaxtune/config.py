@@ -127,6 +127,9 @@ KEYS: dict[str, _Key] = {
     "log.tensorboard": _Key(True, "bool"),
     "log.plots": _Key(True, "bool"),
     "parallel.devices": _Key("all", "auto_int"),
+    "parallel.coordinator": _Key(None, "str", optional=True),
+    "parallel.num_processes": _Key(None, "int", low=1, optional=True),
+    "parallel.process_id": _Key(None, "int", low=0, optional=True),
 }
 
 #: Keys whose values become traced per-trial arrays; every other key is structure.
@@ -199,6 +202,10 @@ def check_value(key: str, value: Any) -> Any:
         return value
     if spec.kind == "bool":
         if not isinstance(value, bool):
+            raise bad
+        return value
+    if spec.kind == "str":
+        if not isinstance(value, str) or not value:
             raise bad
         return value
     if spec.kind == "widths":

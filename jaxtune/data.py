@@ -555,3 +555,41 @@ def padded_batch_indices(
     batch_size = jnp.clip(jnp.asarray(batch_size, dtype=jnp.int32), 1, max_batch_size)
     perm, start = _epoch_permutation(key, step, batch_size, n=n)
     return _padded_window(perm, start, batch_size, size=max_batch_size)
+
+
+def epoch_permutations(key: jax.Array, first_epoch: Any, num_epochs: int, n: int) -> jax.Array:
+    """The shuffles of epochs ``first_epoch .. first_epoch + num_epochs - 1``.
+
+    Row ``e`` is the permutation :func:`batch_indices` uses for epoch ``first_epoch + e``.
+    Computing the few epochs a chunk of steps touches once, instead of one permutation per
+    step, is what keeps a vectorized sweep of a small model from being bound by sorting.
+
+    Args:
+        key: A PRNG key (typed or raw uint32).
+        first_epoch: The first epoch (int, may be traced).
+        num_epochs: Concrete number of epochs.
+        n: Concrete number of examples.
+
+    Returns:
+        int32 array of shape ``(num_epochs, n)``.
+    """
+    epochs = jnp.asarray(first_epoch, jnp.int32) + jnp.arange(num_epochs, dtype=jnp.int32)
+    return jax.vmap(
+        lambda e: jax.random.permutation(jax.random.fold_in(key, e), n).astype(jnp.int32)
+    )(epochs)
+
+
+def batch_from_permutations(
+    perms: jax.Array, first_epoch: Any, step: Any, batch_size: Any, size: int
+) -> jax.Array:
+    """The first ``size`` positions of the batch at ``step``, read from :func:`epoch_permutations`.
+
+    Equals ``batch_indices(key, step, batch_size, n)`` (and, for ``size > batch_size``, the
+    indices of :func:`padded_batch_indices`) as long as ``step`` falls in one of the epochs of
+    ``perms``. ``batch_size`` may be traced.
+    """
+    n = perms.shape[-1]
+    steps_per_epoch = n // batch_size
+    row = jnp.take(perms, step // steps_per_epoch - first_epoch, axis=0)
+    start = (step % steps_per_epoch) * batch_size
+    return jnp.take(row, (start + jnp.arange(size, dtype=jnp.int32)) % n)

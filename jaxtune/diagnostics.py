@@ -1689,16 +1689,31 @@ def run_checks(
         if path:
             plots.append(path)
     if {"norm", "grads"} & set(checks):
-        norm = normalization_masking(cfg, steps=steps, dataset=ds)
         if "norm" in checks:
+            norm = normalization_masking(cfg, steps=steps, dataset=ds)
             results["norm"] = norm
+            sweep = norm.result
+            mine = base["task.normalization"]
+            own = [i for i, nm in enumerate(norm.normalizations) if nm == mine]
+        else:  # the config's own trial alone
+            sweep = run_sweep(
+                cfg.replace(
+                    {
+                        "train.steps": steps,
+                        "train.eval_every": steps,
+                        "checkpoint.every": 0,
+                        "sweep.method": "list",
+                        "sweep.trials": [{}],
+                        "sweep.seeds": 1,
+                    }
+                ),
+                dataset=ds,
+            )
+            own = [0]
         if "grads" in checks:
-            own = [
-                i for i, nm in enumerate(norm.normalizations) if nm == base["task.normalization"]
-            ]
-            results["grads"] = gradient_health(norm.result, trials=own)
+            results["grads"] = gradient_health(sweep, trials=own)
             if out_dir is not None:
-                plots.append(plot_grad_norms(norm.result, Path(out_dir) / "grad_norms.png"))
+                plots.append(plot_grad_norms(sweep, Path(out_dir) / "grad_norms.png"))
     failed = [k for k, r in results.items() if not r.passed]
     reason = "all checks passed" if not failed else f"failed: {', '.join(failed)}"
     report = CheckReport(not failed, reason, results, plots)

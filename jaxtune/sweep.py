@@ -49,6 +49,7 @@ from jaxtune import config as config_lib
 from jaxtune import data as data_lib
 from jaxtune import models as models_lib
 from jaxtune import optimizers as opt_lib
+from jaxtune import parallel
 from jaxtune import schedules as sched_lib
 from jaxtune.config import ConfigError, SweepConfig
 
@@ -212,15 +213,18 @@ def _make_fns(prog: _Program, model: models_lib.Model, n_train: int) -> tuple[Ca
             jnp.asarray(-1, jnp.int32),
         )
 
-    def step_one(state: TrainState, hp, data, step):
-        _, data_key, dropout_key = jax.random.split(state.key, 3)
+    def step_one(state: TrainState, hp, data, step, perms, first_epoch):
+        _, _, dropout_key = jax.random.split(state.key, 3)
         if prog.batch_size is not None:
-            idx = data_lib.batch_indices(data_key, step, prog.batch_size, n_train)
+            idx = data_lib.batch_from_permutations(
+                perms, first_epoch, step, prog.batch_size, prog.batch_size
+            )
             mask = None
         else:
-            idx, mask = data_lib.padded_batch_indices(
-                data_key, step, hp["train.batch_size"], n_train, prog.max_batch
+            idx = data_lib.batch_from_permutations(
+                perms, first_epoch, step, hp["train.batch_size"], prog.max_batch
             )
+            mask = jnp.arange(prog.max_batch) < hp["train.batch_size"]
         x, y = data.x_train[idx], data.y_train[idx]
         drop_key = jax.random.fold_in(dropout_key, step)
 
@@ -272,9 +276,21 @@ def _make_fns(prog: _Program, model: models_lib.Model, n_train: int) -> tuple[Ca
         # initializers take far longer to compile, and init runs once per sweep.
         return jax.lax.map(init_one, hp)
 
+    def epochs_one(state: TrainState, hp, start, *, length):
+        # The shuffles of every epoch this chunk touches, computed once per chunk.
+        _, data_key, _ = jax.random.split(state.key, 3)
+        batch = prog.batch_size if prog.batch_size is not None else hp["train.batch_size"]
+        first = start // (n_train // batch)
+        num = min(math.ceil(length / (n_train // prog.max_batch)) + 1, length)
+        return data_lib.epoch_permutations(data_key, first, num, n_train), first
+
     def chunk_all(state, hp, data, start, *, length):
+        perms, first = jax.vmap(lambda s, h: epochs_one(s, h, start, length=length))(state, hp)
+
         def body(s, step):
-            return jax.vmap(step_one, in_axes=(0, 0, None, None))(s, hp, data, step)
+            return jax.vmap(step_one, in_axes=(0, 0, None, None, 0, 0))(
+                s, hp, data, step, perms, first
+            )
 
         steps = start + jnp.arange(length, dtype=jnp.int32)
         state, metrics = jax.lax.scan(body, state, steps)
@@ -662,7 +678,7 @@ def _split_units(
         for c in range(n_calls):
             lo, hi = c * size, min((c + 1) * size, n)
             hp = _pad_trials(jax.tree.map(lambda a: a[lo:hi], hp_all), size)
-            hp = jax.device_put(hp, sharding)
+            hp = parallel.put(hp, sharding)
             units.append(_Unit(g, group.program, lo, group.members[lo:hi], size, hp))
         group.info["calls"] = n_calls
         group.info["trials_per_call"] = size
@@ -675,7 +691,7 @@ def _group_states(plan: _Plan) -> list[Any]:
     out = []
     for g in range(len(plan.groups)):
         parts = [
-            jax.tree.map(lambda a, u=u: np.asarray(a)[: len(u.trial_ids)], jax.device_get(u.state))
+            jax.tree.map(lambda a, u=u: np.asarray(a)[: len(u.trial_ids)], parallel.gather(u.state))
             for u in plan.units
             if u.group == g
         ]
@@ -691,7 +707,7 @@ def _scatter_states(plan: _Plan, group_states: Sequence[Any]) -> None:
             lambda a, u=unit: np.asarray(a)[u.offset : u.offset + len(u.trial_ids)],
             group_states[unit.group],
         )
-        unit.state = jax.device_put(_pad_trials(part, unit.size), sharding)
+        unit.state = parallel.put(_pad_trials(part, unit.size), sharding)
 
 
 def _group_templates(plan: _Plan, init_fns: Sequence[Callable]) -> list[Any]:
@@ -747,6 +763,7 @@ def _memory_bytes(compiled: Any) -> int:
 def _compile_unit(
     unit: _Unit,
     model: models_lib.Model,
+    model_key: Any,
     data: data_lib.Dataset,
     lengths: Sequence[int],
     mesh: jax.sharding.Mesh,
@@ -760,7 +777,7 @@ def _compile_unit(
         unit.size,
         jax.tree.map(lambda a: (a.shape, a.dtype), data),
         tuple(d.id for d in mesh.devices.flat),
-        id(model),
+        model_key,
     )
     if key not in cache:
         cache[key] = {"fns": _make_fns(unit.program, model, n_train), "model": model}
@@ -784,7 +801,7 @@ def _compile_unit(
                 out_shardings=(trial_sh, step_sh, trial_sh),
             )
             entry[length] = fn.lower(
-                state_shape, unit.hp, data, jnp.int32(0), length=length
+                state_shape, unit.hp, data, np.int32(0), length=length
             ).compile()
         unit.chunk[length] = entry[length]
     return time.perf_counter() - t0
@@ -835,9 +852,13 @@ def run_sweep(
 
     cfg = config_lib.default_config() if config is None else SweepConfig.from_dict(config)
     base = cfg.base
+    parallel.initialize(base)
+    if not parallel.is_primary():
+        callbacks = ()  # results, logs and plots are written by process 0
     if resume and (out_dir is None or base["checkpoint.every"] == 0):
         raise ConfigError("resume needs an output directory and checkpoint.every > 0")
     ctx = _prepare(cfg, model=model, dataset=dataset, compile_programs=True)
+    parallel.barrier("jaxtune-compiled")
     plan, data = ctx.plan, ctx.data
     steps, eval_every = base["train.steps"], base["train.eval_every"]
     n = len(plan.trials)
@@ -882,10 +903,10 @@ def run_sweep(
                 outs = []
                 for unit in plan.units:
                     unit.state, metrics, evals = unit.chunk[length](
-                        unit.state, unit.hp, data, jnp.int32(step)
+                        unit.state, unit.hp, data, np.int32(step)
                     )
                     outs.append((metrics, evals))
-                history = _record(history, plan.units, jax.device_get(outs), step, length)
+                history = _record(history, plan.units, parallel.gather(outs), step, length)
                 step += length
                 for cb in callbacks:
                     cb.on_chunk(step - length, step, history)
@@ -914,12 +935,15 @@ def run_sweep(
     }
     div_steps: list[int | None] = [None] * n
     for unit in plan.units:
-        ds_ = np.asarray(jax.device_get(unit.state.diverged_step))
+        ds_ = np.asarray(parallel.gather(unit.state.diverged_step))
         for j, i in enumerate(unit.trial_ids):
             div_steps[i] = int(ds_[j]) if ds_[j] >= 0 else None
     result = _result(cfg, plan, history, timing, steps, div_steps)
-    result.states = [(u.trial_ids, u.state) for u in plan.units]
-    if out_dir is not None:
+    multi = jax.process_count() > 1
+    result.states = [
+        (u.trial_ids, parallel.gather(u.state) if multi else u.state) for u in plan.units
+    ]
+    if out_dir is not None and parallel.is_primary():
         result.save(out_dir)
     for cb in callbacks:
         cb.on_end(result)
@@ -966,25 +990,28 @@ def _prepare(
     lengths = sorted({min(eval_every, steps), (steps % eval_every) or min(eval_every, steps)})
     mesh = _mesh(base["parallel.devices"])
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    data = jax.device_put(jax.tree.map(np.asarray, ds), replicated)
+    data = parallel.put(jax.tree.map(np.asarray, ds), replicated)
     mtpc = base["train.max_trials_per_call"]
     plan = _plan(cfg, n_train, None if mtpc == "auto" else mtpc, mesh)
     models: dict[tuple, models_lib.Model] = {}
 
-    def model_for(prog: _Program) -> models_lib.Model:
+    def model_for(prog: _Program) -> tuple[models_lib.Model, Any]:
+        # A model built from the config is identified by what it was built from, so a later
+        # sweep of the same structure finds its compiled programs; a user model by identity.
         if model is not None:
-            return model
-        if prog.structure not in models:
-            models[prog.structure] = build_model(prog.flat, ds, num_classes)
-        return models[prog.structure]
+            return model, ("user", id(model))
+        key = ("config", prog.structure, tuple(ds.x_train.shape[1:]), num_classes)
+        if key not in models:
+            models[key] = build_model(prog.flat, ds, num_classes)
+        return models[key], key
 
-    init_fns = [_make_fns(g.program, model_for(g.program), n_train)[0] for g in plan.groups]
+    init_fns = [_make_fns(g.program, model_for(g.program)[0], n_train)[0] for g in plan.groups]
     choice = "all trials of a group in one call" if mtpc == "auto" else f"fixed at {mtpc}"
     compile_s = 0.0
     if compile_programs:
         for unit in plan.units:
             compile_s += _compile_unit(
-                unit, model_for(unit.program), data, lengths, mesh, _COMPILED
+                unit, *model_for(unit.program), data, lengths, mesh, _COMPILED
             )
         if mtpc == "auto":
             plan, more, choice = _fit_memory(cfg, plan, n_train, model_for, data, lengths)
@@ -1054,7 +1081,7 @@ def _fit_memory(cfg, plan, n_train, model_for, data, lengths):
     plan = _plan(cfg, n_train, per_call, plan.mesh)
     extra = 0.0
     for unit in plan.units:
-        extra += _compile_unit(unit, model_for(unit.program), data, lengths, plan.mesh, _COMPILED)
+        extra += _compile_unit(unit, *model_for(unit.program), data, lengths, plan.mesh, _COMPILED)
     return (
         plan,
         extra,

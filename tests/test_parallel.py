@@ -92,3 +92,47 @@ def test_sharded_sweep_equals_single_device_and_resumes_on_fewer_devices(tmp_pat
     two = _run(tmp_path, tmp_path / "elastic", 2, resume=True)
     assert two["devices"] == 2
     _close(one, two)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_equal_one_process(tmp_path):
+    one = _run(tmp_path, tmp_path / "one", 1, forced=1)
+    script = tmp_path / "run.py"
+    port = _free_port()
+    cfg = dict(CFG)
+    procs = []
+    for pid in range(2):
+        env = dict(
+            os.environ,
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+        )
+        env.pop("XLA_FLAGS", None)
+        args = [sys.executable, str(script), str(tmp_path / "multi"), "2", "0", "-1"]
+        procs.append(
+            subprocess.Popen(
+                [*args, json.dumps(cfg)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    first = json.loads(outs[0][0].strip().splitlines()[-1])
+    assert first["devices"] == 2 and first["local"] == 2
+    _close(one, first)
+    # Process 0 wrote the results; checkpoints were written by both through Orbax.
+    assert (tmp_path / "multi" / "results.json").exists()
+    assert (tmp_path / "multi" / "checkpoints" / "40").is_dir()

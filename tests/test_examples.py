@@ -1,0 +1,91 @@
+"""Runs every example in ``--fast`` mode as a subprocess and checks what it prints.
+
+compose_optimizer and lr_sweep run by default; init_and_norm and batch_size_sweep compile several
+programs (one per normalization / batch-size group) and are marked slow (``pytest -m slow``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str, timeout: float = 300) -> str:
+    """Runs ``examples/<name> --fast [args]``; returns its stdout (fails with its stderr)."""
+    cmd = [sys.executable, str(EXAMPLES / name), "--fast", *args]
+    try:
+        proc = subprocess.run(
+            cmd, check=True, timeout=timeout, capture_output=True, text=True, cwd=EXAMPLES.parent
+        )
+    except subprocess.CalledProcessError as err:
+        pytest.fail(f"{name} exited with {err.returncode}:\n{err.stdout}\n{err.stderr[-4000:]}")
+    return proc.stdout
+
+
+def test_compose_optimizer() -> None:
+    out = run_example("compose_optimizer.py")
+    assert "max |update(by hand) - update(make_optimizer)| over 12 steps: 0\n" in out
+    assert "equals make_optimizer" in out
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))
+    # 40 steps of a 16-unit MLP: far from converged, but well above chance (10%).
+    assert 0.3 < accuracy <= 1.0, out
+
+
+def test_lr_sweep() -> None:
+    out = run_example("lr_sweep.py", "--num-lrs", "4")
+    assert "8 trials x 20 steps" in out
+    table = out.split("Trials ranked")[1].split("best:")[0]
+    rows = [line for line in table.splitlines() if re.match(r"\s+\d+\s", line)]
+    assert len(rows) == 8, out
+    accs = [float(row.split()[3]) for row in rows]
+    non_diverged = [acc for acc, row in zip(accs, rows, strict=True) if row.endswith("-")]
+    assert non_diverged == sorted(non_diverged, reverse=True), "table is not ranked"
+    assert re.search(r"best: \d{3}-lr=[0-9.e-]+,seed=\d\s+test accuracy 0\.\d{4}", out), out
+    aggregate = out.split("result.aggregate(over='train.seed')")[1]
+    rows = [line for line in aggregate.splitlines() if re.match(r"\s+[0-9.]+\s+2\s", line)]
+    assert len(rows) == 4, out  # one row per learning rate, n = 2 seeds each
+
+
+@pytest.mark.slow
+def test_init_and_norm() -> None:
+    out = run_example("init_and_norm.py", timeout=600)
+    section1 = out.split("2. Activation std")[0]
+    presets = re.findall(r"^\s+(\w+)\s+([0-9.]+)\s+([0-9.]+)$", section1, flags=re.MULTILINE)
+    assert [p[0] for p in presets] == [
+        "he_normal",
+        "he_uniform",
+        "glorot_normal",
+        "glorot_uniform",
+        "lecun_normal",
+        "lecun_uniform",
+        "normal",
+    ]
+    for name, empirical, closed in presets:
+        assert float(empirical) == pytest.approx(float(closed), rel=0.05), name
+    assert "bias max |b| = 0.0" in out
+    stds = {
+        m.group(1): [float(v) for v in m.group(2).split()]
+        for m in re.finditer(r"^\s+(he_normal|normal\(1\.0\)|normal\(0\.01\))\s+(.+)$", out, re.M)
+    }
+    assert 0.3 < stds["he_normal"][-1] < 3  # preserved
+    assert stds["normal(1.0)"][-1] > 1e3  # explodes
+    assert stds["normal(0.01)"][-1] < 1e-3  # vanishes
+    for norm in ("none", "batch", "layer", "group"):
+        assert re.search(rf"^\s+{norm}(\s+([0-9.]+|nan)){{2}}$", out, re.M), norm
+    assert "8 trials in 4 programs" in out
+
+
+@pytest.mark.slow
+def test_batch_size_sweep() -> None:
+    out = run_example("batch_size_sweep.py", timeout=600)
+    assert "batch sizes [32, 64, 128] gathered at 128, batch utilization 58%" in out
+    assert "batch sizes [16] gathered at 16, batch utilization 100%" in out
+    rows = re.findall(r"^\s+(16|32|64|128)\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)", out, re.M)
+    assert len(rows) == 12, out
+    assert "best: " in out
