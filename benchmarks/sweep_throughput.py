@@ -3,7 +3,8 @@
 
 Variants (all train the same ``jaxtune.mlp`` with the same optimizer chain:
 ``make_optimizer("momentum", step_decay(lr, 0.5, 200), momentum=0.9, clip_norm=1.0)``, batches
-gathered on device with ``jaxtune.data.batch_indices`` inside the step):
+gathered on device inside the step from each epoch's shuffle, computed once per chunk of steps
+with ``jaxtune.data.epoch_permutations``, exactly as the engine does):
 
 * ``loop``        -- a Python loop over trials, each calling a jitted ``train_step`` once per step;
 * ``vmap``        -- a hand-written ``jit(vmap(train_step))`` called once per step for all trials;
@@ -39,7 +40,7 @@ import optax
 
 import jaxtune
 from jaxtune import sweep as sweep_lib
-from jaxtune.data import batch_indices
+from jaxtune.data import batch_from_permutations, epoch_permutations
 
 MODELS: dict[str, dict[str, Any]] = {
     # widths of the hidden layers, batch size, chunk (= train.eval_every = steps per scan call)
@@ -122,6 +123,7 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 
 def make_fns(widths: tuple[int, ...], batch: int, n_train: int):
     model = jaxtune.mlp(num_outputs=NUM_CLASSES, input_shape=(IN_FEATURES,), widths=widths)
+    steps_per_epoch = n_train // batch
 
     def optimizer(lr):
         sched = jaxtune.step_decay(lr, DECAY_RATE, DECAY_EVERY)
@@ -132,10 +134,17 @@ def make_fns(widths: tuple[int, ...], batch: int, n_train: int):
         params, model_state = model.init(init_key)
         return params, model_state, optimizer(lr).init(params)
 
-    def train_step(state, lr, key, step, data):
-        params, model_state, opt_state = state
+    def epochs(key, start, length):
+        # The shuffles of the epochs a chunk of steps touches, computed once per chunk (a
+        # permutation per step would make the small model sort-bound in every variant).
         _, data_key, _ = jax.random.split(key, 3)
-        idx = batch_indices(data_key, step, batch, n_train)
+        first = start // steps_per_epoch
+        num = min(math.ceil(length / steps_per_epoch) + 1, length)
+        return epoch_permutations(data_key, first, num, n_train), first
+
+    def train_step(state, lr, perms, first, step, data):
+        params, model_state, opt_state = state
+        idx = batch_from_permutations(perms, first, step, batch, batch)
         x, y = data.x_train[idx], data.y_train[idx]
 
         def loss_fn(p):
@@ -146,15 +155,18 @@ def make_fns(widths: tuple[int, ...], batch: int, n_train: int):
         updates, opt_state = optimizer(lr).update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), new_ms, opt_state), loss
 
-    vstep = jax.vmap(train_step, in_axes=(0, 0, 0, None, None))
+    vstep = jax.vmap(train_step, in_axes=(0, 0, 0, 0, None, None))
+    vepochs = jax.vmap(epochs, in_axes=(0, None, None))
 
     def chunk(state, lrs, keys, start, data, length):
+        perms, first = vepochs(keys, start, length)
+
         def body(s, t):
-            return vstep(s, lrs, keys, t, data)
+            return vstep(s, lrs, perms, first, t, data)
 
         return jax.lax.scan(body, state, start + jnp.arange(length, dtype=jnp.int32))
 
-    return init, train_step, vstep, chunk, model
+    return init, train_step, vstep, chunk, model, epochs
 
 
 class Variant:
@@ -175,28 +187,31 @@ class Loop(Variant):
 
     name = "loop"
 
-    def __init__(self, fns, lrs, keys, data, steps, trials):
-        init, step, _, _, _ = fns
+    def __init__(self, fns, lrs, keys, data, steps, trials, chunk):
+        init, step, _, _, _, epochs = fns
         self.lrs, self.keys, self.data = lrs, keys, data
-        self.steps, self.trials = steps, trials
+        self.steps, self.trials, self.chunk = steps, trials, chunk
         self.init = jax.jit(init)
+        self.epochs = jax.jit(epochs, static_argnums=2)
         self.jit_step = jax.jit(step, donate_argnums=0)
 
     def compile(self):
         s0 = self.init(self.lrs[0], self.keys[0])
+        perms, first = self.epochs(self.keys[0], 0, self.chunk)
         t0 = time.perf_counter()
-        self.step = self.jit_step.lower(s0, self.lrs[0], self.keys[0], 0, self.data).compile()
+        self.step = self.jit_step.lower(s0, self.lrs[0], perms, first, 0, self.data).compile()
         self.compile_s = time.perf_counter() - t0
         self.memory = compiled_memory(self.step)
 
     def calibrate(self, calls: int = 30) -> float:
         """Seconds per jitted step call."""
         s = self.init(self.lrs[0], self.keys[0])
-        s, _ = self.step(s, self.lrs[0], self.keys[0], 0, self.data)
+        perms, first = self.epochs(self.keys[0], 0, self.chunk)
+        s, _ = self.step(s, self.lrs[0], perms, first, 0, self.data)
         jax.block_until_ready(s)
         t0 = time.perf_counter()
         for t in range(calls):
-            s, _ = self.step(s, self.lrs[0], self.keys[0], t, self.data)
+            s, _ = self.step(s, self.lrs[0], perms, first, t % self.chunk, self.data)
         jax.block_until_ready(s)
         return (time.perf_counter() - t0) / calls
 
@@ -207,7 +222,9 @@ class Loop(Variant):
         for i in range(self.trials):
             s, lr, key = states[i], self.lrs[i], self.keys[i]
             for t in range(self.steps):
-                s, loss = self.step(s, lr, key, t, self.data)
+                if t % self.chunk == 0:
+                    perms, first = self.epochs(key, t, self.chunk)
+                s, loss = self.step(s, lr, perms, first, t, self.data)
             states[i] = s
         jax.block_until_ready(states)
         return time.perf_counter() - t0
@@ -221,16 +238,19 @@ class VmapStep(Variant):
 
     name = "vmap"
 
-    def __init__(self, fns, lrs, keys, data, steps):
-        init, _, vstep, _, _ = fns
-        self.lrs, self.keys, self.data, self.steps = lrs, keys, data, steps
+    def __init__(self, fns, lrs, keys, data, steps, chunk):
+        init, _, vstep, _, _, epochs = fns
+        self.lrs, self.keys, self.data = lrs, keys, data
+        self.steps, self.chunk = steps, chunk
         self.init = jax.jit(jax.vmap(init))
+        self.epochs = jax.jit(jax.vmap(epochs, in_axes=(0, None, None)), static_argnums=2)
         self.fn = jax.jit(vstep, donate_argnums=0)
 
     def compile(self):
         s0 = self.init(self.lrs, self.keys)
+        perms, first = self.epochs(self.keys, 0, self.chunk)
         t0 = time.perf_counter()
-        self.fn = self.fn.lower(s0, self.lrs, self.keys, 0, self.data).compile()
+        self.fn = self.fn.lower(s0, self.lrs, perms, first, 0, self.data).compile()
         self.compile_s = time.perf_counter() - t0
         self.memory = compiled_memory(self.fn)
 
@@ -238,7 +258,9 @@ class VmapStep(Variant):
         s = jax.block_until_ready(self.init(self.lrs, self.keys))
         t0 = time.perf_counter()
         for t in range(self.steps):
-            s, loss = self.fn(s, self.lrs, self.keys, t, self.data)
+            if t % self.chunk == 0:
+                perms, first = self.epochs(self.keys, t, self.chunk)
+            s, loss = self.fn(s, self.lrs, perms, first, t, self.data)
         jax.block_until_ready(s)
         return time.perf_counter() - t0
 
@@ -252,7 +274,7 @@ class VmapScan(Variant):
     name = "vmap_scan"
 
     def __init__(self, fns, lrs, keys, data, steps, chunk, sharding=None):
-        init, _, _, chunk_fn, _ = fns
+        init, _, _, chunk_fn, _, _ = fns
         self.lrs, self.keys, self.data = lrs, keys, data
         self.steps, self.chunk, self.sharding = steps, chunk, sharding
         self.init = jax.jit(jax.vmap(init))
@@ -392,7 +414,7 @@ def bench_cell(model_name, n, ds, data, args, log) -> dict[str, Any]:
     steps = chunks * chunk
     scan.steps = steps
 
-    loop = Loop(fns, lrs, keys, data, steps, n)
+    loop = Loop(fns, lrs, keys, data, steps, n, chunk)
     loop.compile()
     t_call = loop.calibrate()
     note = ""
@@ -404,7 +426,7 @@ def bench_cell(model_name, n, ds, data, args, log) -> dict[str, Any]:
         note = f"extrapolated from {loop.trials} trial(s) x {loop.steps} steps"
     loop.note = note
 
-    variants: list[Variant] = [loop, VmapStep(fns, lrs, keys, data, steps), scan]
+    variants: list[Variant] = [loop, VmapStep(fns, lrs, keys, data, steps, chunk), scan]
     per_calls: list[Any] = ["auto"] + [k for k in args.per_call if k < n]
     for k in per_calls:
         cfg = sweep_config(widths, batch, lrs_list, steps, chunk, k)
