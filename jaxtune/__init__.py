@@ -7,9 +7,11 @@ train many learning-rate or batch-size settings at once as one jitted, vmapped p
 from jaxtune import checkpoint as checkpoint
 from jaxtune import config as config
 from jaxtune import data as data
+from jaxtune import diagnostics as diagnostics
 from jaxtune import initializers as initializers
 from jaxtune import models as models
 from jaxtune import optimizers as optimizers
+from jaxtune import parallel as parallel
 from jaxtune import schedules as schedules
 from jaxtune import sweep as sweep
 from jaxtune.checkpoint import export_trial as export_trial
@@ -65,6 +67,7 @@ __all__ = [
     "constant",
     "cosine_decay",
     "data",
+    "diagnostics",
     "exponential_decay",
     "export_trial",
     "from_linen",
@@ -77,6 +80,7 @@ __all__ = [
     "mlp",
     "models",
     "optimizers",
+    "parallel",
     "reinitialize",
     "run_sweep",
     "schedules",
