@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 CFG = {
     "task": {"dataset": "synthetic", "widths": [16], "normalization": "batch"},
