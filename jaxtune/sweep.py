@@ -999,7 +999,10 @@ def _prepare(
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     data = parallel.put(jax.tree.map(np.asarray, ds), replicated)
     mtpc = base["train.max_trials_per_call"]
-    plan = _plan(cfg, n_train, None if mtpc == "auto" else mtpc, mesh)
+    # "auto" first compiles calls of at most _PROBE_TRIALS per device: its memory analysis
+    # decides the final size, which is usually this same size, so nothing compiles twice.
+    probe = _PROBE_TRIALS * mesh.size
+    plan = _plan(cfg, n_train, probe if mtpc == "auto" else mtpc, mesh)
     models: dict[tuple, models_lib.Model] = {}
 
     def model_for(prog: _Program) -> tuple[models_lib.Model, Any]:
@@ -1021,7 +1024,7 @@ def _prepare(
                 unit, *model_for(unit.program), data, lengths, mesh, _COMPILED
             )
         if mtpc == "auto":
-            plan, more, choice = _fit_memory(cfg, plan, n_train, model_for, data, lengths)
+            plan, more, choice = _fit_memory(cfg, plan, n_train, model_for, data, lengths, probe)
             compile_s += more
     return _Context(plan, data, init_fns, compile_s, choice)
 
@@ -1079,51 +1082,45 @@ def _last_level_cache_bytes(default: int = 32 * 2**20) -> int:
     return max(sizes, default=default)
 
 
-def _fit_memory(cfg, plan, n_train, model_for, data, lengths):
+#: Trials per device of the first compiled call of ``train.max_trials_per_call = "auto"``.
+_PROBE_TRIALS = 8
+
+
+def _fit_memory(cfg, plan, n_train, model_for, data, lengths, probe):
     """Choose the trials per call of ``train.max_trials_per_call = "auto"``.
 
-    Each call must fit the device's memory (the compiled program's memory analysis against the
-    device's limit). On CPU devices a call is also kept within half the last-level cache: a
-    group of trials whose per-step working set spills out of the cache runs slower in one
-    call than in several (benchmarks/sweep_throughput.py measured 8 trials per call as the
-    fastest for the digits MLP on a 2-core CPU with a 32 MiB cache, and one call for a small
-    MLP).
+    Each call must fit the device's memory (the compiled program's memory analysis, scaled per
+    trial, against the device's limit). On CPU devices a call is also kept within half the
+    last-level cache: a group whose per-step working set spills out of the cache runs slower
+    in one call than in several (benchmarks/sweep_throughput.py measured 8 trials per call as
+    the fastest for the digits MLP on a 2-core CPU with a 32 MiB cache, one call for a small
+    MLP). ``plan`` was compiled with calls of at most ``probe`` trials.
     """
     k = plan.mesh.size
-    per_device = max(u.size // k for u in plan.units)
     per_trial = max(_memory_bytes(u.chunk[max(lengths)]) / max(u.size // k, 1) for u in plan.units)
     budget = _device_memory_budget(plan.mesh)
     limit = max(1, int(budget // max(per_trial, 1)))
     reason = f"the {budget / 2**20:.0f} MiB per-device memory budget"
     if jax.default_backend() == "cpu":
         cache = _last_level_cache_bytes()
-        fits = max(1, int(cache / 2 // max(per_trial, 1)))
-        fits = 2 ** int(math.log2(fits))
+        fits = 2 ** int(math.log2(max(1, int(cache / 2 // max(per_trial, 1)))))
         if fits < limit:
-            limit = fits
-            reason = f"half the {cache / 2**20:.0f} MiB last-level CPU cache"
-    if per_device <= limit:
-        return (
-            plan,
-            0.0,
-            (
-                f"auto: all trials of a group in one call "
-                f"(~{per_trial * per_device / 2**20:.1f} MiB per device, within {reason})"
-            ),
-        )
-    per_call = limit * k
-    plan = _plan(cfg, n_train, per_call, plan.mesh)
+            limit, reason = fits, f"half the {cache / 2**20:.0f} MiB last-level CPU cache"
+    largest = max(len(g.members) for g in plan.groups)
+    want = None if math.ceil(largest / k) <= limit else limit * k  # None: one call per group
+    have = probe if largest > probe else None
+    per_device = min(limit, math.ceil(largest / k))
+    choice = (
+        f"auto: up to {per_device} trials per call on each of {k} device(s) "
+        f"(~{per_trial * per_device / 2**20:.1f} MiB each, within {reason})"
+    )
+    if want == have:
+        return plan, 0.0, choice
+    plan = _plan(cfg, n_train, want, plan.mesh)
     extra = 0.0
     for unit in plan.units:
         extra += _compile_unit(unit, *model_for(unit.program), data, lengths, plan.mesh, _COMPILED)
-    return (
-        plan,
-        extra,
-        (
-            f"auto: {limit} trials per call on each of {k} device(s) "
-            f"(~{per_trial * limit / 2**20:.1f} MiB each, within {reason})"
-        ),
-    )
+    return plan, extra, choice
 
 
 def _describe(plan: _Plan) -> None:
