@@ -58,16 +58,22 @@ def reference(tmp_path_factory):
     return out
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path, reference):
+def _start(tmp_path):
+    """Start the slowed-down sweep in a subprocess; returns (process, script, out dir)."""
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format(cfg=CFG))
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, str(script), str(out), "0"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
     )
+    return proc, script, out
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference):
+    proc, script, out = _start(tmp_path)
     with proc:
         for line in proc.stdout:
             if line.strip() == "chunk 50":
@@ -85,15 +91,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference):
 
 
 def test_ctrl_c_stops_at_a_chunk_boundary_with_a_final_checkpoint(tmp_path, reference):
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(cfg=CFG))
-    out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(out), "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, script, out = _start(tmp_path)
     with proc:
         for line in proc.stdout:
             if line.strip() == "chunk 30":
