@@ -41,6 +41,7 @@ from jaxtune import data as data_lib
 from jaxtune import initializers as init_lib
 from jaxtune import models as models_lib
 from jaxtune import optimizers as opt_lib
+from jaxtune import sweep as sweep_lib
 from jaxtune.config import SweepConfig
 from jaxtune.sweep import (
     SweepResult,
@@ -110,22 +111,13 @@ def _setup(
     return flat, ds, k, build_model(flat, ds, k)
 
 
-def _trial_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    init_key, data_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-    return init_key, data_key, dropout_key
-
-
-def _scale_kernels(params: Any, scale: float) -> Any:
-    def f(path, leaf):
-        name = getattr(path[-1], "key", None) if path else None
-        return leaf * scale if name == "kernel" else leaf
-
-    return jax.tree_util.tree_map_with_path(f, params)
+def _trial_keys(seed: int) -> jax.Array:
+    return sweep_lib.trial_keys(jax.random.PRNGKey(seed))
 
 
 def _init_params(model: models_lib.Model, flat: Mapping[str, Any]) -> tuple[Any, Any]:
     params, model_state = model.init(_trial_keys(flat["train.seed"])[0])
-    return _scale_kernels(params, flat["task.init_scale"]), model_state
+    return sweep_lib.scale_kernels(params, flat["task.init_scale"]), model_state
 
 
 def _masked_ce(logits: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.Array:

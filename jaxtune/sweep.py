@@ -60,6 +60,8 @@ __all__ = [
     "build_optimizer",
     "build_schedule",
     "run_sweep",
+    "scale_kernels",
+    "trial_keys",
 ]
 
 _METRICS = ("train_loss", "grad_norm", "clipped", "learning_rate")
@@ -162,7 +164,14 @@ def load_task_data(flat: Mapping[str, Any]) -> data_lib.Dataset:
     return ds
 
 
-def _scale_kernels(params: Any, scale: jax.Array) -> Any:
+def trial_keys(key: jax.Array) -> jax.Array:
+    """``init_key, data_key, dropout_key`` of a trial whose root key is ``PRNGKey(seed)``."""
+    return jax.random.split(key, 3)
+
+
+def scale_kernels(params: Any, scale: jax.Array) -> Any:
+    """Multiply every ``kernel`` leaf of a Flax params tree by ``scale`` (``task.init_scale``)."""
+
     def f(path, leaf):
         name = getattr(path[-1], "key", None) if path else None
         return leaf * scale if name == "kernel" else leaf
@@ -202,9 +211,9 @@ def _make_fns(
         return build_optimizer(flat, hp, use_weight_decay=prog.use_weight_decay)
 
     def init_one(hp):
-        init_key, _, _ = jax.random.split(hp["key"], 3)
+        init_key, _, _ = trial_keys(hp["key"])
         params, model_state = model.init(init_key)
-        params = _scale_kernels(params, hp["task.init_scale"])
+        params = scale_kernels(params, hp["task.init_scale"])
         opt_state = optimizer(hp).init(params)
         return TrainState(
             params,
@@ -228,9 +237,7 @@ def _make_fns(
             mask = jnp.arange(prog.max_batch) < hp["train.batch_size"]
         x, y = data.x_train[idx], data.y_train[idx]
         # Only a model with dropout (or a user model, which may have some) needs a key.
-        drop_key = (
-            jax.random.fold_in(jax.random.split(state.key, 3)[2], step) if needs_key else None
-        )
+        drop_key = jax.random.fold_in(trial_keys(state.key)[2], step) if needs_key else None
 
         def loss_fn(params):
             logits, new_ms = model.apply(
@@ -282,7 +289,7 @@ def _make_fns(
 
     def epochs_one(state: TrainState, hp, start, *, length):
         # The shuffles of every epoch this chunk touches, computed once per chunk.
-        _, data_key, _ = jax.random.split(state.key, 3)
+        _, data_key, _ = trial_keys(state.key)
         batch = prog.batch_size if prog.batch_size is not None else hp["train.batch_size"]
         first = start // (n_train // batch)
         num = min(math.ceil(length / (n_train // prog.max_batch)) + 1, length)
