@@ -46,7 +46,7 @@ def main() -> None:
     config = {
         "task": {"dataset": "digits", "model": "mlp", "widths": widths},
         "optimizer": {"name": "momentum", "momentum": 0.9},
-        # The final train_loss of a trial is its mean over the last eval_every steps.
+        # The final train.loss of a trial is its mean over the last eval_every steps.
         "train": {
             "steps": steps,
             "eval_every": max(1, steps // 4),
@@ -72,8 +72,8 @@ def main() -> None:
     )
 
     print(f"{len(result.trials)} trials x {steps} steps, widths={widths}:")
-    print(f"{'batch':>5}  {'lr':>6}  {'epochs':>6}  {'test_acc':>8}  {'train_loss':>10}  diverged")
-    n_train = jaxtune.load_digits().x_train.shape[0]  # to convert steps into epochs
+    print(f"{'batch':>5}  {'lr':>6}  {'epochs':>6}  {'valid_acc':>9}  {'train_loss':>10}  diverged")
+    n_train = len(jaxtune.load_digits().train[1])  # to convert steps into epochs
     for tr in sorted(
         result.trials,
         key=lambda t: (t.hparams["train.batch_size"], t.hparams["optimizer.learning_rate"]),
@@ -81,11 +81,14 @@ def main() -> None:
         bs, lr = tr.hparams["train.batch_size"], tr.hparams["optimizer.learning_rate"]
         print(
             f"{bs:>5}  {lr:>6.3g}  {steps * bs / n_train:>6.1f}  "
-            f"{tr.final['test_accuracy']:>8.4f}  {tr.final['train_loss']:>10.4f}  "
+            f"{tr.final['valid.accuracy']:>9.4f}  {tr.final['train.loss']:>10.4f}  "
             f"{'yes' if tr.diverged else '-'}"
         )
     best = result.best()
-    print(f"\nbest: {best.name} with test accuracy {best.final['test_accuracy']:.4f}")
+    print(
+        f"\nbest: {best.name} with valid accuracy {best.final['valid.accuracy']:.4f} "
+        f"(test accuracy, reported once: {best.final['test.accuracy']:.4f})"
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ This example
    momentum, a step-decay learning rate),
 2. checks that it produces exactly the same updates as
    ``jaxtune.make_optimizer("momentum", schedule, momentum=0.9, clip_norm=1.0)``, and
-3. trains the digits MLP with it in a plain, fully jitted `jax.lax.scan` loop (no sweep engine)
-   and reports the test accuracy (> 95% in full mode).
+3. trains the digits MLP with it in your own fully jitted `jax.lax.scan` loop around jaxtune's
+   public per-trial step (``jaxtune.make_train_step``; no sweep engine) and reports the test
+   accuracy (> 95% in full mode).
 
 Run::
 
@@ -79,47 +80,37 @@ def check_equal(a: optax.GradientTransformation, b: optax.GradientTransformation
 def train(
     model: jaxtune.Model,
     tx: optax.GradientTransformation,
-    ds: jaxtune.Dataset,
+    splits: jaxtune.Splits,
     *,
     steps: int,
     batch_size: int,
     seed: int,
 ) -> tuple[float, float]:
-    """Trains with one jitted `lax.scan` over all steps; returns (final loss, test accuracy)."""
-    init_key, data_key = jax.random.split(jax.random.key(seed))
-    params, model_state = model.init(init_key)
-    opt_state = tx.init(params)
-    x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+    """Trains with jaxtune's public per-trial step in one jitted `lax.scan` over all steps.
+
+    Returns (mean train loss of the last 50 steps, test accuracy).
+    """
+    task = jaxtune.tasks.classification(model, splits)
+    fns = jaxtune.make_train_step(task, lambda hp: tx, rng=False)
+    hp: dict = {}
+    root = jax.random.PRNGKey(seed)
+    _, data_key, _, _ = jaxtune.engine.trial_keys(root)
+    x_train, y_train = (jnp.asarray(a) for a in splits.train)
     n_train = x_train.shape[0]
 
-    def loss_fn(params, model_state, x, y):
-        logits, model_state = model.apply(params, model_state, x, train=True)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, model_state
-
-    def step_fn(carry, step):
-        params, model_state, opt_state = carry
+    def step_fn(state, step):
         # Epoch-wise shuffling without replacement, as the sweep engine does it.
         idx = jaxtune.batch_indices(data_key, step, batch_size, n_train)
-        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, model_state, x_train[idx], y_train[idx]
-        )
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, model_state, opt_state), loss
+        state, metrics = fns.train_step(state, hp, (x_train[idx], y_train[idx]), step)
+        return state, metrics["loss"]
 
     @jax.jit
-    def run(params, model_state, opt_state):
-        carry, losses = jax.lax.scan(
-            step_fn, (params, model_state, opt_state), jnp.arange(steps, dtype=jnp.int32)
-        )
-        return carry, losses
+    def run(state):
+        return jax.lax.scan(step_fn, state, jnp.arange(steps, dtype=jnp.int32))
 
-    (params, model_state, _), losses = run(params, model_state, opt_state)
-    logits, _ = model.apply(params, model_state, jnp.asarray(ds.x_test), train=False)
-    accuracy = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(ds.y_test)))
-    final_loss = float(jnp.mean(losses[-min(50, steps) :]))
-    return final_loss, accuracy
+    state, losses = run(fns.init(root, hp))
+    test = fns.evaluate(state, hp, splits.test)
+    return float(jnp.mean(losses[-min(50, steps) :])), float(test["accuracy"])
 
 
 def main() -> None:
@@ -134,7 +125,7 @@ def main() -> None:
     print("the hand-composed chain equals make_optimizer('momentum', ..., clip_norm=1.0)")
 
     ds = jaxtune.load_digits()
-    model = jaxtune.mlp(num_outputs=10, input_shape=ds.x_train.shape[1:], widths=widths)
+    model = jaxtune.mlp(num_outputs=10, input_shape=ds.train[0].shape[1:], widths=widths)
     start = time.perf_counter()
     loss, accuracy = train(
         model, by_hand, ds, steps=steps, batch_size=args.batch_size, seed=args.seed

@@ -101,15 +101,15 @@ def normalization_sweep(steps: int, widths: list[int]) -> None:
         f"   {len(result.trials)} trials in {len(result.timing['groups'])} programs: "
         f"compile {result.timing['compile_s']:.1f}s, run {result.timing['run_s']:.1f}s"
     )
-    print(f"   {'normalization':<14}" + "".join(f"{'acc @ lr=' + str(lr):>14}" for lr in lrs))
+    print(f"   {'normalization':<14}" + "".join(f"{'val@lr=' + str(lr):>14}" for lr in lrs))
     acc: dict[str, dict[float, float]] = {}
     for tr in result.trials:
         norm, lr = tr.hparams["task.normalization"], tr.hparams["optimizer.learning_rate"]
-        acc.setdefault(norm, {})[lr] = np.nan if tr.diverged else tr.final["test_accuracy"]
+        acc.setdefault(norm, {})[lr] = np.nan if tr.diverged else tr.final["valid.accuracy"]
     for norm, row in acc.items():
         print(f"   {norm:<14}" + "".join(f"{row[lr]:>14.4f}" for lr in lrs))
     best = result.best()
-    print(f"   best: {best.name} with test accuracy {best.final['test_accuracy']:.4f}")
+    print(f"   best: {best.name} with valid accuracy {best.final['valid.accuracy']:.4f}")
 
 
 def main() -> None:

@@ -7,10 +7,11 @@ last finite state and marked diverged, without disturbing the others.
 
 The example prints
 
-* the per-trial table, ranked by final test accuracy,
-* ``result.best()``: the non-diverged trial with the best final test accuracy, and
-* ``result.aggregate(over="train.seed")``: mean, std and a 95% Student-t interval of the test
-  accuracy per learning rate, across the seeds.
+* the per-trial table, ranked by final validation accuracy (the selection metric), with the
+  test accuracy beside it (reported, never used to choose),
+* ``result.best()``: the non-diverged trial with the best final validation accuracy, and
+* ``result.aggregate(over="train.seed")``: mean, std and a 95% Student-t interval of the
+  validation accuracy per learning rate, across the seeds.
 
 Run::
 
@@ -57,30 +58,28 @@ def main() -> None:
         f"run {t['run_s']:.1f}s ({t['trial_steps_per_s']:.0f} trial-steps/s)\n"
     )
 
-    print("Trials ranked by final test accuracy (diverged trials last):")
-    print(f"{'rank':>4}  {'lr':>8}  {'seed':>4}  {'test_acc':>8}  {'train_loss':>10}  diverged")
-    ranked = sorted(
-        result.trials,
-        key=lambda tr: (tr.diverged, -np.nan_to_num(tr.final["test_accuracy"], nan=-1.0)),
-    )
-    for rank, tr in enumerate(ranked, 1):
+    print("Trials ranked by final validation accuracy (diverged trials last):")
+    header = f"{'rank':>4}  {'lr':>8}  {'seed':>4}  {'valid_acc':>9}  {'test_acc':>8}"
+    print(f"{header}  {'train_loss':>10}  diverged")
+    for rank, tr in enumerate(result.ranked(), 1):
         diverged = f"at step {tr.diverged_step}" if tr.diverged else "-"
         print(
             f"{rank:>4}  {tr.hparams['optimizer.learning_rate']:>8.3g}  "
-            f"{tr.hparams['train.seed']:>4}  {tr.final['test_accuracy']:>8.4f}  "
-            f"{tr.final['train_loss']:>10.4f}  {diverged}"
+            f"{tr.hparams['train.seed']:>4}  {tr.final['valid.accuracy']:>9.4f}  "
+            f"{tr.final['test.accuracy']:>8.4f}  {tr.final['train.loss']:>10.4f}  {diverged}"
         )
 
     best = result.best()
     print(
-        f"\nbest: {best.name}  test accuracy {best.final['test_accuracy']:.4f} "
-        f"(best during training {best.best_test_accuracy:.4f} at step {best.best_step})"
+        f"\nbest: {best.name}  valid accuracy {best.final['valid.accuracy']:.4f} "
+        f"(best during training {best.best:.4f} at step {best.best_step}); "
+        f"its test accuracy, reported once: {best.final['test.accuracy']:.4f}"
     )
 
     print("\nAcross seeds (result.aggregate(over='train.seed')):")
     print(f"{'lr':>8}  {'n':>2}  {'mean_acc':>8}  {'std':>6}  {'95% interval':>17}  diverged")
     for row in result.aggregate(over="train.seed"):
-        acc = row["test_accuracy"]
+        acc = row["valid.accuracy"]
         lo, hi = acc["ci95"]
         print(
             f"{row['optimizer.learning_rate']:>8.3g}  {row['n']:>2}  {acc['mean']:>8.4f}  "

@@ -1,14 +1,18 @@
 """Orbax checkpoints of a whole sweep, resume, and export of one trial.
 
-The sweep state (stacked params, optimizer states, model states, PRNG keys, per-trial diverged
-flags and steps) and the metric histories so far are saved through an
-``orbax.checkpoint.CheckpointManager`` between compiled chunks. Orbax writes each step into a
-temporary directory and renames it when complete, so a crash never leaves a half-written
-checkpoint under a final name; in addition every checkpoint stores a SHA-256 digest of its
-arrays, and a checkpoint that fails to restore or whose digest does not match is skipped in
-favour of the previous one (with a warning).
+A checkpoint holds one state per group (stacked over the group's trials: a device-independent
+layout, so a sweep saved on 4 devices resumes on 2) and the metric histories so far. This module
+stores *what it is given* and never imports the engine: each checkpoint records the structure of
+what it holds (every leaf's path, shape and dtype, and which trials each group stacks), so
+:func:`export_trial` reads a trial of any model or task back without rebuilding it, and a restore
+whose caller expects another structure fails with :class:`~jaxtune.errors.CheckpointMismatchError`
+(the checkpoint itself is left untouched).
 
-The configuration and its hash are saved beside the checkpoints (``sweep.json``); resuming with a
+Orbax writes each step into a temporary directory and renames it when complete, so a crash never
+leaves a half-written checkpoint under a final name. Each checkpoint also stores a SHA-256 digest
+of its arrays and a hash of its files; a checkpoint that fails either check, or cannot be read, is
+moved aside (``corrupt-step-N-<time>``, nothing deleted) and the previous one is used. The
+configuration and its hash are saved beside the checkpoints (``sweep.json``); resuming with a
 different configuration is refused with the keys that differ.
 """
 
@@ -27,26 +31,72 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxtune import config as config_lib
-from jaxtune.config import ConfigError, SweepConfig
+from jaxtune.config import SweepConfig
+from jaxtune.errors import CheckpointMismatchError, ConfigError
 
-__all__ = ["SweepCheckpointer", "export_trial", "CheckpointWarning"]
+__all__ = ["CheckpointWarning", "SweepCheckpointer", "export_trial"]
 
 
 class CheckpointWarning(UserWarning):
     """A checkpoint was skipped because it is corrupt or incomplete."""
 
 
-def _digest(tree: Any) -> str:
+_MANIFEST = "jaxtune_files.json"
+
+
+def _path_entry(k: Any) -> list:
+    if isinstance(k, jax.tree_util.DictKey):
+        return ["d", k.key if isinstance(k.key, int | str) else str(k.key)]
+    if isinstance(k, jax.tree_util.SequenceKey):
+        return ["s", k.idx]
+    if isinstance(k, jax.tree_util.GetAttrKey):
+        return ["a", k.name]
+    return ["i", getattr(k, "key", str(k))]
+
+
+def layout(tree: Any) -> list[dict[str, Any]]:
+    """Every leaf of ``tree``: its key path, shape and dtype (what a checkpoint records)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [
+        {
+            "path": [_path_entry(k) for k in path],
+            "shape": [int(d) for d in np.shape(leaf)],
+            "dtype": np.dtype(leaf.dtype).name,
+        }
+        for path, leaf in leaves
+    ]
+
+
+def _stored(entry: dict[str, Any]) -> bool:
+    return int(np.prod(entry["shape"])) > 0  # Orbax cannot save zero-size arrays
+
+
+def _digest(groups: Sequence[Sequence[np.ndarray]], history: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get(tree)):
-        a = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+    arrays = [a for g in groups for a in g] + [history[k] for k in sorted(history)]
+    for a in arrays:
+        a = np.asarray(a)
         h.update(str((a.shape, a.dtype.str)).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
 
-def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+def _describe_path(path: list) -> str:
+    return "".join(f".{k}" if kind == "a" else f"[{k!r}]" for kind, k in path) or "<root>"
+
+
+def _first_difference(want: list, have: list) -> str:
+    for g, (a, b) in enumerate(zip(want, have, strict=False)):
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                return (
+                    f"group {g}, leaf {_describe_path(y['path'])}: checkpoint has shape "
+                    f"{y['shape']} {y['dtype']}, this run expects {_describe_path(x['path'])} "
+                    f"shape {x['shape']} {x['dtype']}"
+                )
+        if len(a) != len(b):
+            return f"group {g}: checkpoint has {len(b)} leaves, this run expects {len(a)}"
+    return f"checkpoint has {len(have)} groups, this run expects {len(want)}"
 
 
 class SweepCheckpointer:
@@ -78,49 +128,60 @@ class SweepCheckpointer:
                     f"{self.directory} already holds checkpoints of a sweep; resume it "
                     "(--resume / resume=True) or choose another output directory"
                 )
-            if resume:
-                old = SweepConfig.from_dict(stored["config"])
-                if stored.get("hash") != config_lib.config_hash(config):
-                    keys = config_lib.diff_configs(old, config)
-                    raise ConfigError(
-                        "cannot resume: the configuration differs from the checkpointed sweep in "
-                        + (", ".join(keys) if keys else "its search space")
-                    )
+            if resume and stored.get("hash") != config_lib.config_hash(config):
+                keys = config_lib.diff_configs(SweepConfig.from_dict(stored["config"]), config)
+                raise ConfigError(
+                    "cannot resume: the configuration differs from the checkpointed sweep in "
+                    + (", ".join(keys) if keys else "its search space")
+                )
         self.primary = jax.process_index() == 0
         if self.primary:
             self.directory.mkdir(parents=True, exist_ok=True)
+            blob = {"config": config.to_dict(), "hash": config_lib.config_hash(config)}
             tmp = meta_path.with_name("sweep.json.tmp")
-            tmp.write_text(
-                json.dumps(
-                    {"config": config.to_dict(), "hash": config_lib.config_hash(config)}, indent=2
-                )
-            )
+            tmp.write_text(json.dumps(blob, indent=2))
             tmp.replace(meta_path)
-        keep = max_to_keep or config.base["checkpoint.max_to_keep"]
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=False
-            ),
-            item_names=("state", "history", "meta"),
+        self.manager = _manager(
+            self.directory, max_to_keep or config.base["checkpoint.max_to_keep"]
         )
 
-    def save(self, step: int, states: Sequence[Any], history: dict[str, np.ndarray]) -> None:
+    def save(
+        self,
+        step: int,
+        states: Sequence[Any],
+        history: dict[str, np.ndarray],
+        members: Sequence[Sequence[int]],
+    ) -> None:
         """Save the sweep at ``step`` (blocking; the write is atomic).
 
         Args:
           step: the number of steps every trial has taken.
-          states: one state per group, stacked over the group's trials (device-independent
-            layout, so a sweep can resume on a different number of devices).
+          states: one state pytree per group, stacked over the group's trials.
           history: the metric histories so far.
+          members: the trial ids each group stacks, in order.
         """
         states = jax.device_get(list(states))
-        meta = {"step": int(step), "digest": _digest((states, history))}
+        layouts = [layout(s) for s in states]
+        groups = [
+            [
+                np.asarray(leaf)
+                for leaf, e in zip(jax.tree.leaves(s), lay, strict=True)
+                if _stored(e)
+            ]
+            for s, lay in zip(states, layouts, strict=True)
+        ]
+        history = {k: np.asarray(v) for k, v in history.items() if np.size(v)}
+        meta = {
+            "step": int(step),
+            "digest": _digest(groups, history),
+            "members": [list(map(int, m)) for m in members],
+            "layout": layouts,
+        }
         self.manager.save(
             int(step),
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(states),
-                history=ocp.args.StandardSave(dict(history)),
+                state=ocp.args.StandardSave(groups),
+                history=ocp.args.StandardSave(history),
                 meta=ocp.args.JsonSave(meta),
             ),
             force=True,
@@ -129,61 +190,117 @@ class SweepCheckpointer:
         if not self.primary:
             return
         step_dir = self.directory / str(int(step))
-        manifest = step_dir / _MANIFEST
         tmp = step_dir / (_MANIFEST + ".tmp")
         tmp.write_text(json.dumps(_file_hashes(step_dir), indent=1))
-        tmp.replace(manifest)
+        tmp.replace(step_dir / _MANIFEST)
 
     def restore_latest(
-        self, template_states: Sequence[Any]
+        self, template_states: Sequence[Any], members: Sequence[Sequence[int]]
     ) -> tuple[int, list[Any], dict[str, np.ndarray]] | None:
         """Restore the newest intact checkpoint, or return None when there is none.
 
         Args:
           template_states: one abstract state per group (shapes and dtypes, stacked over the
-            group's trials); the restored arrays are host (numpy) arrays, which the engine then
-            places on however many devices the resumed run has.
+            group's trials); restored arrays are host arrays in this structure.
+          members: the trial ids each group of this run stacks.
 
-        A checkpoint that cannot be read or whose digest does not match is moved aside with a
-        :class:`CheckpointWarning` naming it, and the previous one is tried.
+        Raises:
+          CheckpointMismatchError: the newest readable checkpoint holds other trials or another
+            structure than ``template_states`` (left in place: nothing is moved or deleted).
         """
-        abstract = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), list(template_states))
+        want = [layout(t) for t in template_states]
+        want_members = [list(map(int, m)) for m in members]
         self.manager.reload()
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                _verify_files(self.directory / str(step))
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract),
-                        history=ocp.args.StandardRestore(),
-                        meta=ocp.args.JsonRestore(),
-                    ),
-                )
-                states = list(restored["state"])
-                history = {k: np.asarray(v) for k, v in restored["history"].items()}
-                if restored["meta"]["digest"] != _digest((jax.device_get(states), history)):
-                    raise ValueError("the digest of the restored arrays does not match")
+                meta = _read_meta(self.manager, step)
             except Exception as e:
-                aside = self.directory / f"corrupt-step-{step}-{int(time.time())}"
-                (self.directory / str(step)).rename(aside)
-                self.manager.reload()
-                warnings.warn(
-                    f"checkpoint at step {step} in {self.directory} is corrupt or incomplete "
-                    f"({type(e).__name__}: {str(e)[:200]}); moved it to {aside.name} and "
-                    "falling back to the previous one",
-                    CheckpointWarning,
-                    stacklevel=2,
-                )
+                self._move_aside(step, e)
                 continue
+            if meta.get("members") != want_members:
+                raise CheckpointMismatchError(
+                    f"checkpoint at step {step} in {self.directory} holds other trial groups "
+                    f"({meta.get('members')}) than this run ({want_members})"
+                )
+            if meta.get("layout") != want:
+                raise CheckpointMismatchError(
+                    f"checkpoint at step {step} in {self.directory} was written by a different "
+                    "model, optimizer or task than this run builds; "
+                    + _first_difference(want, meta.get("layout", []))
+                )
+            try:
+                groups, history = _read_arrays(self.directory, self.manager, step, meta)
+            except Exception as e:
+                self._move_aside(step, e)
+                continue
+            states = [
+                jax.tree.unflatten(jax.tree.structure(t), _full(g, lay))
+                for t, g, lay in zip(template_states, groups, want, strict=True)
+            ]
             return step, states, history
         return None
+
+    def _move_aside(self, step: int, error: Exception) -> None:
+        aside = self.directory / f"corrupt-step-{step}-{int(time.time())}"
+        (self.directory / str(step)).rename(aside)
+        self.manager.reload()
+        warnings.warn(
+            f"checkpoint at step {step} in {self.directory} is corrupt or incomplete "
+            f"({type(error).__name__}: {str(error)[:200]}); moved it to {aside.name} and falling "
+            "back to the previous one",
+            CheckpointWarning,
+            stacklevel=3,
+        )
 
     def close(self) -> None:
         self.manager.close()
 
 
-_MANIFEST = "jaxtune_files.json"
+def _manager(directory: Path, max_to_keep: int, *, read_only: bool = False) -> Any:
+    return ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=False,
+        ),
+        item_names=("state", "history", "meta"),
+    )
+
+
+def _read_meta(manager: Any, step: int) -> dict[str, Any]:
+    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    meta = restored["meta"]
+    if not isinstance(meta, dict) or "layout" not in meta or "members" not in meta:
+        raise ValueError("its metadata has no layout")
+    return meta
+
+
+def _read_arrays(
+    directory: Path, manager: Any, step: int, meta: dict[str, Any]
+) -> tuple[list[list[np.ndarray]], dict[str, np.ndarray]]:
+    _verify_files(directory / str(step))
+    abstract = [
+        [np.zeros(e["shape"], e["dtype"]) for e in lay if _stored(e)] for lay in meta["layout"]
+    ]
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), history=ocp.args.StandardRestore()
+        ),
+    )
+    groups = [[np.asarray(a) for a in g] for g in restored["state"]]
+    history = {k: np.asarray(v) for k, v in restored["history"].items()}
+    if meta["digest"] != _digest(groups, history):
+        raise ValueError("the digest of the restored arrays does not match")
+    return groups, history
+
+
+def _full(stored: list[np.ndarray], lay: list[dict[str, Any]]) -> list[np.ndarray]:
+    """The leaves of a group in order, with the zero-size ones (not stored) filled back in."""
+    it = iter(stored)
+    return [next(it) if _stored(e) else np.zeros(e["shape"], e["dtype"]) for e in lay]
 
 
 def _file_hashes(step_dir: Path) -> dict[str, str]:
@@ -210,30 +327,72 @@ def _has_steps(directory: Path) -> bool:
     return any(p.is_dir() and p.name.isdigit() for p in directory.iterdir())
 
 
+def _nest(entries: Sequence[tuple[list, np.ndarray]]) -> Any:
+    """Rebuild nested dicts (and lists, for sequence keys) from recorded key paths."""
+    root: dict = {}
+    for path, value in entries:
+        node = root
+        for entry in path[:-1]:
+            node = node.setdefault(tuple(entry), {})
+        node[tuple(path[-1])] = value
+
+    def convert(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        if node and all(kind == "s" for kind, _ in node):
+            return [convert(node[k]) for k in sorted(node, key=lambda kk: kk[1])]
+        return {key: convert(v) for (_, key), v in node.items()}
+
+    return convert(root)
+
+
 def export_trial(run_dir: str | Path, trial_id: int) -> dict[str, Any]:
-    """One trial's trained variables as a plain Flax variables tree.
+    """One trial's trained variables from a sweep's latest intact checkpoint.
+
+    Works for any model or task: the checkpoint records the structure it holds. Nothing is
+    moved or written; a corrupt checkpoint is skipped with a :class:`CheckpointWarning`.
 
     Args:
       run_dir: a sweep's output directory (with ``checkpoints/``).
       trial_id: the trial's id in ``results.json``.
 
     Returns:
-      ``{"params": ..., **model_state}`` (e.g. ``batch_stats``) of the latest intact
-      checkpoint, ready for ``module.apply(variables, x, ...)``.
+      ``{"params": ..., **model_state}`` (e.g. ``batch_stats``) as nested dicts of NumPy arrays,
+      ready for a Flax ``module.apply(variables, x, ...)``.
     """
-    from jaxtune import sweep as sweep_lib
-
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    meta = ckpt_dir / "sweep.json"
-    if not meta.exists():
-        raise FileNotFoundError(f"no sweep checkpoints in {run_dir} (missing {meta})")
-    cfg = SweepConfig.from_dict(json.loads(meta.read_text())["config"])
-    states, groups = sweep_lib.restore_states(cfg, ckpt_dir)
-    for state, ids in zip(states, groups, strict=True):
-        if trial_id in ids:
-            j = ids.index(trial_id)
-            params = jax.tree.map(lambda a: np.asarray(a[j]), state.params)
-            model_state = jax.tree.map(lambda a: np.asarray(a[j]), state.model_state)
-            return {"params": params, **dict(model_state)}
-    total = sum(map(len, groups))
-    raise ValueError(f"trial_id = {trial_id} is invalid: expected an integer in [0, {total})")
+    ckpt_dir = Path(run_dir).absolute() / "checkpoints"
+    if not (ckpt_dir / "sweep.json").exists():
+        raise FileNotFoundError(f"no sweep checkpoints in {run_dir} (missing sweep.json)")
+    manager = _manager(ckpt_dir, 1, read_only=True)
+    try:
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                meta = _read_meta(manager, step)
+                groups, _ = _read_arrays(ckpt_dir, manager, step, meta)
+            except Exception as e:
+                warnings.warn(
+                    f"checkpoint at step {step} in {ckpt_dir} is unreadable "
+                    f"({type(e).__name__}: {str(e)[:200]}); trying the previous one",
+                    CheckpointWarning,
+                    stacklevel=2,
+                )
+                continue
+            for members, stored, lay in zip(meta["members"], groups, meta["layout"], strict=True):
+                if trial_id not in members:
+                    continue
+                j = members.index(trial_id)
+                leaves = _full(stored, lay)
+                parts: dict[str, list] = {"params": [], "model_state": []}
+                for e, leaf in zip(lay, leaves, strict=True):
+                    head = e["path"][0][1] if e["path"] else None
+                    if head in parts:
+                        parts[head].append((e["path"][1:], np.asarray(leaf[j])))
+                model_state = _nest(parts["model_state"]) if parts["model_state"] else {}
+                return {"params": _nest(parts["params"]), **dict(model_state)}
+            total = sum(map(len, meta["members"]))
+            raise ValueError(
+                f"trial_id = {trial_id} is invalid: expected an integer in [0, {total})"
+            )
+    finally:
+        manager.close()
+    raise FileNotFoundError(f"no intact checkpoint in {ckpt_dir}")

@@ -27,103 +27,16 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from jaxtune import config as config_lib
 from jaxtune.config import ConfigError, SweepConfig
 
-__all__ = ["add_config_arguments", "build_parser", "main", "to_toml"]
+__all__ = ["add_config_arguments", "build_parser", "main", "search_path"]
 
 PROG = "jaxtune"
-
-
-# ----------------------------------------------------------------------------------------------
-# A small TOML writer (nested tables of str / int / float / bool / lists / inline tables).
-
-
-def _toml_key(key: str) -> str:
-    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
-        return key
-    return _toml_string(key)
-
-
-def _toml_string(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _toml_value(v: Any) -> str:
-    if hasattr(v, "item") and callable(v.item) and not isinstance(v, list | tuple | Mapping):
-        v = v.item()  # numpy scalar
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)  # shortest round-tripping form, e.g. 0.1, 1e-05, 3.0
-    if isinstance(v, str):
-        return _toml_string(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, Mapping):
-        items = [f"{_toml_key(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None]
-        return "{ " + ", ".join(items) + " }" if items else "{}"
-    if v is None:
-        raise TypeError("TOML has no null value; leave the key out instead")
-    raise TypeError(f"cannot write a {type(v).__name__} as TOML: {v!r}")
-
-
-def to_toml(data: Mapping[str, Any]) -> str:
-    """Serialize nested dicts of str/int/float/bool/lists to TOML (None values are left out).
-
-    Nested dicts become ``[table]`` sections; dicts inside lists become inline tables. Floats use
-    their shortest round-tripping representation, so ``tomllib.loads(to_toml(d)) == d``.
-    """
-    lines: list[str] = []
-
-    def emit(path: list[str], table: Mapping[str, Any]) -> None:
-        scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping) and v is not None]
-        tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
-        if path and (scalars or not tables):
-            if lines:
-                lines.append("")
-            lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
-        for k, v in scalars:
-            lines.append(f"{_toml_key(str(k))} = {_toml_value(v)}")
-        for k, v in tables:
-            emit([*path, str(k)], v)
-
-    emit([], data)
-    return "\n".join(lines) + "\n"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,6 +73,31 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 def load_config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The configuration named by ``add_config_arguments``' options (raises ``ConfigError``)."""
     return config_lib.load_config(args.config, list(args.set or ()))
+
+
+def search_path(args: argparse.Namespace) -> list[Path]:
+    """Folders searched first for ``task.factory`` / ``optimizer.factory``: the config's own."""
+    return [Path(args.config).resolve().parent] if args.config else []
+
+
+class _Banner:
+    """Says in one line, when a sweep starts, what runs where."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        groups = info["groups"]
+        print(
+            f"{PROG}: {info['num_trials']} trial(s) in {len(groups)} compiled group(s) on "
+            f"{info['devices']} {info['backend']} device(s); choosing on "
+            f"{info['selection'].metric} ({info['selection'].mode})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_chunk(self, start: int, stop: int, history: Any) -> None:
+        pass
+
+    def on_end(self, result: Any) -> None:
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,16 +176,6 @@ def _check_output_dir(out: Path, *, resume: bool) -> None:
             )
 
 
-def _make_output_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".jaxtune-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out {out} is not writable: {e.strerror or e}") from None
-
-
 def _check_resume(cfg: SweepConfig, out: Path) -> None:
     if cfg.base["checkpoint.every"] <= 0:
         raise ConfigError("--resume needs checkpoints: set checkpoint.every to a positive number")
@@ -259,24 +187,6 @@ def _check_resume(cfg: SweepConfig, out: Path) -> None:
             raise ConfigError(
                 f"cannot resume {out}: the configuration differs from the checkpointed sweep in "
                 + (", ".join(keys) if keys else "its search space")
-            )
-
-
-def _check_against_data(cfg: SweepConfig) -> None:
-    """Batch sizes and ``task.subset`` against the training set, before compiling anything."""
-    from jaxtune import sweep as sweep_lib
-
-    ds = sweep_lib.load_task_data(cfg.base)  # raises ConfigError for a too-large subset
-    n_train = int(ds.x_train.shape[0])
-    trials = config_lib.expand_trials(cfg)
-    if not trials:
-        raise ConfigError("the search space is empty: the sweep has no trials")
-    for overrides in trials:
-        bs = overrides.get("train.batch_size", cfg.base["train.batch_size"])
-        if bs > n_train:
-            raise ConfigError(
-                f"train.batch_size = {bs} is larger than the training set ({n_train} examples): "
-                f"expected an integer in [1, {n_train}]"
             )
 
 
@@ -304,7 +214,8 @@ def _has_checkpoint(out: Path) -> bool:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``jaxtune sweep``: validate, run, plot and report."""
-    from jaxtune import plots, progress, sweep, tblog
+    from jaxtune import engine
+    from jaxtune.report import progress, tensorboard
 
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR: the folder of the sweep to continue")
@@ -315,18 +226,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _check_output_dir(out, resume=args.resume)
     if args.resume:
         _check_resume(cfg, out)
-    _check_against_data(cfg)
-    _make_output_dir(out)
-    config_path = out / "config.toml"
-    _write_text_atomic(config_path, to_toml(cfg.to_dict()))
 
     base = cfg.base
-    callbacks: list[sweep.SweepCallback] = [progress.ProgressBar()]
+    callbacks: list[engine.SweepCallback] = [_Banner(), progress.ProgressBar()]
     tb_dir = out / "tb"
     if base["log.tensorboard"]:
-        callbacks.append(tblog.TensorBoardLogger(tb_dir))
+        callbacks.append(tensorboard.TensorBoardLogger(tb_dir))
     try:
-        result = sweep.run_sweep(cfg, out_dir=out, resume=args.resume, callbacks=callbacks)
+        result = engine.run_sweep(
+            cfg,
+            out_dir=out,
+            resume=args.resume,
+            callbacks=callbacks,
+            search_path=search_path(args),
+        )
     except KeyboardInterrupt:
         print(file=sys.stderr)
         if _has_checkpoint(out):
@@ -348,6 +261,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             msg += f" (partial results: {PROG} show {out})"
         print(msg, file=sys.stderr)
         return 130
+    config_path = out / "config.toml"
+
+    from jaxtune.report import plots
 
     written: list[Path] = []
     if base["log.plots"]:
@@ -381,7 +297,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _load_result(directory: str) -> Any:
-    from jaxtune.sweep import SweepResult
+    from jaxtune.engine import SweepResult
 
     d = Path(directory)
     if not d.is_dir():
@@ -399,7 +315,7 @@ def _load_result(directory: str) -> Any:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """``jaxtune show DIR``: reprint the ranked table from ``results.json``."""
-    from jaxtune import progress
+    from jaxtune.report import progress
 
     result = _load_result(args.dir)
     print(progress.format_table(result, top=args.top))
@@ -415,7 +331,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """``jaxtune plot DIR``: redraw ``plots/*.png``."""
-    from jaxtune import plots
+    from jaxtune.report import plots
 
     result = _load_result(args.dir)
     for p in plots.write_plots(result, args.dir):

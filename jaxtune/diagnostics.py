@@ -41,15 +41,9 @@ from jaxtune import data as data_lib
 from jaxtune import initializers as init_lib
 from jaxtune import models as models_lib
 from jaxtune import optimizers as opt_lib
-from jaxtune import sweep as sweep_lib
+from jaxtune import registry
 from jaxtune.config import SweepConfig
-from jaxtune.sweep import (
-    SweepResult,
-    build_model,
-    build_optimizer,
-    load_task_data,
-    run_sweep,
-)
+from jaxtune.engine import SweepResult, run_sweep, trial_keys
 
 __all__ = [
     "CHECKS",
@@ -99,25 +93,25 @@ def _fmt(x: float | None) -> str:
 
 def _setup(
     config: SweepConfig | Mapping[str, Any],
-    dataset: data_lib.Dataset | None = None,
+    dataset: data_lib.Splits | None = None,
     num_classes: int | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> tuple[dict[str, Any], data_lib.Dataset, int, models_lib.Model]:
+) -> tuple[dict[str, Any], data_lib.Splits, int, models_lib.Model]:
     """The flat base config, its dataset, class count and model (as the sweep builds them)."""
     cfg = SweepConfig.from_dict(config)
     flat = {**cfg.base, **(overrides or {})}
-    ds = dataset if dataset is not None else load_task_data(flat)
+    ds = dataset if dataset is not None else registry.load_data(flat)
     k = data_lib.num_classes(ds) if num_classes is None else int(num_classes)
-    return flat, ds, k, build_model(flat, ds, k)
+    return flat, ds, k, registry.build_model(flat, data_lib.input_shape(ds), k)
 
 
 def _trial_keys(seed: int) -> jax.Array:
-    return sweep_lib.trial_keys(jax.random.PRNGKey(seed))
+    return trial_keys(jax.random.PRNGKey(seed))
 
 
 def _init_params(model: models_lib.Model, flat: Mapping[str, Any]) -> tuple[Any, Any]:
     params, model_state = model.init(_trial_keys(flat["train.seed"])[0])
-    return sweep_lib.scale_kernels(params, flat["task.init_scale"]), model_state
+    return init_lib.scale_kernels(params, flat["task.init_scale"]), model_state
 
 
 def _masked_ce(logits: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -265,7 +259,7 @@ def _diagnose_curve(
 
 def _make_overfit_program(model: models_lib.Model, flat: Mapping[str, Any], steps: int, tol: float):
     def train_one(lr, mask, params, model_state, x, y, dropout_key):
-        opt = build_optimizer(flat, {"optimizer.learning_rate": lr}, use_weight_decay=False)
+        opt = registry.build_optimizer(flat, {"optimizer.learning_rate": lr}, weight_decay=False)
         opt_state = opt.init(params)
 
         def loss_fn(p, ms, i):
@@ -311,7 +305,7 @@ def overfit_check(
     steps: int = 300,
     tol: float = 0.05,
     lrs: Sequence[float] | None = None,
-    dataset: data_lib.Dataset | None = None,
+    dataset: data_lib.Splits | None = None,
     num_classes: int | None = None,
     batch_size: int | None = None,
 ) -> OverfitResult:
@@ -346,11 +340,11 @@ def overfit_check(
         config, dataset, num_classes, {"task.dropout": 0.0, "optimizer.weight_decay": 0.0}
     )
     lrs = [float(flat["optimizer.learning_rate"])] if lrs is None else [float(x) for x in lrs]
-    n = int(np.shape(ds.x_train)[0])
+    n = int(np.shape(ds.train[0])[0])
     bs = min(int(batch_size or flat["train.batch_size"]), n)
-    _, data_key, dropout_key = _trial_keys(flat["train.seed"])
+    _, data_key, dropout_key, _ = _trial_keys(flat["train.seed"])
     idx = np.asarray(data_lib.batch_indices(data_key, 0, bs, n))
-    x, y = np.asarray(ds.x_train)[idx], np.asarray(ds.y_train)[idx]
+    x, y = np.asarray(ds.train[0])[idx], np.asarray(ds.train[1])[idx]
     stages = ("one example", "one batch")
     expected = math.log(max(model.num_outputs, 2))
     problem = _label_problem(y, model.num_outputs, "training")
@@ -509,7 +503,7 @@ def lr_range_test(
     steps: int = 100,
     beta: float = 0.9,
     diverge_factor: float = 4.0,
-    dataset: data_lib.Dataset | None = None,
+    dataset: data_lib.Splits | None = None,
 ) -> LRFindResult:
     """The classic LR range test: one short run whose learning rate grows exponentially.
 
@@ -537,12 +531,12 @@ def lr_range_test(
     if steps < 5:
         raise ValueError(f"steps = {steps} is too small: expected at least 5")
     flat, ds, _, model = _setup(config, dataset)
-    n = int(np.shape(ds.x_train)[0])
+    n = int(np.shape(ds.train[0])[0])
     bs = min(int(flat["train.batch_size"]), n)
     ratio = max_lr / min_lr
     schedule = lambda count: min_lr * ratio ** (count / (steps - 1))
     opt = _optimizer_with_lr(flat, schedule)
-    _, data_key, dropout_key = _trial_keys(flat["train.seed"])
+    _, data_key, dropout_key, _ = _trial_keys(flat["train.seed"])
     params, model_state = _init_params(model, flat)
 
     @jax.jit
@@ -578,7 +572,7 @@ def lr_range_test(
         c0 = (params, model_state, opt.init(params), 0.0, jnp.inf, jnp.asarray(False))
         return jax.lax.scan(body, c0, jnp.arange(steps, dtype=jnp.int32))[1]
 
-    losses, stopped = jax.device_get(run(params, model_state, ds.x_train, ds.y_train))
+    losses, stopped = jax.device_get(run(params, model_state, ds.train[0], ds.train[1]))
     losses = np.asarray(losses, np.float64)
     lrs = min_lr * ratio ** (np.arange(steps) / (steps - 1))
     hit = np.flatnonzero(np.asarray(stopped))
@@ -616,7 +610,7 @@ def lr_sweep_test(
     lrs: Sequence[float] | None = None,
     steps: int = 100,
     within: float = 0.1,
-    dataset: data_lib.Dataset | None = None,
+    dataset: data_lib.Splits | None = None,
 ) -> LRFindResult:
     """The vectorized LR finder: K learning rates trained for ``steps`` steps in one program.
 
@@ -649,7 +643,7 @@ def lr_sweep_test(
     )
     result = run_sweep(cfg, dataset=dataset)
     w = max(1, steps // 5)
-    tail = result.history["train_loss"][:, -w:]
+    tail = result.history["train.loss"][:, -w:]
     final = np.where(
         np.all(np.isfinite(tail), axis=1), np.mean(np.where(np.isfinite(tail), tail, 0), 1), np.inf
     )
@@ -740,7 +734,7 @@ def per_layer_grad_norms(
     batch: tuple[Any, Any],
     *,
     model_state: Any = None,
-    dataset: data_lib.Dataset | None = None,
+    dataset: data_lib.Splits | None = None,
     num_classes: int | None = None,
     key: jax.Array | None = None,
 ) -> LayerGradNorms:
@@ -793,14 +787,14 @@ def explain_divergence(result: SweepResult, trial_id: int) -> LayerGradNorms:
         raise ValueError(f"trial {trial_id} did not diverge")
     cfg = SweepConfig.from_dict(result.config)
     flat = {**cfg.base, **trial.hparams}
-    ds = load_task_data(flat)
+    ds = registry.load_data(flat)
     state = result.trial_state(trial_id)
-    _, data_key, dropout_key = jax.random.split(state.key, 3)
+    _, data_key, dropout_key, _ = trial_keys(state.key)
     step = int(trial.diverged_step)
     idx = np.asarray(
-        data_lib.batch_indices(data_key, step, int(flat["train.batch_size"]), ds.x_train.shape[0])
+        data_lib.batch_indices(data_key, step, int(flat["train.batch_size"]), ds.train[0].shape[0])
     )
-    batch = (np.asarray(ds.x_train)[idx], np.asarray(ds.y_train)[idx])
+    batch = (np.asarray(ds.train[0])[idx], np.asarray(ds.train[1])[idx])
     return per_layer_grad_norms(
         cfg.replace({k: v for k, v in trial.hparams.items() if k in cfg.base}),
         state.params,
@@ -855,9 +849,9 @@ def gradient_health(
 
     Args:
       result: a sweep result whose ``history`` holds ``grad_norm`` (the norm before clipping),
-        ``clipped`` and ``train_loss``.
+        ``clipped`` and ``train.loss``.
       trials: trial ids to examine (default all).
-      explain: rerun the diverging step of diverged trials (needs ``result.states``).
+      explain: rerun the diverging step of diverged trials (needs ``result.units``).
 
     Returns:
       A :class:`GradientHealthResult`; it fails if a trial diverged or clipped most updates.
@@ -869,7 +863,7 @@ def gradient_health(
     for i in ids:
         t = result.trials[i]
         gn = np.asarray(h["grad_norm"][i], np.float64)
-        loss = np.asarray(h["train_loss"][i], np.float64)
+        loss = np.asarray(h["train.loss"][i], np.float64)
         nonfinite = np.flatnonzero(~np.isfinite(gn) | ~np.isfinite(loss))
         first = (
             t.diverged_step
@@ -904,7 +898,7 @@ def gradient_health(
             rec += f"; spiky gradients (p99/p50 = {p99 / p50:.1f})"
         if first is not None or frac > 0.5:
             bad.append(t.name)
-        if first is not None and explain and result.states:
+        if first is not None and explain and result.units:
             try:
                 out.exploded_layer[i] = explain_divergence(result, i)
             except (ValueError, KeyError) as e:  # pragma: no cover - defensive
@@ -997,7 +991,7 @@ def _std(x: Any) -> float:
 
 def _hidden_inputs(records: list, activation: str) -> tuple[list[str], list, list]:
     """Names, raw outputs and activations (logits for the output) of each Dense/Conv layer."""
-    act = models_lib._ACTIVATION_FNS[activation]
+    act = models_lib.ACTIVATIONS[activation]
     names, raw, post = [], [], []
     layer_ids = [j for j, r in enumerate(records) if r[0] == "layer"]
     for j in layer_ids:
@@ -1295,11 +1289,11 @@ class NormalizationResult:
         return "\n".join(lines)
 
 
-def _train_layer_std(result: SweepResult, i: int, ds: data_lib.Dataset) -> list[float]:
+def _train_layer_std(result: SweepResult, i: int, ds: data_lib.Splits) -> list[float]:
     flat = {**result.config.base, **result.trials[i].hparams}
-    model = build_model(flat, ds, data_lib.num_classes(ds))
+    model = registry.build_model(flat, data_lib.input_shape(ds), data_lib.num_classes(ds))
     state = result.trial_state(i)
-    x = np.asarray(ds.x_train)[:256]
+    x = np.asarray(ds.train[0])[:256]
     _, records = _record_layers(
         lambda: model.apply(state.params, state.model_state, x, train=False)
     )
@@ -1313,7 +1307,7 @@ def normalization_masking(
     steps: int = 200,
     normalizations: Sequence[str] | None = None,
     growth_limit: float = 10.0,
-    dataset: data_lib.Dataset | None = None,
+    dataset: data_lib.Splits | None = None,
 ) -> NormalizationResult:
     """Train the config with and without normalization side by side (one :func:`run_sweep`).
 
@@ -1344,16 +1338,16 @@ def normalization_masking(
             "sweep.grid": {"task.normalization": normalizations},
         }
     )
-    ds = dataset if dataset is not None else load_task_data(cfg.base)
+    ds = dataset if dataset is not None else registry.load_data(cfg.base)
     result = run_sweep(cfg, dataset=ds)
     final, diverged, stds, growth = [], [], [], []
     for i, t in enumerate(result.trials):
-        final.append(float(t.final["train_loss"]))
+        final.append(float(t.final["train.loss"]))
         diverged.append(bool(t.diverged))
         s = _train_layer_std(result, i, ds)
         stds.append(s)
         growth.append(_ratio(s[-1], s[0]) if s else 1.0)
-    h = result.history["train_loss"]
+    h = result.history["train.loss"]
     trains = [
         not diverged[j] and math.isfinite(final[j]) and final[j] < 0.9 * float(h[j, 0])
         for j in range(len(normalizations))
@@ -1419,7 +1413,7 @@ def _feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def data_checks(
-    dataset: data_lib.Dataset,
+    dataset: data_lib.Splits,
     *,
     num_classes: int,
     standardizer: data_lib.Standardizer | None = None,
@@ -1450,11 +1444,13 @@ def data_checks(
     """
     findings: list[tuple[str, str, str]] = []
     stats: dict[str, Any] = {}
+    x_train, y_train = dataset.train
+    x_test, y_test = dataset.test if dataset.test is not None else dataset.valid
 
     def add(name: str, severity: str, msg: str) -> None:
         findings.append((name, severity, msg))
 
-    splits = {"train": (dataset.x_train, dataset.y_train), "test": (dataset.x_test, dataset.y_test)}
+    splits = {"train": (x_train, y_train), "test": (x_test, y_test)}
     finite = True
     for split, (x, _) in splits.items():
         x = np.asarray(x)
@@ -1472,8 +1468,8 @@ def data_checks(
         if msg:
             add("label range", "error", msg)
     if finite:
-        mean_tr, std_tr = _feature_stats(dataset.x_train)
-        mean_te, std_te = _feature_stats(dataset.x_test)
+        mean_tr, std_tr = _feature_stats(x_train)
+        mean_te, std_te = _feature_stats(x_test)
         const = std_tr < 1e-8
         live = ~const
         stats.update(
@@ -1494,7 +1490,7 @@ def data_checks(
             )
         if const.any():
             add("constant", "note", f"{int(const.sum())} feature(s) are constant on train")
-        n_te = int(np.shape(dataset.x_test)[0])
+        n_te = int(np.shape(x_test)[0])
         live_te = std_te > 1e-8
         tight = 1e-3
         noise = 1.0 / math.sqrt(max(n_te, 1))
@@ -1515,8 +1511,8 @@ def data_checks(
             )
         both = np.concatenate(
             [
-                np.asarray(dataset.x_train, np.float64).reshape(np.shape(dataset.x_train)[0], -1),
-                np.asarray(dataset.x_test, np.float64).reshape(n_te, -1),
+                np.asarray(x_train, np.float64).reshape(np.shape(x_train)[0], -1),
+                np.asarray(x_test, np.float64).reshape(n_te, -1),
             ]
         )
         mean_all, std_all = both.mean(0), both.std(0)
@@ -1536,7 +1532,7 @@ def data_checks(
                 "standardizer was fit on all the data; fit it on the training split only",
             )
         if standardizer is not None:
-            raw_tr = np.asarray(standardizer.inverse_transform(dataset.x_train), np.float64)
+            raw_tr = np.asarray(standardizer.inverse_transform(x_train), np.float64)
             m_raw, s_raw = _feature_stats(raw_tr)
             s_mean = np.asarray(standardizer.mean, np.float64).reshape(-1)
             s_std = np.asarray(standardizer.std, np.float64).reshape(-1)
@@ -1552,7 +1548,7 @@ def data_checks(
                     f"{int(off.sum())} feature(s): it was not fit on the training data only",
                 )
         if not self_fit and n_te:
-            z = np.abs(np.asarray(dataset.x_test, np.float64))
+            z = np.abs(np.asarray(x_test, np.float64))
             big = int((z > outlier).sum())
             stats["test_max_abs"] = float(z.max())
             if big:
@@ -1563,7 +1559,7 @@ def data_checks(
                     f"{z.max():.3g}): features (nearly) constant on train were divided by a "
                     "tiny std; floor the std (e.g. 1 for constant features) or drop them",
                 )
-    y_tr = np.asarray(dataset.y_train)
+    y_tr = np.asarray(y_train)
     if y_tr.size and y_tr.min() >= 0:
         counts = np.bincount(y_tr, minlength=num_classes)[: max(num_classes, 1)]
         stats["class_counts"] = counts.tolist()
@@ -1651,7 +1647,7 @@ def run_checks(
     unknown = set(checks) - set(CHECKS)
     if unknown:
         raise ValueError(f"unknown check(s) {sorted(unknown)}; allowed: {', '.join(CHECKS[1:])}")
-    ds = load_task_data(base) if {"data", "overfit", "norm", "grads"} & set(checks) else None
+    ds = registry.load_data(base) if {"data", "overfit", "norm", "grads"} & set(checks) else None
     if "data" in checks:
         results["data"] = data_checks(ds, num_classes=data_lib.num_classes(ds))
     if "init" in checks:
@@ -1768,7 +1764,7 @@ def _check_handler(args: argparse.Namespace) -> int:
             out_dir=out,
         )
     elif what == "data":
-        ds = load_task_data(cfg.base)
+        ds = registry.load_data(cfg.base)
         r = data_checks(ds, num_classes=data_lib.num_classes(ds))
     elif what == "norm":
         r = normalization_masking(cfg, steps=args.steps or 200)

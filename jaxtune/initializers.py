@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.nn.initializers import Initializer
+from jax.typing import ArrayLike
 
 __all__ = [
     "INITIALIZERS",
@@ -41,6 +42,7 @@ __all__ = [
     "expected_std",
     "get_initializer",
     "reinitialize",
+    "scale_kernels",
 ]
 
 INITIALIZERS: tuple[str, ...] = (
@@ -259,3 +261,23 @@ def reinitialize(params: Any, scheme: str, key: jax.Array, *, scale: float = 1.0
         return leaf
 
     return jax.tree_util.tree_map_with_path(redraw, params)
+
+
+def scale_kernels(params: Any, scale: ArrayLike) -> Any:
+    """Multiplies every leaf named ``kernel`` of a params tree by ``scale`` (may be traced).
+
+    This is how ``task.init_scale`` widens or narrows an initialization without changing its
+    shape: every kernel's standard deviation is multiplied by ``scale``; biases and
+    normalization parameters are left alone.
+
+    Example:
+      >>> params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+      >>> out = scale_kernels(params, 0.5)
+      >>> float(out["Dense_0"]["kernel"][0, 0]), float(out["Dense_0"]["bias"][0])
+      (0.5, 1.0)
+    """
+
+    def scale_leaf(path: tuple[Any, ...], leaf: Any) -> Any:
+        return leaf * scale if _leaf_name(path) == "kernel" else leaf
+
+    return jax.tree_util.tree_map_with_path(scale_leaf, params)

@@ -40,7 +40,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import flax.core
@@ -68,17 +69,13 @@ __all__ = [
     "per_example_dropout",
 ]
 
-ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "tanh", "sigmoid")
+ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = MappingProxyType(
+    {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid}
+)
+"""Activation functions by name."""
 NORMALIZATIONS: tuple[str, ...] = ("none", "batch", "layer", "group")
 POOLINGS: tuple[str, ...] = ("max", "avg")
 HEADS: tuple[str, ...] = ("flatten", "avg")
-
-_ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu,
-    "gelu": nn.gelu,
-    "tanh": jnp.tanh,
-    "sigmoid": nn.sigmoid,
-}
 
 Params = Any
 ModelState = dict[str, Any]
@@ -327,7 +324,7 @@ class MLP(nn.Module):
         """Maps a ``(batch, ...)`` input to ``(batch, num_outputs)`` outputs."""
         _validate_layers(self.activation, self.normalization, self.kernel_init, self.dropout)
         initializer = get_initializer(self.kernel_init, scale=self.init_scale)
-        act = _ACTIVATION_FNS[self.activation]
+        act = ACTIVATIONS[self.activation]
         x = jnp.reshape(x, (x.shape[0], -1))
         for width in self.widths:
             x = nn.Dense(width, kernel_init=initializer)(x)
@@ -383,7 +380,7 @@ class CNN(nn.Module):
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("head", self.head, HEADS)
         initializer = get_initializer(self.kernel_init, scale=self.init_scale)
-        act = _ACTIVATION_FNS[self.activation]
+        act = ACTIVATIONS[self.activation]
         pool = nn.max_pool if self.pooling == "max" else nn.avg_pool
         x = jnp.reshape(x, (x.shape[0], *_image_shape(tuple(x.shape[1:]))))
         for features in self.channels:

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxtune import cli, plots
+from jaxtune import cli
 from jaxtune import config as config_lib
-from jaxtune.cli import main, to_toml
-from jaxtune.config import load_config
-from jaxtune.progress import ProgressBar, format_table, rank_trials
-from jaxtune.sweep import SweepResult, TrialResult, run_sweep
-from jaxtune.tblog import TensorBoardLogger, read_scalars
+from jaxtune.cli import main
+from jaxtune.config import load_config, to_toml
+from jaxtune.engine import Selection, SweepResult, TrialResult, run_sweep
+from jaxtune.report import plots
+from jaxtune.report.progress import ProgressBar, format_table
+from jaxtune.report.tensorboard import TensorBoardLogger, read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,7 +136,7 @@ def cli_run(tmp_path_factory):
 def test_sweep_prints_table_and_every_output(cli_run):
     out, _, proc = cli_run
     text = proc.stdout
-    assert "rank" in text and "test_acc" in text
+    assert "rank" in text and "valid.accuracy" in text and "test.accuracy" in text
     names = [t["name"] for t in json.loads((out / "results.json").read_text())["trials"]]
     assert all(n in text for n in names)
     assert "diverged" in text
@@ -164,9 +165,15 @@ def test_results_json_schema(cli_run):
     assert [t["id"] for t in blob["trials"]] == [0, 1, 2, 3]
     for t in blob["trials"]:
         assert set(t["hparams"]) == {"optimizer.learning_rate", "train.batch_size"}
-        assert set(t["final"]) == {"train_loss", "test_loss", "test_accuracy"}
-        assert 0.0 <= t["final"]["test_accuracy"] <= 1.0
-        assert math.isfinite(t["final"]["train_loss"]) and math.isfinite(t["final"]["test_loss"])
+        assert set(t["final"]) == {
+            "train.loss",
+            "valid.loss",
+            "valid.accuracy",
+            "test.loss",
+            "test.accuracy",
+        }
+        assert 0.0 <= t["final"]["valid.accuracy"] <= 1.0
+        assert all(math.isfinite(v) for v in t["final"].values())
         assert isinstance(t["diverged"], bool)
         assert t["diverged_step"] is None or isinstance(t["diverged_step"], int)
     assert blob["timing"]["steps_done"] == 20
@@ -178,11 +185,11 @@ def test_results_csv_rows(cli_run):
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
-    assert {"id", "name", "optimizer.learning_rate", "train.batch_size", "test_accuracy"} <= set(
+    assert {"id", "name", "optimizer.learning_rate", "train.batch_size", "valid.accuracy"} <= set(
         rows[0]
     )
     assert sorted(float(r["optimizer.learning_rate"]) for r in rows) == [0.05, 0.05, 0.5, 0.5]
-    assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in rows)
+    assert all(0.0 <= float(r["test.accuracy"]) <= 1.0 for r in rows)
 
 
 def test_config_toml_loads_back_equal(cli_run):
@@ -214,26 +221,31 @@ def test_tensorboard_runs_scalars_and_hparams(cli_run):
         for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/clip_rate"):
             assert sorted(s[tag]) == list(range(20)), tag
         np.testing.assert_allclose(
-            [s["train/loss"][k] for k in range(20)], history["train_loss"][t["id"]], rtol=1e-6
+            [s["train/loss"][k] for k in range(20)], history["train.loss"][t["id"]], rtol=1e-6
         )
         assert all(
             v == pytest.approx(t["hparams"]["optimizer.learning_rate"], rel=1e-6)
             for v in s["train/learning_rate"].values()
         )
         assert all(0.0 <= v <= 1.0 for v in s["train/clip_rate"].values())
-        assert sorted(s["test/accuracy"]) == [10, 20] and sorted(s["test/loss"]) == [10, 20]
-        assert s["test/accuracy"][20] == pytest.approx(t["final"]["test_accuracy"], abs=1e-6)
+        for split in ("valid", "test"):
+            assert sorted(s[f"{split}/accuracy"]) == [10, 20] and sorted(s[f"{split}/loss"]) == [
+                10,
+                20,
+            ]
+            want = t["final"][f"{split}.accuracy"]
+            assert s[f"{split}/accuracy"][20] == pytest.approx(want, abs=1e-6)
         tags = _tags(run)
         assert {
             "_hparams_/experiment",
             "_hparams_/session_start_info",
             "_hparams_/session_end_info",
         } <= tags
-        assert s["hparams/test_accuracy"][20] == pytest.approx(
-            t["final"]["test_accuracy"], abs=1e-6
+        assert s["hparams/valid_accuracy"][20] == pytest.approx(
+            t["final"]["valid.accuracy"], abs=1e-6
         )
-    best = max(blob["trials"], key=lambda t: t["final"]["test_accuracy"])
-    assert "test/worst_examples" in _tags(out / "tb" / best["name"])
+    best = max(blob["trials"], key=lambda t: (t["final"]["valid.accuracy"], -t["id"]))
+    assert "valid/worst_examples" in _tags(out / "tb" / best["name"])
 
 
 def test_hparams_session_holds_the_trial_values(cli_run):
@@ -263,7 +275,7 @@ def test_show_and_plot(cli_run, capsys):
     assert main(["show", str(out)]) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].startswith("rank")
-    assert "4 trials, 0 diverged; best:" in text
+    assert "4 trials, 0 diverged; best by valid.accuracy (max):" in text
     assert main(["show", str(out), "--top", "1"]) == 0
     assert "... 3 more" in capsys.readouterr().out
 
@@ -392,8 +404,8 @@ def test_progress_bar(inproc):
     assert "40/40" in text  # steps x trials
     assert "trial-step" in text
     assert "step 20/20" in text
-    best = max(t.final["test_accuracy"] for t in result.trials if not t.diverged)
-    assert f"best acc {best:.4f}" in text
+    best = max(t.final["valid.accuracy"] for t in result.trials if not t.diverged)
+    assert f"best valid.accuracy {best:.4g}" in text
     assert "diverged 1" in text
 
 
@@ -410,7 +422,7 @@ def test_logger_skips_nan_after_divergence(inproc):
     assert {v for _, v in read_scalars(tb / good.name)["train/clip_rate"]} == {0.0}
     # The image grid lives in the best trial's run.
     assert any(
-        v.tag == "test/worst_examples" for ev in _events(tb / good.name) for v in ev.summary.value
+        v.tag == "valid/worst_examples" for ev in _events(tb / good.name) for v in ev.summary.value
     )
 
 
@@ -418,10 +430,16 @@ def test_format_table_of_a_live_result(inproc):
     result, _, _ = inproc
     text = format_table(result)
     lines = text.splitlines()
-    assert lines[0].split()[:4] == ["rank", "name", "learning_rate", "train_loss"]
+    assert lines[0].split()[:5] == [
+        "rank",
+        "name",
+        "learning_rate",
+        "train.loss",
+        "valid.accuracy",
+    ]
     bad = next(t for t in result.trials if t.diverged)
     assert bad.name in lines[-2] and lines[-2].split()[-1] == str(bad.diverged_step)
-    assert lines[-1].startswith("2 trials, 1 diverged; best: ")
+    assert lines[-1].startswith("2 trials, 1 diverged; best by valid.accuracy (max): ")
 
 
 def _trial(i, acc, diverged=False, step=None):
@@ -430,14 +448,15 @@ def _trial(i, acc, diverged=False, step=None):
         name=f"{i:03d}-lr={i}",
         hparams={"optimizer.learning_rate": float(i + 1), "train.batch_size": 16 * (1 + i % 2)},
         final={
-            "train_loss": 0.5,
-            "test_loss": 1.0 - (0 if math.isnan(acc) else acc),
-            "test_accuracy": acc,
+            "train.loss": 0.5,
+            "valid.loss": 1.0 - (0 if math.isnan(acc) else acc),
+            "valid.accuracy": acc,
+            "test.accuracy": 1.0 - acc,
         },
         diverged=diverged,
         diverged_step=step,
         best_step=None,
-        best_test_accuracy=acc,
+        best=acc,
     )
 
 
@@ -445,15 +464,15 @@ def _fake_result(trials):
     cfg = config_lib.SweepConfig.from_dict({"train": {"steps": 4, "eval_every": 2}})
     n = len(trials)
     history = {
-        "train_loss": np.array([[2.0, 1.5, np.nan, np.nan]] * n, np.float32),
+        "train.loss": np.array([[2.0, 1.5, np.nan, np.nan]] * n, np.float32),
         "grad_norm": np.ones((n, 4), np.float32),
         "clipped": np.zeros((n, 4), bool),
         "learning_rate": np.ones((n, 4), np.float32),
         "eval_step": np.array([2, 4], np.int32),
-        "test_loss": np.ones((n, 2), np.float32),
-        "test_accuracy": np.full((n, 2), 0.5, np.float32),
+        "valid.loss": np.ones((n, 2), np.float32),
+        "valid.accuracy": np.full((n, 2), 0.5, np.float32),
     }
-    return SweepResult(cfg, trials, history, {"steps_done": 4})
+    return SweepResult(cfg, trials, history, {"steps_done": 4}, Selection("valid.accuracy", "max"))
 
 
 def test_format_table_ordering():
@@ -467,13 +486,16 @@ def test_format_table_ordering():
             _trial(5, 0.2, diverged=True, step=3),
         ]
     )
-    assert [t.id for t in rank_trials(result)] == [1, 4, 0, 2, 3, 5]
+    assert [t.id for t in result.ranked()] == [1, 4, 0, 2, 3, 5]
     lines = format_table(result).splitlines()
     body = lines[2:-1]
     assert [int(line.split()[0]) for line in body] == [1, 2, 3, 4, 5, 6]
     assert [line.split()[1] for line in body] == [result.trials[i].name for i in (1, 4, 0, 2, 3, 5)]
     assert body[-2].split()[-1] == "7" and body[0].split()[-1] == "-"
-    assert lines[-1] == "6 trials, 2 diverged; best: 001-lr=1 (test accuracy 0.9000, test loss 0.1)"
+    assert lines[-1] == (
+        "6 trials, 2 diverged; best by valid.accuracy (max): 001-lr=1 (valid.accuracy 0.9; "
+        "test.accuracy 0.1 (reported, not used to choose))"
+    )
     top = format_table(result, top=2).splitlines()
     assert len(top) == 2 + 2 + 2 and top[-2] == "... 4 more"
 
@@ -518,7 +540,7 @@ def test_interrupt_then_resume(tmp_path, capsys, monkeypatch, inproc):
     assert resumed.timing["steps_done"] == 20
     for a, b in zip(resumed.trials, live.trials, strict=True):
         assert a.diverged_step == b.diverged_step
-        np.testing.assert_allclose(a.final["test_accuracy"], b.final["test_accuracy"])
+        np.testing.assert_allclose(a.final["valid.accuracy"], b.final["valid.accuracy"])
     # The resumed runs purge and continue the TensorBoard curves.
     steps = sorted({s for s, _ in read_scalars(out / "tb" / live.trials[0].name)["train/loss"]})
     assert steps == list(range(20))

@@ -1,4 +1,4 @@
-"""Tests for jaxtune.data: standardization, loaders, validation, subsets and batching."""
+"""Tests for jaxtune.data: standardization, splits, loaders, validation, subsets and batching."""
 
 from __future__ import annotations
 
@@ -8,35 +8,45 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.datasets import load_diabetes as sklearn_load_diabetes
 from sklearn.datasets import load_digits as sklearn_load_digits
 from sklearn.model_selection import train_test_split
 
 from jaxtune.data import (
-    DATASET_NAMES,
-    Dataset,
+    Splits,
     Standardizer,
     batch_indices,
+    check_classification,
+    check_splits,
     input_shape,
-    load_dataset,
+    load_diabetes,
     load_digits,
     make_classification,
     num_classes,
     padded_batch_indices,
     subset,
-    validate_dataset,
+    with_validation,
 )
+from jaxtune.errors import TaskError
 
 
 @pytest.fixture(scope="module")
-def digits() -> Dataset:
+def digits() -> Splits:
     return load_digits()
 
 
 @pytest.fixture(scope="module")
-def raw_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Unstandardized digits split computed independently of jaxtune."""
+def raw_split() -> tuple[np.ndarray, ...]:
+    """Unstandardized digits train/valid/test computed independently of jaxtune: 20% test,
+    then 10% of all examples as validation out of the rest, both stratified."""
     x, y = sklearn_load_digits(return_X_y=True)
-    return train_test_split(x.astype(np.float64), y, test_size=0.2, stratify=y, random_state=0)
+    x_rest, x_te, y_rest, y_te = train_test_split(
+        x.astype(np.float64), y, test_size=0.2, stratify=y, random_state=0
+    )
+    x_tr, x_va, y_tr, y_va = train_test_split(
+        x_rest, y_rest, test_size=0.125, stratify=y_rest, random_state=0
+    )
+    return x_tr, x_va, x_te, y_tr, y_va, y_te
 
 
 # ------------------------------------------------------------------------------------------
@@ -74,79 +84,99 @@ def test_standardizer_is_pytree_and_jittable() -> None:
     np.testing.assert_allclose(np.asarray(doubled.mean), 2 * x.mean(0))
 
 
-def test_standardizer_rejects_bad_min_std() -> None:
+def test_standardizer_rejects_bad_min_std_and_non_finite_inputs() -> None:
     with pytest.raises(ValueError, match="min_std"):
         Standardizer.fit(np.ones((3, 2)), min_std=0.0)
+    x = np.ones((4, 3))
+    x[1, 2], x[3, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"x_train contains 2 non-finite value\(s\)"):
+        Standardizer.fit(x)
 
 
 # ------------------------------------------------------------------------------------------
-# Digits
+# Digits and diabetes
 # ------------------------------------------------------------------------------------------
 
 
-def test_digits_train_is_standardized(digits: Dataset, raw_split) -> None:
-    x_train_raw = raw_split[0]
-    live = x_train_raw.std(axis=0) > 0
+def test_digits_train_is_standardized(digits: Splits, raw_split) -> None:
+    live = raw_split[0].std(axis=0) > 0
     const = ~live
     assert live.sum() > 50 and const.sum() >= 1  # digits has constant pixels
-    z = digits.x_train.astype(np.float64)
+    z = digits.train[0].astype(np.float64)
     np.testing.assert_allclose(z[:, live].mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(z[:, live].std(axis=0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(z[:, const], 0.0)
-    assert np.all(np.isfinite(digits.x_train)) and np.all(np.isfinite(digits.x_test))
+    assert all(np.all(np.isfinite(s[0])) for s in digits)
 
 
-def test_digits_test_uses_train_statistics(digits: Dataset, raw_split) -> None:
-    x_train_raw, x_test_raw, y_train_raw, y_test_raw = raw_split
-    mean = x_train_raw.mean(axis=0)
-    std = x_train_raw.std(axis=0)
+def test_digits_valid_and_test_use_train_statistics(digits: Splits, raw_split) -> None:
+    x_tr, x_va, x_te, y_tr, y_va, y_te = raw_split
+    mean = x_tr.mean(axis=0)
+    std = x_tr.std(axis=0)
     std[std < 1e-6] = 1.0  # constant pixels keep scale 1 (as sklearn's StandardScaler)
-    np.testing.assert_allclose(digits.x_train, (x_train_raw - mean) / std, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(digits.x_test, (x_test_raw - mean) / std, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(digits.y_train, y_train_raw)
-    np.testing.assert_array_equal(digits.y_test, y_test_raw)
-    # The test split was not standardized with its own statistics.
-    live = x_train_raw.std(axis=0) > 0
-    assert np.abs(digits.x_test[:, live].astype(np.float64).mean(axis=0)).max() > 1e-2
-    assert np.abs(digits.x_test).max() <= 16.0 / std[std > 0].min() + 1e-3
+    for split, x, y in zip(digits, (x_tr, x_va, x_te), (y_tr, y_va, y_te), strict=True):
+        np.testing.assert_allclose(split[0], (x - mean) / std, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(split[1], y)
+    # The held-out splits were not standardized with their own statistics.
+    live = x_tr.std(axis=0) > 0
+    for split in (digits.valid, digits.test):
+        assert np.abs(split[0][:, live].astype(np.float64).mean(axis=0)).max() > 1e-2
 
 
 def test_digits_return_standardizer(raw_split) -> None:
-    ds, s = load_digits(return_standardizer=True)
+    splits, s = load_digits(return_standardizer=True)
     np.testing.assert_allclose(np.asarray(s.mean), raw_split[0].mean(axis=0), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(s.transform(raw_split[1])), ds.x_test, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(s.transform(raw_split[2])), splits.test[0], rtol=1e-6)
 
 
-def test_digits_shapes_dtypes_and_labels(digits: Dataset) -> None:
-    assert digits.x_train.shape == (1437, 64) and digits.x_test.shape == (360, 64)
-    assert digits.x_train.dtype == np.float32 and digits.x_test.dtype == np.float32
-    assert digits.y_train.dtype == np.int32 and digits.y_test.dtype == np.int32
-    for y in (digits.y_train, digits.y_test):
-        assert y.min() >= 0 and y.max() < 10
+def test_digits_shapes_dtypes_and_labels(digits: Splits) -> None:
+    assert [s[0].shape for s in digits] == [(1257, 64), (180, 64), (360, 64)]
+    assert all(s[0].dtype == np.float32 and s[1].dtype == np.int32 for s in digits)
+    assert all(s[1].min() >= 0 and s[1].max() < 10 for s in digits)
     assert num_classes(digits) == 10
     assert input_shape(digits) == (64,)
     images = load_digits(flat=False)
-    assert images.x_train.shape == (1437, 8, 8, 1) and images.x_test.shape == (360, 8, 8, 1)
-    assert images.x_train.dtype == np.float32 and images.y_train.dtype == np.int32
+    assert [s[0].shape for s in images] == [(1257, 8, 8, 1), (180, 8, 8, 1), (360, 8, 8, 1)]
     assert input_shape(images) == (8, 8, 1)
-    np.testing.assert_allclose(images.x_train.reshape(1437, 64), digits.x_train, atol=1e-6)
-    np.testing.assert_allclose(images.x_test.reshape(360, 64), digits.x_test, atol=1e-6)
+    for a, b in zip(images, digits, strict=True):
+        np.testing.assert_allclose(a[0].reshape(-1, 64), b[0], atol=1e-6)
 
 
-def test_digits_is_stratified(digits: Dataset) -> None:
-    p_train = np.bincount(digits.y_train, minlength=10) / len(digits.y_train)
-    p_test = np.bincount(digits.y_test, minlength=10) / len(digits.y_test)
-    np.testing.assert_allclose(p_train, p_test, atol=0.01)
-    assert abs(len(digits.y_test) / 1797 - 0.2) < 0.01
+def test_digits_is_stratified(digits: Splits) -> None:
+    p = [np.bincount(s[1], minlength=10) / len(s[1]) for s in digits]
+    np.testing.assert_allclose(p[0], p[2], atol=0.01)
+    np.testing.assert_allclose(p[0], p[1], atol=0.02)
+    assert abs(len(digits.test[1]) / 1797 - 0.2) < 0.01
+    assert abs(len(digits.valid[1]) / 1797 - 0.1) < 0.01
 
 
-def test_digits_seed_changes_split() -> None:
+def test_digits_seed_and_fractions() -> None:
     a, b = load_digits(seed=0), load_digits(seed=1)
-    assert not np.array_equal(a.y_train, b.y_train)
+    assert not np.array_equal(a.train[1], b.train[1])
+    c = load_digits(valid_fraction=0.3, test_fraction=0.1)
+    assert [len(s[1]) for s in c] == [1078, 539, 180]
+    with pytest.raises(ValueError, match="valid_fraction"):
+        load_digits(valid_fraction=0.0)
+    with pytest.raises(ValueError, match="leaves no training data"):
+        load_digits(valid_fraction=0.5, test_fraction=0.5)
+
+
+def test_diabetes_inputs_and_targets_standardized_on_train() -> None:
+    splits, (sx, sy) = load_diabetes(return_standardizer=True)
+    x, y = sklearn_load_diabetes(return_X_y=True, scaled=False)
+    assert sum(len(s[1]) for s in splits) == 442
+    assert [s[0].shape[1] for s in splits] == [10, 10, 10]
+    x_tr, y_tr = splits.train
+    np.testing.assert_allclose(x_tr.astype(np.float64).mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y_tr.astype(np.float64).std(), 1.0, atol=1e-5)
+    # Raw targets come back through the target standardizer and are diabetes targets.
+    raw = np.asarray(sy.inverse_transform(splits.test[1]), np.float64)
+    assert np.all(np.isin(np.round(raw), y))
+    assert y_tr.dtype == np.float32 and y_tr.ndim == 1
 
 
 # ------------------------------------------------------------------------------------------
-# Synthetic data and dispatch
+# Synthetic data
 # ------------------------------------------------------------------------------------------
 
 
@@ -154,113 +184,115 @@ def test_make_classification_deterministic_and_standardized() -> None:
     a = make_classification(seed=3)
     b = make_classification(seed=3)
     c = make_classification(seed=4)
-    for u, v in zip(a, b, strict=True):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(u, v)
-    assert not np.array_equal(a.x_train, c.x_train)
-    assert a.x_train.shape == (512, 16) and a.x_test.shape == (256, 16)
-    assert a.x_train.dtype == np.float32 and a.y_train.dtype == np.int32
-    assert set(np.unique(a.y_train)) == {0, 1, 2, 3}
-    z = a.x_train.astype(np.float64)
+    assert not np.array_equal(a.train[0], c.train[0])
+    assert [s[0].shape for s in a] == [(512, 16), (128, 16), (256, 16)]
+    assert a.train[0].dtype == np.float32 and a.train[1].dtype == np.int32
+    assert set(np.unique(a.train[1])) == {0, 1, 2, 3}
+    z = a.train[0].astype(np.float64)
     np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(z.std(axis=0), 1.0, atol=1e-5)
 
 
 def test_make_classification_is_learnable() -> None:
-    ds = make_classification(seed=0)
-    centroids = np.stack([ds.x_train[ds.y_train == k].mean(axis=0) for k in range(4)])
-    dist = ((ds.x_test[:, None, :] - centroids[None]) ** 2).sum(-1)
-    accuracy = (dist.argmin(axis=1) == ds.y_test).mean()
-    assert accuracy > 0.9
+    s = make_classification(seed=0)
+    x, y = s.train
+    centroids = np.stack([x[y == k].mean(axis=0) for k in range(4)])
+    for xs, ys in (s.valid, s.test):
+        dist = ((xs[:, None, :] - centroids[None]) ** 2).sum(-1)
+        assert (dist.argmin(axis=1) == ys).mean() > 0.9
 
 
 def test_make_classification_image_forms() -> None:
-    ds = make_classification(n_train=32, n_test=8, image_shape=(4, 6, 3), num_classes=3)
-    assert ds.x_train.shape == (32, 4, 6, 3) and ds.x_test.shape == (8, 4, 6, 3)
-    np.testing.assert_allclose(ds.x_train.astype(np.float64).mean(axis=0), 0.0, atol=1e-5)
+    s = make_classification(n_train=32, n_valid=4, n_test=8, image_shape=(4, 6, 3), num_classes=3)
+    assert s.train[0].shape == (32, 4, 6, 3) and s.test[0].shape == (8, 4, 6, 3)
+    np.testing.assert_allclose(s.train[0].astype(np.float64).mean(axis=0), 0.0, atol=1e-5)
     square = make_classification(n_train=16, n_test=8, flat=False)
-    assert square.x_train.shape == (16, 4, 4, 1)
+    assert square.train[0].shape == (16, 4, 4, 1)
     with pytest.raises(ValueError, match="square"):
         make_classification(num_features=10, flat=False)
 
 
-def test_load_dataset_dispatch() -> None:
-    assert set(DATASET_NAMES) == {"digits", "synthetic"}
-    syn = load_dataset("synthetic", seed=2, n_train=20, n_test=10)
-    np.testing.assert_array_equal(
-        syn.x_train, make_classification(seed=2, n_train=20, n_test=10).x_train
-    )
-    assert load_dataset("digits", flat=False).x_train.shape == (1437, 8, 8, 1)
-    with pytest.raises(ValueError, match="'digits', 'synthetic'"):
-        load_dataset("mnist")
-
-
 # ------------------------------------------------------------------------------------------
-# Validation and subsets
+# Splits: validation, carving, subsets
 # ------------------------------------------------------------------------------------------
 
 
-def _tiny() -> Dataset:
+def _tiny() -> Splits:
     x = np.zeros((6, 3), np.float32)
     y = np.array([0, 1, 2, 0, 1, 2], np.int32)
-    return Dataset(x, y, x[:4].copy(), y[:4].copy())
+    return Splits((x, y), (x[:4].copy(), y[:4].copy()), (x[:2].copy(), y[:2].copy()))
 
 
-def test_validate_accepts_good_data() -> None:
-    validate_dataset(_tiny(), num_classes=3)
-    validate_dataset(_tiny())
+def test_check_splits_accepts_good_data_and_pytrees() -> None:
+    check_splits(_tiny())
+    check_classification(_tiny(), num_classes=3)
+    x = {"a": np.zeros((5, 2)), "b": np.zeros((5, 7), np.int32)}
+    y = np.zeros((5, 3), np.float32)
+    check_splits(Splits((x, y), (x, y)))
 
 
-def test_validate_catches_non_finite_inputs() -> None:
-    ds = _tiny()
-    x_test = ds.x_test.copy()
-    x_test[0, 0], x_test[2, 1] = np.nan, np.inf
-    with pytest.raises(ValueError, match=r"x_test contains 2 non-finite"):
-        validate_dataset(ds._replace(x_test=x_test))
+def test_check_splits_names_the_split() -> None:
+    s = _tiny()
+    bad = s.test[0].copy()
+    bad[0, 0], bad[1, 1] = np.nan, np.inf
+    with pytest.raises(TaskError, match=r"data.test inputs contain 2 non-finite"):
+        check_splits(s._replace(test=(bad, s.test[1])))
+    with pytest.raises(TaskError, match="data.valid is empty"):
+        check_splits(s._replace(valid=(s.valid[0][:0], s.valid[1][:0])))
+    with pytest.raises(TaskError, match="data.valid is None"):
+        check_splits(s._replace(valid=None))
+    with pytest.raises(TaskError, match="data.train: inputs and targets disagree"):
+        check_splits(s._replace(train=(s.train[0], s.train[1][:5])))
+    with pytest.raises(TaskError, match="data.test does not match data.train"):
+        check_splits(s._replace(test=(np.zeros((2, 2), np.float32), s.test[1])))
+    with pytest.raises(TaskError, match="must be a jaxtune.Splits"):
+        check_splits((s.train, s.valid))
 
 
-def test_validate_catches_bad_labels() -> None:
-    ds = _tiny()
-    with pytest.raises(ValueError, match=r"y_train labels must lie in \[0, 2\)"):
-        validate_dataset(ds, num_classes=2)
-    with pytest.raises(ValueError, match="y_test"):
-        validate_dataset(ds._replace(y_test=np.array([0, -1, 0, 0], np.int32)))
-    with pytest.raises(ValueError, match="integers"):
-        validate_dataset(ds._replace(y_train=ds.y_train.astype(np.float32)))
+def test_check_classification_labels() -> None:
+    s = _tiny()
+    with pytest.raises(TaskError, match=r"data.train labels must lie in \[0, 2\)"):
+        check_classification(s, num_classes=2)
+    with pytest.raises(TaskError, match="data.test"):
+        check_classification(s._replace(test=(s.test[0], np.array([0, -1], np.int32))))
+    with pytest.raises(TaskError, match="integer labels"):
+        check_classification(s._replace(train=(s.train[0], s.train[1].astype(np.float32))))
 
 
-def test_validate_catches_length_and_shape_mismatch() -> None:
-    ds = _tiny()
-    with pytest.raises(ValueError, match="length mismatch in train"):
-        validate_dataset(ds._replace(y_train=ds.y_train[:5]))
-    with pytest.raises(ValueError, match="feature shape mismatch"):
-        validate_dataset(ds._replace(x_test=np.zeros((4, 2), np.float32)))
+def test_with_validation_carves_from_train_only() -> None:
+    x = np.arange(40.0).reshape(20, 2)
+    y = np.arange(20)
+    s = with_validation(Splits((x, y), None, (x[:3], y[:3])), 0.25, seed=1)
+    assert len(s.train[1]) == 15 and len(s.valid[1]) == 5
+    assert sorted(np.concatenate([s.train[1], s.valid[1]]).tolist()) == list(range(20))
+    assert np.all(np.diff(s.train[1]) > 0)  # original order kept
+    np.testing.assert_array_equal(s.test[1], y[:3])
+    assert with_validation(s, 0.5) is s  # an existing validation split is kept
 
 
-def test_subset(digits: Dataset) -> None:
-    small = subset(digits, 100, n_test=50, seed=1)
-    assert small.x_train.shape == (100, 64) and small.x_test.shape == (50, 64)
-    np.testing.assert_array_equal(small.x_test, digits.x_test[:50])
-    again = subset(digits, 100, n_test=50, seed=1)
-    np.testing.assert_array_equal(small.x_train, again.x_train)
+def test_subset(digits: Splits) -> None:
+    small = subset(digits, 100, n_eval=50, seed=1)
+    assert small.train[0].shape == (100, 64) and small.test[0].shape == (50, 64)
+    np.testing.assert_array_equal(small.valid[0], digits.valid[0][:50])
+    again = subset(digits, 100, n_eval=50, seed=1)
+    np.testing.assert_array_equal(small.train[0], again.train[0])
     # Every subset row is a distinct row of the original training split, label attached.
-    rows = {tuple(r): int(lab) for r, lab in zip(digits.x_train, digits.y_train, strict=True)}
-    keys = {tuple(r) for r in small.x_train}
-    assert len(keys) == 100
-    for r, lab in zip(small.x_train, small.y_train, strict=True):
+    rows = {tuple(r): int(lab) for r, lab in zip(*digits.train, strict=True)}
+    assert len({tuple(r) for r in small.train[0]}) == 100
+    for r, lab in zip(*small.train, strict=True):
         assert rows[tuple(r)] == int(lab)
-    assert not np.array_equal(subset(digits, 100, seed=2).y_train, small.y_train)
-    assert subset(digits, 100).x_test.shape == digits.x_test.shape
+    assert not np.array_equal(subset(digits, 100, seed=2).train[1], small.train[1])
+    assert subset(digits, 100).test[0].shape == digits.test[0].shape
 
 
-@pytest.mark.parametrize("n", [0, -1, 1438])
-def test_subset_bounds(digits: Dataset, n: int) -> None:
-    with pytest.raises(ValueError, match=rf"n={n}.*\[1, 1437\]"):
+@pytest.mark.parametrize("n", [0, -1, 1258])
+def test_subset_bounds(digits: Splits, n: int) -> None:
+    with pytest.raises(ValueError, match=rf"n = {n}.*\[1, 1257\]"):
         subset(digits, n)
-
-
-def test_subset_test_bounds(digits: Dataset) -> None:
-    with pytest.raises(ValueError, match=r"n_test=361.*\[1, 360\]"):
-        subset(digits, 10, n_test=361)
+    with pytest.raises(ValueError, match=r"n_eval = 181.*\[1, 180\]"):
+        subset(digits, 10, n_eval=181)
 
 
 # ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import jaxtune
 from jaxtune import data as data_lib
 from jaxtune import diagnostics as D
 from jaxtune.config import SweepConfig
-from jaxtune.sweep import SweepResult, TrialResult
+from jaxtune.engine import Selection, SweepResult, TrialResult
 
 DIGITS = {
     "task": {"dataset": "digits", "widths": [32, 32]},
@@ -111,8 +111,9 @@ def test_data_checks_pass_on_digits(digits):
 
 def test_data_checks_catch_test_standardized_with_its_own_statistics(digits):
     ds, std = digits
-    raw_test = np.asarray(std.inverse_transform(ds.x_test))
-    leaked = ds._replace(x_test=np.asarray(data_lib.Standardizer.fit(raw_test).transform(raw_test)))
+    raw_test = np.asarray(std.inverse_transform(ds.test[0]))
+    refit = np.asarray(data_lib.Standardizer.fit(raw_test).transform(raw_test))
+    leaked = ds._replace(test=(refit, ds.test[1]))
     r = D.data_checks(leaked, num_classes=10)
     assert not r.passed
     assert any(name == "leakage" and "own statistics" in msg for name, _, msg in r.findings)
@@ -120,12 +121,13 @@ def test_data_checks_catch_test_standardized_with_its_own_statistics(digits):
 
 def test_data_checks_catch_a_standardizer_fit_on_all_data(digits):
     ds, std = digits
-    parts = (std.inverse_transform(ds.x_train), std.inverse_transform(ds.x_test))
+    parts = (std.inverse_transform(ds.train[0]), std.inverse_transform(ds.test[0]))
     raw = np.concatenate([np.asarray(p) for p in parts])
     joint = data_lib.Standardizer.fit(raw)
-    n = ds.x_train.shape[0]
+    n = ds.train[0].shape[0]
     leaked = ds._replace(
-        x_train=np.asarray(joint.transform(raw[:n])), x_test=np.asarray(joint.transform(raw[n:]))
+        train=(np.asarray(joint.transform(raw[:n])), ds.train[1]),
+        test=(np.asarray(joint.transform(raw[n:])), ds.test[1]),
     )
     r = D.data_checks(leaked, num_classes=10, standardizer=joint)
     assert not r.passed
@@ -134,18 +136,19 @@ def test_data_checks_catch_a_standardizer_fit_on_all_data(digits):
 
 def test_data_checks_catch_labels_nan_unstandardized_and_imbalance(digits):
     ds, _ = digits
-    y = np.asarray(ds.y_train).copy()
+    x_train, y_train = (np.asarray(a) for a in ds.train)
+    y = y_train.copy()
     y[:3] = 12
-    r = D.data_checks(ds._replace(y_train=y), num_classes=10)
+    r = D.data_checks(ds._replace(train=(x_train, y)), num_classes=10)
     assert not r.passed and any(f[0] == "label range" for f in r.findings)
-    x = np.asarray(ds.x_train).copy()
+    x = x_train.copy()
     x[0, 5] = np.nan
-    r = D.data_checks(ds._replace(x_train=x), num_classes=10)
+    r = D.data_checks(ds._replace(train=(x, y_train)), num_classes=10)
     assert any(f[0] == "non-finite" for f in r.findings)
-    r = D.data_checks(ds._replace(x_train=np.asarray(ds.x_train) * 16 + 8), num_classes=10)
+    r = D.data_checks(ds._replace(train=(x_train * 16 + 8, y_train)), num_classes=10)
     assert any(f[0] == "standardize" for f in r.findings)
-    keep = np.flatnonzero((np.asarray(ds.y_train) != 3) | (np.arange(len(ds.y_train)) % 20 == 0))
-    imb = ds._replace(x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+    keep = np.flatnonzero((y_train != 3) | (np.arange(len(y_train)) % 20 == 0))
+    imb = ds._replace(train=(x_train[keep], y_train[keep]))
     r = D.data_checks(imb, num_classes=10)
     assert not r.passed and any(f[0] == "imbalance" for f in r.findings)
 
@@ -202,9 +205,9 @@ def test_gradient_health_names_the_exploded_layer(lr_sweep, tmp_path):
 def _fake_result(grad_norms, clip_norm):
     cfg = SweepConfig.from_dict({"optimizer": {"clip_norm": clip_norm}})
     gn = np.asarray(grad_norms, np.float32)[None]
-    trial = TrialResult(0, "000-base", {}, {"train_loss": 0.1}, False, None, None, 0.9)
-    history = {"grad_norm": gn, "clipped": gn > clip_norm, "train_loss": np.ones_like(gn)}
-    return SweepResult(cfg, [trial], history, {})
+    trial = TrialResult(0, "000-base", {}, {"train.loss": 0.1}, False, None, None, 0.9)
+    history = {"grad_norm": gn, "clipped": gn > clip_norm, "train.loss": np.ones_like(gn)}
+    return SweepResult(cfg, [trial], history, {}, Selection("valid.loss", "min"))
 
 
 def test_gradient_health_percentiles_and_clip_advice():
@@ -344,7 +347,7 @@ def test_lr_finders_agree_with_a_full_sweep_on_digits():
     full_cfg["task"]["widths"] = [64, 64]
     full_cfg["sweep"] = {"grid": {"optimizer.learning_rate": lrs}}
     full = jaxtune.run_sweep(full_cfg)
-    best = full.best("train_loss").hparams["optimizer.learning_rate"]
+    best = full.best("train.loss").hparams["optimizer.learning_rate"]
     cfg = {k: v for k, v in full_cfg.items() if k != "sweep"}
     vec = D.lr_sweep_test(cfg, lrs=lrs, steps=100)
     classic = D.lr_range_test(cfg, min_lr=1e-4, max_lr=10.0, steps=100)

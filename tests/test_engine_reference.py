@@ -18,9 +18,9 @@ from jaxtune import data as data_lib
 STEPS, EVAL_EVERY, BS = 30, 10, 32
 
 # Names of the result fields these tests read.
-H_LOSS, H_LR, H_CLIPPED, H_GRAD = "train_loss", "learning_rate", "clipped", "grad_norm"
-H_SEL = "test_accuracy"  # the evaluated metric ranked by best_step
-F_TRAIN = "train_loss"
+H_LOSS, H_LR, H_CLIPPED, H_GRAD = "train.loss", "learning_rate", "clipped", "grad_norm"
+H_SEL = "valid.accuracy"  # the evaluated metric ranked by best_step
+F_TRAIN = "train.loss"
 
 
 def _ds():
@@ -46,15 +46,15 @@ def _reference(ds, tx, *, lr_schedule, clip=None, init_scale=1.0, seed=0, steps=
                widths=(32,), dropout=0.0):
     """A plain optax loop; returns final params and per-step loss, lr, grad norm, clipped."""
     init_key, data_key, drop_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-    n, f = ds.x_train.shape
-    k = int(ds.y_train.max()) + 1
+    x_all, y_all = (jnp.asarray(a) for a in ds.train)
+    n, f = x_all.shape
+    k = int(y_all.max()) + 1
     model = jaxtune.mlp(num_outputs=k, input_shape=(f,), widths=widths, dropout=dropout)
     params, _ = model.init(init_key)
     params = jax.tree_util.tree_map_with_path(
         lambda p, a: a * init_scale if p[-1].key == "kernel" else a, params
     )
     opt_state = tx.init(params)
-    x_all, y_all = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
 
     @jax.jit
     def step(params, opt_state, t):
@@ -218,18 +218,18 @@ def test_one_off_non_finite_batch_freezes_the_trial_at_its_last_finite_step():
     ds = _ds()
     bad_row = 7
     _, data_key, _ = jax.random.split(jax.random.PRNGKey(0), 3)
-    n = ds.x_train.shape[0]
+    n = ds.train[0].shape[0]
     bad_step = next(t for t in range(STEPS) if bad_row in np.asarray(_batch(data_key, t, n, BS)))
     assert 0 < bad_step < STEPS - 5, "the planted row must land mid-run with finite steps after"
     # A finite but huge row, labelled as the class it scores lowest: its loss and gradient
     # overflow at `bad_step` only; every later batch is finite again.
-    x, y = np.array(ds.x_train), np.array(ds.y_train)
+    x, y = (np.array(a) for a in ds.train)
     x[bad_row] = 1e35
     sgd = optax.sgd(0.01)
     const = optax.constant_schedule(0.01)
-    before, _ = _reference(ds._replace(x_train=x), sgd, lr_schedule=const, steps=bad_step)
+    before, _ = _reference(ds._replace(train=(x, y)), sgd, lr_schedule=const, steps=bad_step)
     y[bad_row] = int(np.argmin(np.asarray(_forward(before, x[bad_row : bad_row + 1]))[0]))
-    poisoned = ds._replace(x_train=x, y_train=y)
+    poisoned = ds._replace(train=(x, y))
     _, ref = _reference(poisoned, sgd, lr_schedule=const, steps=bad_step + 1)
     assert not np.isfinite(ref["grad"][-1]) and np.all(np.isfinite(ref["grad"][:-1]))
     result = jaxtune.run_sweep(

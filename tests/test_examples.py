@@ -46,7 +46,7 @@ def test_lr_sweep() -> None:
     accs = [float(row.split()[3]) for row in rows]
     non_diverged = [acc for acc, row in zip(accs, rows, strict=True) if row.endswith("-")]
     assert non_diverged == sorted(non_diverged, reverse=True), "table is not ranked"
-    assert re.search(r"best: \d{3}-lr=[0-9.e-]+,seed=\d\s+test accuracy 0\.\d{4}", out), out
+    assert re.search(r"best: \d{3}-lr=[0-9.e-]+,seed=\d\s+valid accuracy 0\.\d{4}", out), out
     aggregate = out.split("result.aggregate(over='train.seed')")[1]
     rows = [line for line in aggregate.splitlines() if re.match(r"\s+[0-9.]+\s+2\s", line)]
     assert len(rows) == 4, out  # one row per learning rate, n = 2 seeds each

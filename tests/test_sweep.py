@@ -60,12 +60,15 @@ def test_every_trial_equals_its_solo_run(mixed_sweep):
         solo = jaxtune.run_sweep(_solo(cfg, trial.hparams))
         assert len(solo.trials) == 1
         mine, theirs = result.trial_state(trial.id), solo.trial_state(0)
-        _assert_tree_close(mine.params, theirs.params)
-        _assert_tree_close(mine.model_state, theirs.model_state)
-        for k in ("train_loss", "test_loss", "test_accuracy"):
+        # Batched and single matrix products sum in different orders; over 30 steps a ReLU
+        # kink can amplify those last-bit differences to ~1e-4 (a wrong batch, mask or
+        # statistic gives differences of order 1e-1).
+        _assert_tree_close(mine.params, theirs.params, rtol=1e-3, atol=1e-4)
+        _assert_tree_close(mine.model_state, theirs.model_state, rtol=1e-3, atol=1e-4)
+        for k in ("train.loss", "valid.loss", "valid.accuracy", "test.accuracy"):
             assert trial.final[k] == pytest.approx(solo.trials[0].final[k], rel=1e-4, abs=1e-5)
         np.testing.assert_allclose(
-            result.history["train_loss"][trial.id], solo.history["train_loss"][0], rtol=1e-4
+            result.history["train.loss"][trial.id], solo.history["train.loss"][0], rtol=1e-4
         )
 
 
@@ -87,7 +90,9 @@ def test_matches_a_hand_written_optax_loop():
         }
     )
     result = jaxtune.run_sweep(cfg)
-    ds = jax.tree.map(jnp.asarray, data_lib.make_classification(flat=True))
+    ds = data_lib.make_classification(flat=True)
+    x_train, y_train = (jnp.asarray(a) for a in ds.train)
+    x_test, y_test = (jnp.asarray(a) for a in ds.test)
     lr = 0.05
     # Independent loop: same documented key convention and data order, plain optax chain.
     init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -101,10 +106,10 @@ def test_matches_a_hand_written_optax_loop():
 
     @jax.jit
     def step(params, opt_state, t):
-        n = ds.x_train.shape[0]
+        n = x_train.shape[0]
         perm = jax.random.permutation(jax.random.fold_in(data_key, t // (n // 32)), n)
         idx = jax.lax.dynamic_slice(perm, ((t % (n // 32)) * 32,), (32,))
-        x, y = ds.x_train[idx], ds.y_train[idx]
+        x, y = x_train[idx], y_train[idx]
 
         def loss_fn(p):
             return optax.softmax_cross_entropy_with_integer_labels(_forward(p, x), y).mean()
@@ -119,10 +124,10 @@ def test_matches_a_hand_written_optax_loop():
         losses.append(float(loss))
     mine = result.trial_state(0)
     _assert_tree_close(mine.params, params)
-    np.testing.assert_allclose(result.history["train_loss"][0], losses, rtol=1e-4)
-    logits = _forward(params, ds.x_test)
-    acc = float(jnp.mean(jnp.argmax(logits, -1) == ds.y_test))
-    assert result.trials[0].final["test_accuracy"] == pytest.approx(acc, abs=1e-6)
+    np.testing.assert_allclose(result.history["train.loss"][0], losses, rtol=1e-4)
+    logits = _forward(params, x_test)
+    acc = float(jnp.mean(jnp.argmax(logits, -1) == y_test))
+    assert result.trials[0].final["test.accuracy"] == pytest.approx(acc, abs=1e-6)
 
 
 def _divergence_sweep(lrs):
@@ -142,14 +147,14 @@ def test_divergence_is_isolated_bit_for_bit():
     assert bad.trials[1].diverged and bad.trials[1].diverged_step is not None
     step = bad.trials[1].diverged_step
     assert 0 <= step < 40
-    assert np.all(np.isnan(bad.history["train_loss"][1, step:]))
-    assert np.all(np.isfinite(bad.history["train_loss"][1, :step]))
+    assert np.all(np.isnan(bad.history["train.loss"][1, step:]))
+    assert np.all(np.isfinite(bad.history["train.loss"][1, :step]))
     assert not bad.trials[0].diverged and not good.trials[0].diverged
     for x, y in zip(
         jax.tree.leaves(bad.trial_state(0)), jax.tree.leaves(good.trial_state(0)), strict=True
     ):
         assert np.array_equal(np.asarray(x), np.asarray(y))
-    for k in ("train_loss", "grad_norm", "test_loss", "test_accuracy"):
+    for k in ("train.loss", "grad_norm", "valid.loss", "valid.accuracy", "test.accuracy"):
         assert np.array_equal(bad.history[k][0], good.history[k][0])
     # The diverged trial kept its last finite parameters.
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(bad.trial_state(1).params))
@@ -221,37 +226,50 @@ def test_split_batch_grouping_and_max_trials_per_call_give_the_same_results(mixe
 
 def test_result_table_best_aggregate_and_save(mixed_sweep, tmp_path):
     cfg, result = mixed_sweep
-    best = result.best("test_accuracy")
-    assert best.final["test_accuracy"] == max(t.final["test_accuracy"] for t in result.trials)
+    best = result.best()
+    assert result.selection.metric == "valid.accuracy" and result.selection.mode == "max"
+    assert best.final["valid.accuracy"] == max(t.final["valid.accuracy"] for t in result.trials)
+    with pytest.raises(ValueError, match="test metrics are reported, never used to choose"):
+        result.best("test.accuracy")
     rows = result.aggregate(over="train.seed")
     assert len(rows) == 4 and all(r["n"] == 2 for r in rows)
     row = rows[0]
     vals = [
-        t.final["test_loss"]
+        t.final["valid.loss"]
         for t in result.trials
         if t.hparams["optimizer.learning_rate"] == row["optimizer.learning_rate"]
         and t.hparams["train.batch_size"] == row["train.batch_size"]
     ]
     mean, sd = np.mean(vals), np.std(vals, ddof=1)
     half = stats.t.ppf(0.975, 1) * sd / math.sqrt(2)
-    assert row["test_loss"]["mean"] == pytest.approx(mean)
-    assert row["test_loss"]["ci95"][1] == pytest.approx(mean + half)
+    assert row["valid.loss"]["mean"] == pytest.approx(mean)
+    assert row["valid.loss"]["ci95"][1] == pytest.approx(mean + half)
 
     result.save(tmp_path)
     blob = json.loads((tmp_path / "results.json").read_text())
     assert set(blob) >= {"config", "trials", "timing"}
     t0 = blob["trials"][0]
     assert set(t0) >= {"id", "hparams", "final", "diverged", "diverged_step"}
-    assert set(t0["final"]) == {"train_loss", "test_loss", "test_accuracy"}
+    assert set(t0["final"]) == {
+        "train.loss",
+        "valid.loss",
+        "valid.accuracy",
+        "test.loss",
+        "test.accuracy",
+    }
+    assert blob["select"] == {"metric": "valid.accuracy", "mode": "max", "target": None}
     assert set(t0["hparams"]) == {"optimizer.learning_rate", "train.batch_size", "train.seed"}
     assert (tmp_path / "results.csv").read_text().count("\n") == 9
     back = jaxtune.SweepResult.load(tmp_path)
     assert [t.final for t in back.trials] == [t.final for t in result.trials]
-    np.testing.assert_array_equal(back.history["train_loss"], result.history["train_loss"])
+    np.testing.assert_array_equal(back.history["train.loss"], result.history["train.loss"])
+    assert [t.name for t in back.ranked()] == [t.name for t in result.ranked()]
 
 
 def test_bad_inputs_are_refused():
     with pytest.raises(ConfigError, match=r"train.batch_size = 4096.*\[1, 512\]"):
         jaxtune.run_sweep({"task": {"dataset": "synthetic"}, "train": {"batch_size": 4096}})
     with pytest.raises(ValueError, match="metric"):
-        jaxtune.SweepResult(SweepConfig.from_dict({}), [], {}, {}).best("accuracy")
+        jaxtune.SweepResult(
+            SweepConfig.from_dict({}), [], {}, {}, jaxtune.engine.Selection("valid.loss", "min")
+        ).best("accuracy")

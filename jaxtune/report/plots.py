@@ -1,9 +1,10 @@
 """PNG plots of a sweep's results (matplotlib, Agg canvas, no global state touched).
 
-* :func:`plot_lr_vs_metric`: final test accuracy and test loss against the learning rate (log x),
-  one line per setting of the other varying keys (e.g. batch size), diverged trials marked ``x``.
-* :func:`plot_curves`: every trial's training loss (log y, gaps where it is not finite) and test
-  accuracy over the evaluation steps.
+* :func:`plot_lr_vs_metric`: the final selection metric (a validation metric) and the validation
+  loss against the learning rate (log x), one line per setting of the other varying keys (e.g.
+  batch size), diverged trials marked ``x``.
+* :func:`plot_curves`: every trial's training loss (log y, gaps where it is not finite) and the
+  selection metric over the evaluation steps.
 * :func:`write_plots`: both, into ``<out_dir>/plots/``.
 
 Figures are built as ``matplotlib.figure.Figure`` with a ``FigureCanvasAgg``, so importing this
@@ -22,7 +23,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from jaxtune.sweep import SweepResult, TrialResult
+from jaxtune.engine import SweepResult, TrialResult
+from jaxtune.tasks import METRIC_MODES
 
 __all__ = ["plot_curves", "plot_lr_vs_metric", "write_plots"]
 
@@ -94,11 +96,26 @@ def _x_axis(result: SweepResult) -> str | None:
     return rest[0] if rest else None
 
 
-def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
-    """Final test accuracy and test loss against the learning rate (or the main varying key).
+def _panels(result: SweepResult) -> list[tuple[str, str]]:
+    """The metrics plotted against the swept key: the selection metric, then ``valid.loss``
+    (or another validation metric when the selection is the loss), each with its mode."""
+    sel = result.selection
+    keys = list(dict.fromkeys(k for t in result.trials for k in t.final))
+    others = [k for k in keys if k.startswith("valid.") and k != sel.metric]
+    second = "valid.loss" if sel.metric != "valid.loss" else (others[0] if others else None)
+    panels = [(sel.metric, sel.mode)]
+    if second is not None:
+        panels.append((second, METRIC_MODES.get(second.split(".", 1)[1], "min")))
+    return panels
 
-    One line per setting of the other varying keys (seeds are averaged, each seed a faint dot);
-    diverged trials are drawn as ``x`` and left out of the lines.
+
+def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
+    """Final validation metrics against the learning rate (or the main varying key).
+
+    The left panel is the selection metric (``select.metric``), the right one the validation
+    loss (or a second validation metric). One line per setting of the other varying keys (seeds
+    are averaged, each seed a faint dot); diverged trials are drawn as ``x`` and left out of the
+    lines. Metrics where lower is better are capped at 10x their median and drawn on a log axis.
     """
     trials = result.trials
     x_key = _x_axis(result)
@@ -127,17 +144,19 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
     for t in trials:
         groups.setdefault(tuple(_freeze(t.hparams.get(k)) for k in group_keys), []).append(t)
     colors = _colors(len(groups))
-
-    fig = _figure(12, 4.8)
-    ax_acc, ax_loss = fig.subplots(1, 2)
-    losses = np.array([t.final.get("test_loss", math.nan) for t in trials if not t.diverged], float)
-    losses = losses[np.isfinite(losses) & (losses > 0)]
-    cap = float(10 * np.median(losses)) if losses.size else math.inf
-    any_diverged = any(t.diverged for t in trials)
-    any_capped = False
+    panels = _panels(result)
+    fig = _figure(6 * len(panels), 4.8)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    caps = {}
+    for metric, mode in panels:
+        vals = np.array([t.final.get(metric, math.nan) for t in trials if not t.diverged], float)
+        vals = vals[np.isfinite(vals) & (vals > 0)]
+        caps[metric] = float(10 * np.median(vals)) if mode == "min" and vals.size else math.inf
+    capped = dict.fromkeys(caps, False)
     for color, (gkey, members) in zip(colors, groups.items(), strict=True):
         label = ", ".join(f"{_short(k)}={_fmt(v)}" for k, v in zip(group_keys, gkey, strict=True))
-        for ax, metric in ((ax_acc, "test_accuracy"), (ax_loss, "test_loss")):
+        for ax, (metric, mode) in zip(axes, panels, strict=True):
+            cap = caps[metric]
             ok = [
                 t
                 for t in members
@@ -148,46 +167,42 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
                 by_x.setdefault(x_of[t.id], []).append(t.final[metric])
             xs = sorted(by_x)
             ys = np.array([np.mean(by_x[x]) for x in xs], float)
-            if metric == "test_loss":
-                any_capped |= bool(np.any(ys > cap))
-                ys = np.minimum(ys, cap)
-            ax.plot(xs, ys, "o-", color=color, label=label or None, markersize=4)
+            capped[metric] |= bool(np.any(ys > cap))
+            ax.plot(xs, np.minimum(ys, cap), "o-", color=color, label=label or None, markersize=4)
             if any(len(v) > 1 for v in by_x.values()):
-                px = [x_of[t.id] for t in ok]
                 py = np.array([t.final[metric] for t in ok], float)
-                py = np.minimum(py, cap) if metric == "test_loss" else py
-                ax.plot(px, py, ".", color=color, alpha=0.35)
+                ax.plot([x_of[t.id] for t in ok], np.minimum(py, cap), ".", color=color, alpha=0.35)
             bad = [t for t in members if t.diverged]
             if bad:
                 by = np.array([t.final.get(metric, math.nan) for t in bad], float)
-                if metric == "test_loss":
-                    by = np.where(
-                        np.isfinite(by), np.minimum(by, cap), cap if math.isfinite(cap) else 1.0
-                    )
+                if mode == "min":
+                    fill = cap if math.isfinite(cap) else 1.0
+                    by = np.where(np.isfinite(by), np.minimum(by, cap), fill)
                 else:
-                    by = np.where(np.isfinite(by), by, 0.0)
+                    by = np.where(np.isfinite(by), by, np.nanmin([*by, 0.0]))
                 ax.plot([x_of[t.id] for t in bad], by, "x", color=color, markersize=9, mew=2)
-    ax_acc.set_ylabel("final test accuracy")
-    ax_acc.set_ylim(-0.02, 1.02)
-    ax_loss.set_ylabel("final test loss" + (f" (capped at {cap:.3g})" if any_capped else ""))
-    pos = [t.final.get("test_loss", math.nan) for t in trials]
-    if any(math.isfinite(v) and v > 0 for v in pos):
-        ax_loss.set_yscale("log")
-    for ax in (ax_acc, ax_loss):
+    for ax, (metric, mode) in zip(axes, panels, strict=True):
+        note = f" (capped at {caps[metric]:.3g})" if capped[metric] else ""
+        ax.set_ylabel(f"final {metric}{note}")
+        if metric.endswith("accuracy"):
+            ax.set_ylim(-0.02, 1.02)
+        pos = [t.final.get(metric, math.nan) for t in trials]
+        if mode == "min" and any(math.isfinite(v) and v > 0 for v in pos):
+            ax.set_yscale("log")
         ax.set_xlabel(x_label)
         ax.grid(True, which="major", alpha=0.3)
         if log_x:
             ax.set_xscale("log")
         if categorical and ticks:
             ax.set_xticks(range(len(ticks)), ticks)
-    ax_acc.set_title(f"final test accuracy vs {_short(x_label)}")
-    ax_loss.set_title(f"final test loss vs {_short(x_label)}")
-    handles, labels = ax_acc.get_legend_handles_labels()
-    if any_diverged:
+        chosen = " (selection metric)" if metric == result.selection.metric else ""
+        ax.set_title(f"final {metric} vs {_short(x_label)}{chosen}")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if any(t.diverged for t in trials):
         handles.append(Line2D([], [], ls="", marker="x", color="gray", mew=2, markersize=8))
         labels.append("diverged")
     if handles:
-        ax_acc.legend(handles, labels, fontsize=8, loc="best")
+        axes[0].legend(handles, labels, fontsize=8, loc="best")
     return _save(fig, path)
 
 
@@ -207,11 +222,11 @@ def _moving_average(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_curves(result: SweepResult, path: str | Path) -> Path:
-    """Training loss of every trial (log y) and test accuracy over the evaluation steps."""
+    """Training loss of every trial (log y) and the selection metric over the evaluations."""
     h = result.history
-    if "train_loss" not in h:
+    if "train.loss" not in h:
         raise ValueError("the result has no history (history.npz is missing); cannot plot curves")
-    loss = np.asarray(h["train_loss"], float)
+    loss = np.asarray(h["train.loss"], float)
     n, steps = loss.shape
     colors = _colors(n)
     fig = _figure(12, 4.8)
@@ -243,14 +258,18 @@ def plot_curves(result: SweepResult, path: str | Path) -> Path:
     ax_loss.grid(True, alpha=0.3)
 
     eval_step = np.asarray(h.get("eval_step", np.zeros(0)), float)
-    acc = np.asarray(h.get("test_accuracy", np.zeros((n, 0))), float)
+    metric = result.selection.metric
+    acc = np.asarray(h.get(metric, np.zeros((n, 0))), float)
     for i, t in enumerate(result.trials):
         if eval_step.size:
             ax_acc.plot(eval_step, acc[i], "o-", color=colors[i], lw=1, markersize=3, label=t.name)
     ax_acc.set_xlabel("step")
-    ax_acc.set_ylabel("test accuracy")
-    ax_acc.set_ylim(-0.02, 1.02)
-    ax_acc.set_title("test accuracy")
+    ax_acc.set_ylabel(metric)
+    if metric.endswith("accuracy"):
+        ax_acc.set_ylim(-0.02, 1.02)
+    elif result.selection.mode == "min" and np.any(np.isfinite(acc) & (acc > 0)):
+        ax_acc.set_yscale("log")
+    ax_acc.set_title(f"{metric} (selection metric)")
     ax_acc.grid(True, alpha=0.3)
     if 0 < n <= 16 and eval_step.size:
         ax_acc.legend(fontsize=7, loc="lower right")
@@ -264,6 +283,6 @@ def write_plots(result: SweepResult, out_dir: str | Path) -> list[Path]:
     """
     d = Path(out_dir) / "plots"
     paths = [plot_lr_vs_metric(result, d / "lr_vs_metric.png")]
-    if "train_loss" in result.history:
+    if "train.loss" in result.history:
         paths.append(plot_curves(result, d / "curves.png"))
     return paths

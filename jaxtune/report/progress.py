@@ -1,12 +1,12 @@
 """Progress display and the ranked results table of a sweep.
 
-:class:`ProgressBar` is a :class:`~jaxtune.sweep.SweepCallback` that drives a ``tqdm`` bar over
+:class:`ProgressBar` is a :class:`~jaxtune.engine.SweepCallback` that drives a ``tqdm`` bar over
 ``steps x trials`` trial-steps (elapsed time, ETA and rate come from tqdm) with the current step,
-the best test accuracy so far and the number of diverged trials as its postfix.
+the best value of the selection metric so far and the number of diverged trials as its postfix.
 
-:func:`format_table` renders a :class:`~jaxtune.sweep.SweepResult` (live or read back with
-``SweepResult.load``) as a plain-text table ranked by final test accuracy, diverged trials last,
-followed by a summary line.
+:func:`format_table` renders a :class:`~jaxtune.engine.SweepResult` (live or read back with
+``SweepResult.load``) as a plain-text table ranked by the selection metric (a validation
+metric), diverged trials last, with the test metrics shown beside and a summary line.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from jaxtune.sweep import SweepCallback, SweepResult, TrialResult
+from jaxtune.engine import SweepCallback, SweepResult
 
-__all__ = ["ProgressBar", "format_table", "rank_trials"]
+__all__ = ["ProgressBar", "format_table", "summary_line"]
 
 
 class ProgressBar(SweepCallback):
@@ -40,7 +40,8 @@ class ProgressBar(SweepCallback):
         self.bar: Any = None
         self.steps = 0
         self.num_trials = 0
-        self.best_accuracy = math.nan
+        self.selection: Any = None
+        self.best = math.nan
         self.num_diverged = 0
 
     def on_start(self, info: dict[str, Any]) -> None:
@@ -48,6 +49,7 @@ class ProgressBar(SweepCallback):
 
         self.steps = int(info["steps"])
         self.num_trials = int(info["num_trials"])
+        self.selection = info.get("selection")
         start = int(info.get("start_step", 0))
         self.close()
         self.bar = tqdm(
@@ -63,18 +65,20 @@ class ProgressBar(SweepCallback):
         self.bar.set_postfix_str(f"step {start}/{self.steps}", refresh=False)
 
     def on_chunk(self, start: int, stop: int, history: dict[str, np.ndarray]) -> None:
-        acc = np.asarray(history["test_accuracy"], float)
-        finite = acc[np.isfinite(acc)]
-        if finite.size:
-            self.best_accuracy = float(finite.max())
-        loss = np.asarray(history["train_loss"])[:, :stop]
+        sel = self.selection
+        if sel is not None and sel.metric in history:
+            values = np.asarray(history[sel.metric], float)
+            finite = values[np.isfinite(values)]
+            if finite.size:
+                self.best = float(finite.max() if sel.mode == "max" else finite.min())
+        loss = np.asarray(history["train.loss"])[:, :stop]
         # A diverged trial's loss is NaN from its divergence step on.
         self.num_diverged = int(np.sum(np.isnan(loss[:, -1]))) if loss.size else 0
         if self.bar is None:
             return
         parts = [f"step {stop}/{self.steps}"]
-        if math.isfinite(self.best_accuracy):
-            parts.append(f"best acc {self.best_accuracy:.4f}")
+        if sel is not None and math.isfinite(self.best):
+            parts.append(f"best {sel.metric} {self.best:.4g}")
         if self.num_diverged:
             parts.append(f"diverged {self.num_diverged}")
         self.bar.set_postfix_str(", ".join(parts), refresh=False)
@@ -89,25 +93,6 @@ class ProgressBar(SweepCallback):
             self.bar = None
 
 
-# ----------------------------------------------------------------------------------------------
-# The ranked table.
-
-
-def _accuracy(t: TrialResult) -> float:
-    v = t.final.get("test_accuracy", math.nan)
-    return v if v is not None and math.isfinite(v) else math.nan
-
-
-def rank_trials(result: SweepResult) -> list[TrialResult]:
-    """Trials sorted by final test accuracy (best first); NaN accuracy, then diverged, last."""
-
-    def key(t: TrialResult) -> tuple:
-        acc = _accuracy(t)
-        return (t.diverged, math.isnan(acc), -acc if not math.isnan(acc) else 0.0, t.id)
-
-    return sorted(result.trials, key=key)
-
-
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -120,49 +105,61 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _hparam_keys(result: SweepResult) -> list[str]:
-    return list(dict.fromkeys(k for t in result.trials for k in t.hparams))
+def _metric_columns(result: SweepResult) -> list[str]:
+    """``train.loss``, the selection metric, the other validation metrics, then test."""
+    keys = list(dict.fromkeys(k for t in result.trials for k in t.final))
+    sel = result.selection.metric
+    valid = [k for k in keys if k.startswith("valid.") and k != sel]
+    test = [k for k in keys if k.startswith("test.")]
+    head = [k for k in ("train.loss",) if k in keys]
+    return head + ([sel] if sel in keys else []) + valid + test
 
 
 def summary_line(result: SweepResult) -> str:
-    """``N trials, K diverged; best: NAME (test accuracy A, test loss L)``."""
+    """``N trials, K diverged; best by valid.X: NAME (valid.X V; test.X T, reported only)``."""
     n = len(result.trials)
     diverged = sum(t.diverged for t in result.trials)
+    sel = result.selection.metric
     try:
-        best = result.best("test_accuracy")
-        best_txt = (
-            f"best: {best.name} (test accuracy {best.final['test_accuracy']:.4f}, "
-            f"test loss {_fmt(best.final.get('test_loss'))})"
-        )
+        best = result.best()
     except ValueError:
-        best_txt = "no trial finished with a finite test accuracy"
-    return f"{n} trial{'s' if n != 1 else ''}, {diverged} diverged; {best_txt}"
+        return f"{n} trial{'s' if n != 1 else ''}, {diverged} diverged; no trial has a finite {sel}"
+    test = [f"{k} {_fmt(v)}" for k, v in best.final.items() if k.startswith("test.")]
+    shown = f"{sel} {_fmt(best.final[sel])}"
+    if test:
+        shown += "; " + ", ".join(test) + " (reported, not used to choose)"
+    return (
+        f"{n} trial{'s' if n != 1 else ''}, {diverged} diverged; best by {sel} "
+        f"({result.selection.mode}): {best.name} ({shown})"
+    )
 
 
 def format_table(result: SweepResult, *, top: int | None = None) -> str:
     """A ranked plain-text table of the trials and a summary line.
 
-    Columns: rank, name, one column per hyperparameter, final train loss, test loss, test
-    accuracy and the step at which the trial diverged (``-`` if it did not).
+    Columns: rank, name, one column per hyperparameter, the final train loss, the selection
+    metric, the other validation metrics, the test metrics, the step at which the trial
+    diverged (``-`` if it did not) and, with ``select.target``, the first step that reached it.
 
     Args:
       result: a sweep result.
       top: show only the best ``top`` trials (the summary still counts all).
     """
-    keys = _hparam_keys(result)
-    header = ["rank", "name", *[k.split(".")[-1] for k in keys]]
-    header += ["train_loss", "test_loss", "test_acc", "diverged_at"]
-    ranked = rank_trials(result)
+    keys = list(dict.fromkeys(k for t in result.trials for k in t.hparams))
+    metrics = _metric_columns(result)
+    target = result.selection.target is not None
+    header = ["rank", "name", *[k.split(".")[-1] for k in keys], *metrics, "diverged_at"]
+    if target:
+        header.append("target_at")
+    ranked = result.ranked()
     shown = ranked if top is None else ranked[: max(top, 0)]
     rows = []
     for rank, t in enumerate(shown, 1):
         row = [str(rank), t.name, *[_fmt(t.hparams.get(k)) for k in keys]]
-        row += [
-            _fmt(t.final.get("train_loss")),
-            _fmt(t.final.get("test_loss")),
-            _fmt(t.final.get("test_accuracy")),
-            _fmt(t.diverged_step) if t.diverged else "-",
-        ]
+        row += [_fmt(t.final.get(k)) for k in metrics]
+        row.append(_fmt(t.diverged_step) if t.diverged else "-")
+        if target:
+            row.append(_fmt(t.target_step))
         rows.append(row)
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
     numeric = [False, False] + [True] * (len(header) - 2)

@@ -1,14 +1,15 @@
 """TensorBoard logging of a sweep with tensorboardX, one run per trial.
 
-:class:`TensorBoardLogger` is a :class:`~jaxtune.sweep.SweepCallback`. It opens one
+:class:`TensorBoardLogger` is a :class:`~jaxtune.engine.SweepCallback`. It opens one
 ``SummaryWriter`` per trial under ``<log_dir>/<trial-name>`` and, on the host between compiled
 chunks, writes for every step of the chunk ``train/loss``, ``train/learning_rate``,
 ``train/grad_norm`` and ``train/clip_rate`` (the fraction of clipped steps over a trailing
-window), and ``test/loss`` and ``test/accuracy`` at each evaluation. Non-finite values are
-skipped (a diverged trial's curves simply stop). At the end it writes an hparams session per trial
-(its hyperparameters against its final metrics, the ``hparams/*`` scalars) and, in the best
-trial's run, an image grid of that trial's worst-classified test examples with their true and
-predicted labels.
+window), and every evaluated metric as ``<split>/<metric>`` (``valid/loss``, ``valid/accuracy``,
+``test/accuracy``, ...) at each evaluation. Non-finite values are skipped (a diverged trial's
+curves simply stop). At the end it writes an hparams session per trial (its hyperparameters
+against its final metrics, the ``hparams/*`` scalars) and, for classification tasks, an image grid
+of the selected trial's worst-classified validation examples (highest loss under the task's own
+loss) with their true and predicted labels.
 
 :func:`read_scalars` reads the scalars back from event files without TensorFlow or TensorBoard.
 """
@@ -24,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxtune.sweep import SweepCallback, SweepResult
+from jaxtune.engine import SweepCallback, SweepResult
 
 __all__ = ["TensorBoardLogger", "read_events", "read_scalars", "worst_examples"]
+
+_SPLITS = ("valid.", "test.")
 
 
 def _finite(x: Any) -> bool:
@@ -63,10 +66,8 @@ class TensorBoardLogger(SweepCallback):
     Args:
       log_dir: the root folder of the runs; default ``<out_dir>/tb`` of the sweep.
       clip_window: the number of trailing steps over which ``train/clip_rate`` is computed.
-      num_examples: how many worst-classified test examples the image grid shows (0: none).
-      model: the user model passed to ``run_sweep`` (needed for the image grid when the sweep
-        trained a custom model).
-      dataset: the user dataset passed to ``run_sweep`` (likewise).
+      num_examples: how many worst-classified validation examples the image grid shows
+        (0: none).
       flush_secs: how often the writers flush in the background.
     """
 
@@ -76,8 +77,6 @@ class TensorBoardLogger(SweepCallback):
         *,
         clip_window: int = 10,
         num_examples: int = 16,
-        model: Any = None,
-        dataset: Any = None,
         flush_secs: int = 30,
     ) -> None:
         if clip_window < 1:
@@ -85,8 +84,6 @@ class TensorBoardLogger(SweepCallback):
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.clip_window = int(clip_window)
         self.num_examples = int(num_examples)
-        self.model = model
-        self.dataset = dataset
         self.flush_secs = flush_secs
         self.writers: list[Any] = []
         self.names: list[str] = []
@@ -135,7 +132,7 @@ class TensorBoardLogger(SweepCallback):
     def on_chunk(self, start: int, stop: int, history: dict[str, np.ndarray]) -> None:
         from tensorboardX.proto.summary_pb2 import Summary
 
-        loss = history["train_loss"]
+        loss = history["train.loss"]
         alive = np.isfinite(loss)
         for i, writer in enumerate(self.writers):
             fw = writer.file_writer
@@ -161,12 +158,9 @@ class TensorBoardLogger(SweepCallback):
             for j, e in enumerate(history["eval_step"]):
                 if self._eval_from[i] <= int(e) <= stop:
                     values = [
-                        Summary.Value(tag=tag, simple_value=float(history[key][i, j]))
-                        for tag, key in (
-                            ("test/loss", "test_loss"),
-                            ("test/accuracy", "test_accuracy"),
-                        )
-                        if np.isfinite(history[key][i, j])
+                        Summary.Value(tag=key.replace(".", "/"), simple_value=float(v[i, j]))
+                        for key, v in history.items()
+                        if key.startswith(_SPLITS) and np.isfinite(v[i, j])
                     ]
                     if values:
                         fw.add_summary(Summary(value=values), global_step=int(e))
@@ -197,16 +191,16 @@ class TensorBoardLogger(SweepCallback):
         step = int(result.timing.get("steps_done", result.config.base["train.steps"]))
         for trial, writer in zip(result.trials, self.writers, strict=True):
             hp = {k: _hparam_value(v) for k, v in trial.hparams.items()} or {"trial": trial.name}
-            metrics = {
-                "hparams/test_accuracy": trial.final.get("test_accuracy", math.nan),
-                "hparams/test_loss": trial.final.get("test_loss", math.nan),
-                "hparams/train_loss": trial.final.get("train_loss", math.nan),
-                "hparams/best_test_accuracy": trial.best_test_accuracy,
-                "hparams/diverged": float(trial.diverged),
-                "hparams/diverged_step": (
-                    float(trial.diverged_step) if trial.diverged_step is not None else math.nan
-                ),
-            }
+            metrics = {f"hparams/{k.replace('.', '_')}": v for k, v in trial.final.items()}
+            metrics.update(
+                {
+                    f"hparams/best_{result.selection.metric.replace('.', '_')}": trial.best,
+                    "hparams/diverged": float(trial.diverged),
+                    "hparams/diverged_step": (
+                        float(trial.diverged_step) if trial.diverged_step is not None else math.nan
+                    ),
+                }
+            )
             # The session lives in the trial's own run, so the HPARAMS tab links to its curves.
             exp, ssi, sei = hparams(hp, metrics)
             fw = writer.file_writer
@@ -218,63 +212,50 @@ class TensorBoardLogger(SweepCallback):
 
     def _write_worst_examples(self, result: SweepResult) -> None:
         try:
-            best = result.best("test_accuracy")
+            best = result.best()
         except ValueError:
             return  # every trial diverged: there is no best trial to show
-        if not result.states:
+        if not result.units:
             return  # a result read back from disk carries no trained states
-        ex = worst_examples(
-            result, best.id, self.num_examples, model=self.model, dataset=self.dataset
-        )
-        image = render_examples(ex, title=f"{best.name}: worst-classified test examples")
+        ex = worst_examples(result, best.id, self.num_examples)
+        if ex is None:
+            return  # not a classification task with array inputs
+        image = render_examples(ex, title=f"{best.name}: worst-classified validation examples")
         step = int(result.timing.get("steps_done", result.config.base["train.steps"]))
-        self.writers[best.id].add_image("test/worst_examples", image, step, dataformats="HWC")
+        self.writers[best.id].add_image("valid/worst_examples", image, step, dataformats="HWC")
 
 
 # ----------------------------------------------------------------------------------------------
 # Worst-classified examples.
 
 
-def trial_predictions(
-    result: SweepResult, trial_id: int, *, model: Any = None, dataset: Any = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_test, y_test, logits)`` of one trial of a sweep run in this process.
-
-    The model and data are rebuilt from the trial's configuration exactly as the engine built
-    them (pass ``model``/``dataset`` if the sweep was given custom ones).
-    """
-    from jaxtune import sweep as sweep_lib
-
-    trial = result.trials[trial_id]
-    flat = {**result.config.base, **trial.hparams}
-    ds = dataset if dataset is not None else sweep_lib.load_task_data(flat)
-    if model is None:
-        num_classes = int(max(np.max(ds.y_train), np.max(ds.y_test))) + 1
-        model = sweep_lib.build_model(flat, ds, num_classes)
-    state = result.trial_state(trial_id)
-    logits, _ = model.apply(state.params, state.model_state, ds.x_test, train=False)
-    return np.asarray(ds.x_test), np.asarray(ds.y_test), np.asarray(logits, np.float64)
-
-
 def worst_examples(
-    result: SweepResult, trial_id: int, k: int = 16, *, model: Any = None, dataset: Any = None
-) -> dict[str, np.ndarray]:
-    """The ``k`` test examples with the highest loss for one trial.
+    result: SweepResult, trial_id: int, k: int = 16, *, split: str = "valid"
+) -> dict[str, np.ndarray] | None:
+    """The ``k`` examples of a split with the highest loss for one trial, by the task's loss.
 
     Returns:
-      ``{"index", "x", "y_true", "y_pred", "loss"}``, worst first.
+      ``{"index", "x", "y_true", "y_pred", "loss"}``, worst first; None when the task is not a
+      classification of array inputs (integer targets of shape [N]).
     """
-    x, y, logits = trial_predictions(result, trial_id, model=model, dataset=dataset)
-    m = np.max(logits, axis=-1, keepdims=True)
-    logp = logits - (m + np.log(np.sum(np.exp(logits - m), axis=-1, keepdims=True)))
-    loss = -logp[np.arange(len(y)), y]
+    task, hp = result.trial_task(trial_id)
+    x, y = getattr(task.data, split)
+    if (
+        not hasattr(x, "shape")
+        or np.ndim(y) != 1
+        or not np.issubdtype(np.asarray(y).dtype, np.integer)
+    ):
+        return None
+    state = result.trial_state(trial_id)
+    outputs, _ = task.apply(state.params, state.model_state, np.asarray(x), train=False)
+    loss = np.asarray(task.loss(outputs, np.asarray(y), hp), np.float64)
     loss = np.where(np.isfinite(loss), loss, np.inf)
     order = np.argsort(-loss, kind="stable")[:k]
     return {
         "index": order,
-        "x": x[order],
-        "y_true": y[order],
-        "y_pred": np.argmax(logits[order], axis=-1),
+        "x": np.asarray(x)[order],
+        "y_true": np.asarray(y)[order],
+        "y_pred": np.argmax(np.asarray(outputs)[order], axis=-1),
         "loss": loss[order],
     }
 

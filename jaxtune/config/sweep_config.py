@@ -1,0 +1,224 @@
+"""A validated sweep: the base configuration and its search space."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from jaxtune.config import space as space_lib
+from jaxtune.config.schema import KEYS, check_value, is_hparam, unknown
+from jaxtune.errors import ConfigError
+
+__all__ = ["SweepConfig", "config_hash", "diff_configs", "expand_trials"]
+
+_SWEEP_KEYS = ("method", "num_trials", "seeds", "seed", "grid", "space", "trials")
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if key == "sweep" or key.startswith("sweep."):
+            continue
+        if isinstance(v, Mapping) and key not in KEYS:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_select(base: Mapping[str, Any]) -> None:
+    metric = base["select.metric"]
+    if metric is not None and not metric.startswith("valid."):
+        raise ConfigError(
+            f"select.metric = {metric!r} is invalid: hyperparameters are chosen on the "
+            "validation split; expected 'valid.loss' or 'valid.<metric>' (test metrics are "
+            "reported beside, never used to choose)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A validated sweep: the base configuration and the search space.
+
+    Attributes:
+      base: every key of :data:`jaxtune.config.KEYS` (and every ``hparams.*`` key) with its
+        value for the base trial.
+      method: ``grid``, ``random``, ``quasi_random`` or ``list``.
+      grid: for ``grid``, dotted key -> values (cartesian product, in order).
+      space: for ``random``/``quasi_random``, dotted key -> distribution spec
+        (``{"distribution": "log_uniform", "low": 1e-3, "high": 1.0}``, ``uniform``,
+        ``int_uniform`` or ``{"choice": [...]}``).
+      trials: for ``list``, explicit trial overrides.
+      num_trials: number of points for ``random``/``quasi_random``.
+      seeds: each setting is repeated with ``train.seed + 0 .. seeds - 1``.
+      seed: seed of the random / quasi-random sampler.
+
+    Example:
+      >>> cfg = SweepConfig.from_dict({
+      ...     "hparams": {"label_smoothing": 0.0},
+      ...     "sweep": {"grid": {"hparams.label_smoothing": [0.0, 0.1]}},
+      ... })
+      >>> [t["hparams.label_smoothing"] for t in expand_trials(cfg)]
+      [0.0, 0.1]
+    """
+
+    base: Mapping[str, Any]
+    method: str = "grid"
+    grid: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    space: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    trials: tuple = ()
+    num_trials: int | None = None
+    seeds: int = 1
+    seed: int = 0
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.base:
+            raise unknown(key, list(self.base))
+        return self.base[key]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | SweepConfig) -> SweepConfig:
+        """Build from nested sections (``{"optimizer": {"name": ...}}``) or dotted keys."""
+        if isinstance(d, SweepConfig):
+            return d
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
+        base = {k: spec.default for k, spec in KEYS.items()}
+        for key, value in _flatten(d).items():
+            base[key] = check_value(key, value)
+        _check_select(base)
+        sweep = dict(d.get("sweep", {}))
+        for k, v in d.items():
+            if k.startswith("sweep."):
+                sweep[k[len("sweep.") :]] = v
+        for k in sweep:
+            if k not in _SWEEP_KEYS:
+                raise unknown(k, list(_SWEEP_KEYS), "sweep key")
+        method = sweep.get("method", "list" if "trials" in sweep else "grid")
+        if method not in space_lib.METHODS:
+            raise ConfigError(
+                f"sweep.method = {method!r} is invalid: expected one of {space_lib.METHODS}"
+            )
+        seeds = sweep.get("seeds", 1)
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise ConfigError(f"sweep.seeds = {seeds!r} is invalid: expected an integer >= 1")
+        sampler_seed = sweep.get("seed", 0)
+        if isinstance(sampler_seed, bool) or not isinstance(sampler_seed, int):
+            raise ConfigError(f"sweep.seed = {sampler_seed!r} is invalid: expected an integer")
+        grid = space_lib.check_grid(sweep.get("grid", {}), base)
+        space = space_lib.check_space(sweep.get("space", {}), base)
+        trials = space_lib.check_trials(sweep.get("trials", []), base, _flatten)
+        num_trials = sweep.get("num_trials")
+        if method in ("random", "quasi_random"):
+            if not space:
+                raise ConfigError(f"sweep.method = {method!r} needs a non-empty sweep.space table")
+            if isinstance(num_trials, bool) or not isinstance(num_trials, int) or num_trials < 1:
+                raise ConfigError(
+                    f"sweep.num_trials = {num_trials!r} is invalid: expected an integer >= 1 "
+                    f"for method {method!r}"
+                )
+        elif method == "grid" and space:
+            raise ConfigError("sweep.space is only used by methods 'random' and 'quasi_random'")
+        if method == "list" and not trials:
+            raise ConfigError("sweep.method = 'list' needs a non-empty sweep.trials list")
+        cfg = cls(base, method, grid, space, trials, num_trials, seeds, sampler_seed)
+        for overrides in expand_trials(cfg):
+            merged = {**cfg.base, **overrides}
+            if merged["optimizer.name"] == "adagrad" and merged["optimizer.momentum"] is not None:
+                raise ConfigError(
+                    "optimizer.momentum must be null (unset) for optimizer.name = 'adagrad'"
+                )
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested sections (JSON/TOML friendly) that :meth:`from_dict` reads back."""
+        out: dict[str, Any] = {}
+        for key, value in self.base.items():
+            section, name = key.split(".", 1)
+            if value is None:
+                continue
+            out.setdefault(section, {})[name] = space_lib.plain(value)
+        sweep: dict[str, Any] = {"method": self.method, "seeds": self.seeds, "seed": self.seed}
+        if self.grid:
+            sweep["grid"] = {k: [space_lib.plain(v) for v in vs] for k, vs in self.grid.items()}
+        if self.space:
+            sweep["space"] = {k: dict(v) for k, v in self.space.items()}
+        if self.trials:
+            sweep["trials"] = [{k: space_lib.plain(v) for k, v in t.items()} for t in self.trials]
+        if self.num_trials is not None:
+            sweep["num_trials"] = self.num_trials
+        out["sweep"] = sweep
+        return out
+
+    def replace(self, overrides: Mapping[str, Any]) -> SweepConfig:
+        """A copy with dotted base keys (or ``sweep.*`` keys) overridden, validated."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            section, name = key.split(".", 1) if "." in key else (key, "")
+            if section == "sweep":
+                sweep = d.setdefault("sweep", {})
+                if "." in name:
+                    table, sub = name.split(".", 1)
+                    sweep.setdefault(table, {})[sub] = value
+                else:
+                    sweep[name] = value
+            else:
+                check_value(key, value)
+                d.setdefault(section, {})[name] = value
+        return SweepConfig.from_dict(d)
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The user hyperparameters (``hparams.*`` keys) of the base configuration."""
+        return {k: v for k, v in self.base.items() if is_hparam(k)}
+
+
+def expand_trials(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """The overrides of every trial, in order (seeds vary fastest)."""
+    return space_lib.expand(
+        cfg.method,
+        grid=cfg.grid,
+        space=cfg.space,
+        trials=cfg.trials,
+        num_trials=cfg.num_trials,
+        seeds=cfg.seeds,
+        seed=cfg.seed,
+        base_seed=cfg.base["train.seed"],
+    )
+
+
+#: What may change between a run and its resume: where and how it runs, not what it computes.
+_NOT_HASHED_SECTIONS = ("checkpoint", "log", "parallel")
+_NOT_HASHED_KEYS = ("train.max_trials_per_call",)
+
+
+def _results_dict(cfg: SweepConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    for section in _NOT_HASHED_SECTIONS:
+        d.pop(section, None)
+    for key in _NOT_HASHED_KEYS:
+        section, name = key.split(".")
+        d.get(section, {}).pop(name, None)
+    return d
+
+
+def config_hash(cfg: SweepConfig) -> str:
+    """A stable hash of everything that determines a sweep's results."""
+    blob = json.dumps(_results_dict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def diff_configs(a: SweepConfig, b: SweepConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs (results-relevant keys only)."""
+    da, db = _results_dict(a), _results_dict(b)
+    keys = []
+    for section in sorted(set(da) | set(db)):
+        sa, sb = da.get(section, {}), db.get(section, {})
+        for name in sorted(set(sa) | set(sb)):
+            if sa.get(name) != sb.get(name):
+                keys.append(f"{section}.{name}")
+    return keys

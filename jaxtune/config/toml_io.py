@@ -1,0 +1,176 @@
+"""TOML: read a sweep file (with ``--set key=value`` overrides) and write one back.
+
+Example:
+    >>> cfg = load_config(None, ["optimizer.learning_rate=0.05"])
+    >>> cfg["optimizer.learning_rate"]
+    0.05
+    >>> tomllib.loads(to_toml({"train": {"steps": 10}}))
+    {'train': {'steps': 10}}
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxtune.config.schema import KEYS, is_hparam, unknown
+from jaxtune.config.sweep_config import SweepConfig
+from jaxtune.errors import ConfigError
+
+__all__ = ["default_config", "default_config_dict", "load_config", "parse_override", "to_toml"]
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] | Mapping = ()
+) -> SweepConfig:
+    """Load a TOML sweep file (or the bundled default when ``path`` is None).
+
+    Args:
+      path: a TOML file; ``None`` gives :func:`default_config`.
+      overrides: ``"key=value"`` strings (values parsed as TOML, bare words as strings) or a
+        mapping of dotted key -> value, applied on top of the file.
+
+    Returns:
+      A validated :class:`SweepConfig`.
+
+    Raises:
+      ConfigError: a missing file, a TOML syntax error (with its line), or an invalid key/value.
+    """
+    if path is None:
+        d = default_config_dict()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            d = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: TOML syntax error: {e}") from None
+    cfg = SweepConfig.from_dict(d)
+    if isinstance(overrides, Mapping):
+        parsed = dict(overrides)
+    else:
+        parsed = dict(parse_override(o) for o in overrides)
+    return cfg.replace(parsed) if parsed else cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` (the value as a TOML value; a bare word is a string)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. optimizer.learning_rate=0.1")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if key.startswith("sweep."):
+        return key, value
+    if key not in KEYS and not is_hparam(key):
+        raise unknown(key, list(KEYS))
+    return key, value
+
+
+def default_config_dict() -> dict[str, Any]:
+    """The bundled default sweep: a learning-rate x batch-size grid of the digits MLP."""
+    return {
+        "task": {"dataset": "digits", "model": "mlp", "widths": [256, 256]},
+        "optimizer": {"name": "momentum", "momentum": 0.9, "clip_norm": 1.0},
+        "schedule": {"name": "step_decay", "decay_rate": 0.5, "every": 200},
+        "train": {"steps": 600, "eval_every": 50, "seed": 0},
+        "checkpoint": {"every": 200},
+        "sweep": {
+            "method": "grid",
+            "grid": {
+                "optimizer.learning_rate": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+                "train.batch_size": [32, 64, 128],
+            },
+        },
+    }
+
+
+def default_config() -> SweepConfig:
+    """The bundled default sweep as a :class:`SweepConfig`."""
+    return SweepConfig.from_dict(default_config_dict())
+
+
+# A small TOML writer (nested tables of str / int / float / bool / lists / inline tables).
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
+        return key
+    return _toml_string(key)
+
+
+def _toml_string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(v: Any) -> str:
+    if hasattr(v, "item") and callable(v.item) and not isinstance(v, list | tuple | Mapping):
+        v = v.item()  # numpy scalar
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)  # shortest round-tripping form, e.g. 0.1, 1e-05, 3.0
+    if isinstance(v, str):
+        return _toml_string(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        items = [f"{_toml_key(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    if v is None:
+        raise TypeError("TOML has no null value; leave the key out instead")
+    raise TypeError(f"cannot write a {type(v).__name__} as TOML: {v!r}")
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Serialize nested dicts of str/int/float/bool/lists to TOML (None values are left out).
+
+    Nested dicts become ``[table]`` sections; dicts inside lists become inline tables. Floats use
+    their shortest round-tripping representation, so ``tomllib.loads(to_toml(d)) == d``.
+    """
+    lines: list[str] = []
+
+    def emit(path: list[str], table: Mapping[str, Any]) -> None:
+        scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping) and v is not None]
+        tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
+        if path and (scalars or not tables):
+            if lines:
+                lines.append("")
+            lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
+        for k, v in scalars:
+            lines.append(f"{_toml_key(str(k))} = {_toml_value(v)}")
+        for k, v in tables:
+            emit([*path, str(k)], v)
+
+    emit([], data)
+    return "\n".join(lines) + "\n"

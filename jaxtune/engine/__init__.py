@@ -1,0 +1,30 @@
+"""The sweep engine: config -> trials -> groups -> call units -> compiled programs -> results.
+
+Read top-down: :mod:`~jaxtune.engine.step` (the public per-trial step),
+:mod:`~jaxtune.engine.bind` (a group's task and optimizer), :mod:`~jaxtune.engine.plan`
+(trials, groups, calls), :mod:`~jaxtune.engine.program` (the vmapped, scanned group program),
+:mod:`~jaxtune.engine.compile` (lowering, cache, memory), :mod:`~jaxtune.engine.run` (the loop)
+and :mod:`~jaxtune.engine.result` (what comes out).
+"""
+
+from jaxtune.engine.result import Selection as Selection
+from jaxtune.engine.result import SweepResult as SweepResult
+from jaxtune.engine.result import TrialResult as TrialResult
+from jaxtune.engine.run import SweepCallback as SweepCallback
+from jaxtune.engine.run import run_sweep as run_sweep
+from jaxtune.engine.step import TrainState as TrainState
+from jaxtune.engine.step import TrainStep as TrainStep
+from jaxtune.engine.step import make_train_step as make_train_step
+from jaxtune.engine.step import trial_keys as trial_keys
+
+__all__ = [
+    "Selection",
+    "SweepCallback",
+    "SweepResult",
+    "TrainState",
+    "TrainStep",
+    "TrialResult",
+    "make_train_step",
+    "run_sweep",
+    "trial_keys",
+]

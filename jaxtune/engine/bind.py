@@ -1,0 +1,142 @@
+"""Binding a group's structure to what it trains: the task, the optimizer and their step.
+
+The task is, in order of precedence: ``run_sweep(task=...)`` (a :class:`jaxtune.Task`, or a
+callable that receives the group's structure and returns one), the ``task.factory`` import path,
+or the built-in task of ``task.dataset`` / ``task.model`` (with the ``model=`` / ``dataset=``
+conveniences). The optimizer is ``run_sweep(optimizer=...)`` (``optimizer(hp) ->
+optax.GradientTransformation``), the ``optimizer.factory`` import path, or the configured chain.
+Every task is checked against its contract (:func:`jaxtune.tasks.check_task`) before anything is
+compiled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxtune import config as config_lib
+from jaxtune import registry
+from jaxtune.config import SweepConfig
+from jaxtune.engine.plan import Bound, hp_arrays
+from jaxtune.engine.step import make_train_step
+from jaxtune.errors import ConfigError
+from jaxtune.tasks import Task, check_task
+
+__all__ = ["Binder"]
+
+#: Structure keys the built-in task depends on.
+_TASK_KEYS = (
+    "task.dataset",
+    "task.model",
+    "task.widths",
+    "task.activation",
+    "task.normalization",
+    "task.init",
+    "task.pooling",
+    "task.dropout",
+    "task.subset",
+    "task.valid_fraction",
+    "task.test_fraction",
+)
+#: Structure keys the configured optimizer chain depends on.
+_OPTIMIZER_KEYS = ("optimizer.name", "schedule.name", "train.steps")
+
+
+class Binder:
+    """Turns a group's structure into a :class:`Bound` (task, step functions, identity).
+
+    Args:
+      cfg: the sweep configuration.
+      task: a :class:`jaxtune.Task` or ``callable(structure) -> Task``, or None.
+      optimizer: ``optimizer(hp) -> optax.GradientTransformation``, or None.
+      model, dataset: the built-in task's conveniences (ignored when a task is given).
+      search: folders tried first when importing ``task.factory`` / ``optimizer.factory``.
+    """
+
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        *,
+        task: Task | Callable[[dict[str, Any]], Task] | None = None,
+        optimizer: Callable[[Mapping[str, Any]], Any] | None = None,
+        model: Any = None,
+        dataset: Any = None,
+        search: Sequence[str | Path] = (),
+    ) -> None:
+        base = cfg.base
+        self.numeric = config_lib.numeric_keys(base)
+        self.where = "task"
+        if task is None and base["task.factory"]:
+            task = registry.import_factory(base["task.factory"], "task.factory", search=search)
+            self.where = f"task.factory {base['task.factory']!r}"
+        if optimizer is None and base["optimizer.factory"]:
+            optimizer = registry.import_factory(
+                base["optimizer.factory"], "optimizer.factory", search=search
+            )
+        if task is not None and not callable(task) and not isinstance(task, Task):
+            raise ConfigError(
+                "task must be a jaxtune.Task or a callable returning one, got "
+                f"{type(task).__name__}"
+            )
+        if optimizer is not None and not callable(optimizer):
+            raise ConfigError(
+                "optimizer must be a callable hp -> optax.GradientTransformation, got "
+                f"{type(optimizer).__name__}"
+            )
+        self.task, self.optimizer = task, optimizer
+        self.model, self.dataset = model, dataset
+        self._tasks: dict[tuple, Task] = {}
+        self._checked: dict[int, list[str]] = {}
+        self.metric_names: list[str] | None = None
+
+    def _task_for(self, structure: dict[str, Any]) -> tuple[Task, tuple]:
+        if isinstance(self.task, Task):
+            return self.task, _identity(self.task)
+        if self.task is not None:
+            key = tuple(sorted(structure.items(), key=lambda kv: kv[0]))
+            if key not in self._tasks:
+                self._tasks[key] = self.task(dict(structure))
+            t = self._tasks[key]
+            if not isinstance(t, Task):
+                raise ConfigError(
+                    f"{self.where} must return a jaxtune.Task, got {type(t).__name__}"
+                )
+            return t, _identity(t)
+        key = tuple((k, structure[k]) for k in _TASK_KEYS)
+        if key not in self._tasks:
+            self._tasks[key] = registry.build_task(structure, model=self.model, data=self.dataset)
+        model_id = None if self.model is None else id(self.model)
+        return self._tasks[key], ("builtin", key, model_id)
+
+    def __call__(self, structure: dict[str, Any], trials: list[dict[str, Any]]) -> Bound:
+        task, task_id = self._task_for(structure)
+        hp0 = {k: v[0] for k, v in hp_arrays(trials[:1], self.numeric).items()}
+        if id(task) not in self._checked:
+            self._checked[id(task)] = check_task(task, hp0, where=self.where)
+        names = self._checked[id(task)]
+        if self.metric_names is None:
+            self.metric_names = names
+        if self.optimizer is not None:
+            optimizer, schedule, opt_id = self.optimizer, None, ("user", id(self.optimizer))
+        else:
+            use_wd = any(t["optimizer.weight_decay"] != 0.0 for t in trials)
+
+            def optimizer(hp, flat=structure, use_wd=use_wd):
+                return registry.build_optimizer(flat, hp, weight_decay=use_wd)
+
+            def schedule(hp, flat=structure):
+                return registry.build_schedule(flat, hp)
+
+            opt_id = ("config", tuple(structure[k] for k in _OPTIMIZER_KEYS), use_wd)
+        rng = task_id[0] != "builtin" or structure["task.dropout"] > 0
+        fns = make_train_step(task, optimizer, schedule=schedule, rng=rng)
+        present = tuple(k in hp0 for k in ("optimizer.momentum", "optimizer.clip_norm"))
+        return Bound(task, fns, (task_id, opt_id, rng, present, tuple(sorted(hp0))))
+
+
+def _identity(task: Task) -> tuple:
+    return (
+        "task",
+        *(id(f) for f in (task.init, task.apply, task.loss, task.metrics, task.augment)),
+    )

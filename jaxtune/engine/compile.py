@@ -1,0 +1,167 @@
+"""Lowering and compiling the group programs, a compile cache, and fitting calls to memory.
+
+Every unit's ``init`` and ``chunk`` programs are compiled ahead of time from shapes. Compiled
+programs are cached by everything they depend on (the program description, trials per call,
+data shapes, devices and the identity of the task and optimizer), so a second sweep of the same
+shapes in one process compiles nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtune.engine.plan import Plan, Unit, trial_sharding
+from jaxtune.engine.program import make_program
+
+__all__ = ["PROBE_TRIALS", "compile_unit", "fit_memory"]
+
+#: Trials per device of the first compiled call of ``train.max_trials_per_call = "auto"``.
+PROBE_TRIALS = 8
+
+_CACHE_SIZE = 64
+
+
+class _Cache(collections.OrderedDict):
+    """Compiled programs, least recently used evicted first. Entries keep the task alive, so
+    an identity in a key can never be reused by another object."""
+
+    def entry(self, key: tuple, make: Any) -> dict:
+        if key in self:
+            self.move_to_end(key)
+        else:
+            self[key] = make()
+            while len(self) > _CACHE_SIZE:
+                self.popitem(last=False)
+        return self[key]
+
+
+_COMPILED = _Cache()
+
+
+def _shapes(tree: Any) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return (str(treedef), *((tuple(a.shape), str(a.dtype)) for a in leaves))
+
+
+def compile_unit(
+    unit: Unit, plan: Plan, data: dict[str, Any], lengths: Sequence[int], n_train: int
+) -> float:
+    """Compile the unit's init and chunk programs (cached); returns the seconds spent."""
+    t0 = time.perf_counter()
+    group = plan.groups[unit.group]
+    mesh = plan.mesh
+    key = (
+        group.program,
+        unit.size,
+        tuple(sorted(unit.hp)),
+        _shapes(data),
+        tuple(d.id for d in mesh.devices.flat),
+        group.bound.identity,
+    )
+
+    def make() -> dict:
+        init_all, chunk_all = make_program(group.program, group.bound.fns, n_train)
+        return {"fns": (init_all, chunk_all), "bound": group.bound}
+
+    entry = _COMPILED.entry(key, make)
+    init_all, chunk_all = entry["fns"]
+    trial_sh = trial_sharding(mesh)
+    if "init" not in entry:
+        entry["init"] = (
+            jax.jit(init_all, out_shardings=trial_sh).lower(unit.hp, unit.keys).compile()
+        )
+    unit.init = entry["init"]
+    unit.state_shape = jax.eval_shape(init_all, unit.hp, unit.keys)
+    state_shape = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=trial_sh), unit.state_shape
+    )
+    step_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "trials"))
+    for length in lengths:
+        if length not in entry:
+            fn = jax.jit(
+                chunk_all,
+                static_argnames="length",
+                donate_argnums=0,
+                out_shardings=(trial_sh, step_sh, trial_sh),
+            )
+            entry[length] = fn.lower(
+                state_shape, unit.hp, data, np.int32(0), unit.data_key, length=length
+            ).compile()
+        unit.chunk[length] = entry[length]
+    return time.perf_counter() - t0
+
+
+def _last_level_cache_bytes(default: int = 32 * 2**20) -> int:
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=default)
+
+
+def _device_memory_budget(mesh: jax.sharding.Mesh) -> int:
+    """Bytes one call may use on each device of the mesh."""
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    dev = local[0] if local else jax.local_devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] * 0.8)
+    import psutil
+
+    return int(psutil.virtual_memory().available * 0.5 / mesh.size)
+
+
+def _memory_bytes(compiled: Any) -> int:
+    m = compiled.memory_analysis()
+    if m is None:
+        return 0
+    return int(
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
+
+
+def fit_memory(plan: Plan, lengths: Sequence[int], probe: int) -> tuple[int | None, str]:
+    """Trials per call for ``train.max_trials_per_call = "auto"``, from the probe compile.
+
+    Each call must fit the device's memory (the compiled program's memory analysis, scaled per
+    trial, against the device's limit). On CPU devices a call is also kept within half the
+    last-level cache: a group whose per-step working set spills out of the cache runs slower
+    in one call than in several (benchmarks/sweep_throughput.py measured 8 trials per call as
+    the fastest for the digits MLP on a 2-core CPU with a 32 MiB cache). ``plan`` was compiled
+    with calls of at most ``probe`` trials.
+
+    Returns:
+      ``(per_call, choice)``: the trials per call (None: one call per group) and a sentence
+      saying what decided it.
+    """
+    k = plan.mesh.size
+    per_trial = max(_memory_bytes(u.chunk[max(lengths)]) / max(u.size // k, 1) for u in plan.units)
+    budget = _device_memory_budget(plan.mesh)
+    limit = max(1, int(budget // max(per_trial, 1)))
+    reason = f"the {budget / 2**20:.0f} MiB per-device memory budget"
+    if jax.default_backend() == "cpu":
+        cache = _last_level_cache_bytes()
+        fits = 2 ** int(math.log2(max(1, int(cache / 2 // max(per_trial, 1)))))
+        if fits < limit:
+            limit, reason = fits, f"half the {cache / 2**20:.0f} MiB last-level CPU cache"
+    largest = max(len(g.members) for g in plan.groups)
+    per_device = min(limit, math.ceil(largest / k))
+    choice = (
+        f"auto: up to {per_device} trials per call on each of {k} device(s) "
+        f"(~{per_trial * per_device / 2**20:.1f} MiB each, within {reason})"
+    )
+    return (None if math.ceil(largest / k) <= limit else limit * k), choice

@@ -1,0 +1,249 @@
+"""Trials -> groups -> call units.
+
+A *trial* is the base configuration with its overrides. Its numeric keys
+(:func:`jaxtune.config.numeric_keys`: learning rate, batch size, momentum, ..., every
+``hparams.*``) become traced per-trial arrays; every other key is *structure*. Trials that share a
+structure (and batch-size bucket) form a *group*: one task, one optimizer factory, one compiled
+program. A group is cut into *units*, the trials of one compiled call, padded to a multiple of the
+device count with copies of the first trial (dropped from the results).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxtune import config as config_lib
+from jaxtune import parallel
+from jaxtune.config import SweepConfig
+from jaxtune.data import num_examples
+from jaxtune.engine.program import Program
+from jaxtune.engine.step import trial_keys
+from jaxtune.errors import ConfigError
+
+__all__ = ["Bound", "Group", "Plan", "Unit", "make_plan", "pad_trials"]
+
+
+class Bound(NamedTuple):
+    """What a group's structure binds to: the task, its step functions and a cache identity."""
+
+    task: Any  # jaxtune.Task
+    fns: Any  # jaxtune.engine.step.TrainStep
+    identity: tuple  # what the compiled program depends on besides shapes
+
+
+@dataclasses.dataclass
+class Group:
+    """Trials that share one compiled program (same structure and batch bucket)."""
+
+    program: Program
+    members: list[int]  # trial ids, in order
+    trials: list[dict[str, Any]]  # their full flat configs
+    bound: Bound
+    data_index: int  # which entry of Plan.data holds this group's splits
+    info: dict[str, Any]
+
+
+@dataclasses.dataclass
+class Unit:
+    """One compiled call: a contiguous slice of a group's trials, padded to the call size."""
+
+    group: int
+    offset: int  # position of the first trial within the group's members
+    trial_ids: list[int]  # real trials, in order; the call holds padding copies after them
+    size: int  # trials per call including padding (a multiple of the device count)
+    hp: dict[str, jax.Array]
+    keys: jax.Array  # root PRNG keys [size, 2]
+    data_key: jax.Array  # the shared data key (only read when the batch is shared)
+    init: Any = None
+    state_shape: Any = None  # abstract state of the call (set when compiled)
+    chunk: dict[int, Any] = dataclasses.field(default_factory=dict)  # length -> compiled
+    state: Any = None
+
+
+class Plan(NamedTuple):
+    trials: list[dict[str, Any]]  # full flat config per trial
+    hparams: list[dict[str, Any]]  # the varying keys of each trial
+    names: list[str]
+    groups: list[Group]
+    units: list[Unit]
+    mesh: jax.sharding.Mesh
+    data: list[Any]  # host splits (jaxtune.Splits), one per distinct dataset
+
+    @property
+    def group_info(self) -> list[dict[str, Any]]:
+        return [g.info for g in self.groups]
+
+
+def structure_of(flat: Mapping[str, Any], numeric: Sequence[str]) -> tuple:
+    return tuple(sorted((k, v) for k, v in flat.items() if k not in numeric))
+
+
+def batch_buckets(sizes: Sequence[int], mode: str) -> list[list[int]]:
+    """Split distinct batch sizes into sub-groups that share one padded program."""
+    distinct = sorted(set(sizes), reverse=True)
+    if mode == "pad" or len(distinct) == 1:
+        return [distinct]
+    if mode == "split":
+        return [[b] for b in distinct]
+    counts = {b: sizes.count(b) for b in distinct}
+    buckets: list[list[int]] = []
+    for b in distinct:
+        if buckets:
+            cur = [*buckets[-1], b]
+            used = sum(counts[c] * c for c in cur)
+            gathered = sum(counts[c] for c in cur) * cur[0]
+            if used / gathered >= 0.5:
+                buckets[-1] = cur
+                continue
+        buckets.append([b])
+    return buckets
+
+
+def hp_arrays(trials: Sequence[Mapping[str, Any]], numeric: Sequence[str]) -> dict[str, np.ndarray]:
+    """Every set numeric key as a host array with a leading trial axis (seed excluded)."""
+    hp: dict[str, np.ndarray] = {}
+    for key in numeric:
+        values = [t[key] for t in trials]
+        if key == "train.seed" or any(v is None for v in values):
+            continue  # the seed becomes the root key; None is structurally absent
+        integral = key == "train.batch_size" or (
+            config_lib.is_hparam(key) and all(isinstance(v, int) for v in values)
+        )
+        hp[key] = np.asarray(values, np.int32 if integral else np.float32)
+    return hp
+
+
+def root_keys(trials: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    return np.stack([np.asarray(jax.random.PRNGKey(t["train.seed"])) for t in trials])
+
+
+def pad_trials(tree: Any, size: int) -> Any:
+    """Pad the leading trial axis to ``size`` with copies of the first trial."""
+
+    def pad(a):
+        a = np.asarray(a)
+        extra = size - a.shape[0]
+        return a if extra == 0 else np.concatenate([a, np.repeat(a[:1], extra, axis=0)])
+
+    return jax.tree.map(pad, tree)
+
+
+def trial_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
+
+
+def make_plan(
+    cfg: SweepConfig,
+    bind: Callable[[dict[str, Any], list[dict[str, Any]]], Bound],
+    max_per_call: int | None,
+    mesh: jax.sharding.Mesh,
+    *,
+    splits: tuple[str, ...],
+) -> Plan:
+    """Expand the trials, bind each structure to its task and cut groups into calls.
+
+    ``bind(structure, trials)`` receives a group's structure (the flat configuration without
+    numeric keys) and its trials, and returns the group's :class:`Bound`.
+    """
+    overrides = config_lib.expand_trials(cfg)
+    if not overrides:
+        raise ConfigError("the search space is empty: the sweep has no trials")
+    trials = [{**cfg.base, **o} for o in overrides]
+    varying = list(dict.fromkeys(k for o in overrides for k in o))
+    hparams = [{k: t[k] for k in varying} for t in trials]
+    names = [f"{i:03d}-{config_lib.trial_name(h)}" for i, h in enumerate(hparams)]
+    numeric = config_lib.numeric_keys(cfg.base)
+    by_structure: dict[tuple, list[int]] = {}
+    for i, t in enumerate(trials):
+        absent = (t["optimizer.momentum"] is None, t["optimizer.clip_norm"] is None)
+        by_structure.setdefault((structure_of(t, numeric), absent), []).append(i)
+    groups: list[Group] = []
+    data: list[Any] = []
+    for (structure, _), ids in by_structure.items():
+        bound = bind(dict(structure), [trials[i] for i in ids])
+        if not any(d is bound.task.data for d in data):
+            data.append(bound.task.data)
+        data_index = next(j for j, d in enumerate(data) if d is bound.task.data)
+        n_train = num_examples(bound.task.data.train)
+        sizes = [trials[i]["train.batch_size"] for i in ids]
+        if max(sizes) > n_train:
+            raise ConfigError(
+                f"train.batch_size = {max(sizes)} is larger than the training set "
+                f"({n_train} examples): expected an integer in [1, {n_train}]"
+            )
+        for bucket in batch_buckets(sizes, cfg.base["train.batch_grouping"]):
+            members = [i for i in ids if trials[i]["train.batch_size"] in bucket]
+            seeds = {trials[i]["train.seed"] for i in members}
+            prog = Program(
+                batch_size=None if len(bucket) > 1 else bucket[0],
+                max_batch=bucket[0],
+                shared_batch=len(bucket) == 1 and len(seeds) == 1,
+                eval_batch=cfg.base["eval.batch_size"],
+                splits=splits if bound.task.data.test is not None else splits[:1],
+            )
+            used = sum(trials[i]["train.batch_size"] for i in members)
+            info = {
+                "trials": len(members),
+                "batch_sizes": sorted(bucket),
+                "gathered_batch": bucket[0],
+                "batch_utilization": used / (len(members) * bucket[0]),
+                "shared_batch": prog.shared_batch,
+                "structure": {
+                    k: config_lib.space.plain(v) for k, v in structure if _varies(k, trials)
+                },
+            }
+            groups.append(
+                Group(prog, members, [trials[i] for i in members], bound, data_index, info)
+            )
+    units = split_units(groups, max_per_call, mesh, numeric)
+    return Plan(trials, hparams, names, groups, units, mesh, data)
+
+
+def split_units(
+    groups: Sequence[Group],
+    max_per_call: int | None,
+    mesh: jax.sharding.Mesh,
+    numeric: Sequence[str],
+) -> list[Unit]:
+    k = mesh.size
+    sharding = trial_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    units = []
+    for g, group in enumerate(groups):
+        n = len(group.members)
+        per_call = max_per_call or n
+        n_calls = math.ceil(n / per_call)
+        size = math.ceil(math.ceil(n / n_calls) / k) * k
+        n_calls = math.ceil(n / size)
+        hp_all = hp_arrays(group.trials, numeric)
+        keys_all = root_keys(group.trials)
+        data_key = np.asarray(trial_keys(keys_all[0])[1])
+        for c in range(n_calls):
+            lo, hi = c * size, min((c + 1) * size, n)
+            hp, keys = pad_trials((jax.tree.map(lambda a: a[lo:hi], hp_all), keys_all[lo:hi]), size)
+            hp, keys = parallel.put((hp, keys), sharding)
+            units.append(
+                Unit(
+                    g,
+                    lo,
+                    group.members[lo:hi],
+                    size,
+                    hp,
+                    keys,
+                    parallel.put(data_key, replicated),
+                )
+            )
+        group.info["calls"] = n_calls
+        group.info["trials_per_call"] = size
+        group.info["padding_trials"] = n_calls * size - n
+    return units
+
+
+def _varies(key: str, trials: Sequence[Mapping[str, Any]]) -> bool:
+    return len({config_lib.space.freeze(t[key]) for t in trials}) > 1

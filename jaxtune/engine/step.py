@@ -1,0 +1,227 @@
+"""The per-trial training step: public, pure and unbatched.
+
+:func:`make_train_step` turns a :class:`jaxtune.Task` and an optimizer factory into three pure
+functions of *one* trial. The sweep engine vmaps and scans exactly these; call them in your own
+loop to train one trial the same way:
+
+* ``init(key, hp) -> TrainState`` where ``key`` is the trial's root key,
+  ``jax.random.PRNGKey(seed)``;
+* ``train_step(state, hp, batch, step, mask=None) -> (state, metrics)`` on one gathered batch
+  ``(inputs, targets)``; ``mask`` marks the real rows of a padded batch;
+* ``evaluate(state, hp, split, *, batch_size=None) -> {"loss": ..., <metric>: ...}``, exact
+  means over a whole split, walked in batches of ``batch_size`` (the last one masked).
+
+Keys: ``init_key, data_key, dropout_key, augment_key = jax.random.split(root, 4)``. The batch of
+step ``t`` is ``jaxtune.data.batch_indices(data_key, t, batch_size, n_train)``; the dropout key of
+step ``t`` is ``fold_in(dropout_key, t)`` and the augmentation key ``fold_in(augment_key, t)``.
+
+Divergence quarantine: a step whose loss, gradient norm or update norm is not finite leaves the
+state unchanged and marks the trial diverged at that step; a diverged trial never updates again
+(its loss is reported as NaN from then on).
+
+Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxtune.tasks import Task, make_regression_data
+    >>> task = Task(
+    ...     init=lambda key, hp: ({"w": jnp.zeros((3,))}, {}),
+    ...     apply=lambda p, s, x, *, train, key=None, mask=None: (x @ p["w"], s),
+    ...     loss=lambda out, y, hp: (out - y) ** 2,
+    ...     metrics=lambda out, y: {"mae": jnp.abs(out - y)},
+    ...     data=make_regression_data(num_features=3),
+    ... )
+    >>> fns = make_train_step(task, lambda hp: optax.sgd(hp["optimizer.learning_rate"]))
+    >>> hp = {"optimizer.learning_rate": jnp.float32(0.1)}
+    >>> state = fns.init(jax.random.PRNGKey(0), hp)
+    >>> x, y = task.data.train
+    >>> for t in range(100):
+    ...     state, m = fns.train_step(state, hp, (x[:32], y[:32]), t)
+    >>> ev = fns.evaluate(state, hp, task.data.valid)
+    >>> bool(ev["loss"] < 0.05), sorted(ev)
+    (True, ['loss', 'mae'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxtune.data import num_examples
+from jaxtune.optimizers import learning_rate_at
+from jaxtune.tasks import Task
+
+__all__ = ["TrainState", "TrainStep", "make_train_step", "trial_keys"]
+
+
+class TrainState(NamedTuple):
+    """One trial's training state; in a sweep every leaf has a leading trial axis."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    key: jax.Array  # the raw uint32[2] root key of the trial
+    diverged: jax.Array  # bool
+    diverged_step: jax.Array  # int32, -1 while finite
+
+
+class TrainStep(NamedTuple):
+    """The pure per-trial functions of :func:`make_train_step`."""
+
+    init: Callable[..., TrainState]
+    train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    evaluate: Callable[..., dict[str, jax.Array]]
+
+
+def trial_keys(key: jax.Array) -> jax.Array:
+    """``init_key, data_key, dropout_key, augment_key`` of a trial with root ``key``."""
+    return jax.random.split(key, 4)
+
+
+def _all_finite(*xs: jax.Array) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
+
+
+def _injected_learning_rate(opt_state: Any) -> jax.Array:
+    """The ``learning_rate`` an ``optax.inject_hyperparams`` state holds, else NaN."""
+    try:
+        value = optax.tree_utils.tree_get(opt_state, "learning_rate")
+    except (KeyError, ValueError):
+        value = None
+    if value is None or jnp.ndim(value) != 0:
+        return jnp.float32(jnp.nan)
+    return jnp.asarray(value, jnp.float32)
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    if mask is None:
+        return jnp.mean(values)
+    count = jnp.maximum(jnp.sum(mask), 1).astype(values.dtype)
+    return jnp.sum(jnp.where(mask, values, 0)) / count
+
+
+def make_train_step(
+    task: Task,
+    optimizer: Callable[[Mapping[str, Any]], optax.GradientTransformation],
+    *,
+    schedule: Callable[[Mapping[str, Any]], Any] | None = None,
+    rng: bool = True,
+) -> TrainStep:
+    """The pure, unbatched training functions of one trial (see the module docstring).
+
+    Args:
+      task: the :class:`jaxtune.Task`.
+      optimizer: ``optimizer(hp) -> optax.GradientTransformation``; built inside the step, so
+        its hyperparameters may be traced.
+      schedule: optional ``schedule(hp)`` giving the learning rate (a number or an
+        ``optax.Schedule``) recorded per step; without it the step records the
+        ``learning_rate`` of an ``optax.inject_hyperparams`` state, or NaN.
+      rng: whether ``apply`` gets a dropout key when training (``False`` for models without
+        randomness saves deriving a key per step).
+
+    Returns:
+      A :class:`TrainStep` of ``init``, ``train_step`` and ``evaluate``. ``train_step``'s
+      metrics are ``loss`` (NaN once diverged), ``grad_norm``, ``clipped`` (``grad_norm >
+      hp["optimizer.clip_norm"]`` when the trial has a clip norm) and ``learning_rate``.
+    """
+
+    def init(key: jax.Array, hp: Mapping[str, Any]) -> TrainState:
+        params, model_state = task.init(trial_keys(key)[0], hp)
+        opt_state = optimizer(hp).init(params)
+        false, minus_one = jnp.asarray(False), jnp.asarray(-1, jnp.int32)
+        return TrainState(params, model_state, opt_state, key, false, minus_one)
+
+    def train_step(
+        state: TrainState,
+        hp: Mapping[str, Any],
+        batch: tuple[Any, Any],
+        step: jax.Array | int,
+        mask: jax.Array | None = None,
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        inputs, targets = batch
+        keys = trial_keys(state.key) if (rng or task.augment is not None) else None
+        if task.augment is not None:
+            inputs = task.augment(jax.random.fold_in(keys[3], step), inputs, hp)
+        drop_key = jax.random.fold_in(keys[2], step) if rng else None
+
+        def loss_fn(params):
+            outputs, new_ms = task.apply(
+                params, state.model_state, inputs, train=True, key=drop_key, mask=mask
+            )
+            return _masked_mean(task.loss(outputs, targets, hp), mask), new_ms
+
+        (loss, new_ms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        tx = optimizer(hp)
+        updates, new_opt = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        finite = _all_finite(loss, grad_norm, optax.global_norm(updates))
+        ok = finite & ~state.diverged
+
+        def keep(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+        newly = ~finite & ~state.diverged
+        new_state = TrainState(
+            keep(new_params, state.params),
+            keep(new_ms, state.model_state),
+            keep(new_opt, state.opt_state),
+            state.key,
+            state.diverged | ~finite,
+            jnp.where(newly, step, state.diverged_step).astype(jnp.int32),
+        )
+        if schedule is not None:
+            lr = learning_rate_at(schedule(hp), step)
+        else:
+            lr = _injected_learning_rate(new_opt)
+        clip = hp.get("optimizer.clip_norm")
+        metrics = {
+            "loss": jnp.where(ok, loss, jnp.nan),
+            "grad_norm": grad_norm,
+            "clipped": grad_norm > clip if clip is not None else jnp.asarray(False),
+            "learning_rate": jnp.asarray(lr, jnp.float32),
+        }
+        return new_state, metrics
+
+    def evaluate(
+        state: TrainState,
+        hp: Mapping[str, Any],
+        split: tuple[Any, Any],
+        *,
+        batch_size: int | None = None,
+    ) -> dict[str, jax.Array]:
+        n = num_examples(split)
+        size = n if batch_size is None else max(1, min(int(batch_size), n))
+        num_batches = -(-n // size)
+
+        def sums(b):
+            if num_batches == 1:
+                (x, y), mask = split, None
+            else:
+                idx = b * size + jnp.arange(size)
+                mask = idx < n
+                x, y = jax.tree.map(lambda a: a[jnp.minimum(idx, n - 1)], split)
+            outputs, _ = task.apply(
+                state.params, state.model_state, x, train=False, key=None, mask=mask
+            )
+            values = {"loss": task.loss(outputs, y, hp), **task.metrics(outputs, y)}
+            if mask is None:
+                return {k: jnp.sum(v.astype(jnp.float32)) for k, v in values.items()}
+            return {
+                k: jnp.sum(jnp.where(mask, v.astype(jnp.float32), 0.0)) for k, v in values.items()
+            }
+
+        if num_batches == 1:
+            totals = sums(0)
+        else:
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sums, 0))
+
+            def body(carry, b):
+                return jax.tree.map(jnp.add, carry, sums(b)), None
+
+            totals, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
+        return {k: v / n for k, v in totals.items()}
+
+    return TrainStep(init, train_step, evaluate)
