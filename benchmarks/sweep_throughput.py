@@ -39,8 +39,10 @@ import numpy as np
 import optax
 
 import jaxtune
-from jaxtune import sweep as sweep_lib
 from jaxtune.data import batch_from_permutations, epoch_permutations
+from jaxtune.engine import compile as compile_lib
+from jaxtune.engine import run as run_lib
+from jaxtune.engine.bind import Binder
 
 MODELS: dict[str, dict[str, Any]] = {
     # widths of the hidden layers, batch size, chunk (= train.eval_every = steps per scan call)
@@ -145,7 +147,7 @@ def make_fns(widths: tuple[int, ...], batch: int, n_train: int):
     def train_step(state, lr, perms, first, step, data):
         params, model_state, opt_state = state
         idx = batch_from_permutations(perms, first, step, batch, batch)
-        x, y = data.x_train[idx], data.y_train[idx]
+        x, y = data[0][idx], data[1][idx]
 
         def loss_fn(p):
             logits, new_ms = model.apply(p, model_state, x, train=True)
@@ -352,7 +354,7 @@ class Sweep(Variant):
     def compile(self):
         # Compile from scratch (the engine caches programs by shape across calls): hide the
         # cache for this first call, then merge it back so the timed repeats reuse the programs.
-        cache = getattr(sweep_lib, "_COMPILED", None)
+        cache = compile_lib._COMPILED
         saved = dict(cache) if cache is not None else {}
         if cache is not None:
             cache.clear()
@@ -372,10 +374,9 @@ class Sweep(Variant):
     def _memory(self) -> int | None:
         """The largest compiled chunk program of the plan (per call), via the engine internals."""
         try:
-            ctx = sweep_lib._prepare(
-                self.cfg, model=self.model, dataset=self.ds, compile_programs=True
-            )
-            mems = [compiled_memory(u.chunk[max(ctx.lengths)]) for u in ctx.plan.units]
+            binder = Binder(self.cfg, model=self.model, dataset=self.ds)
+            prep = run_lib.prepare(self.cfg, binder)
+            mems = [compiled_memory(u.chunk[max(u.chunk)]) for u in prep.plan.units]
             return max(m for m in mems if m is not None)
         except Exception:
             return None
@@ -395,7 +396,7 @@ class Sweep(Variant):
 def bench_cell(model_name, n, ds, data, args, log) -> dict[str, Any]:
     spec = MODELS[model_name]
     widths, batch, chunk = spec["widths"], spec["batch"], spec["chunk"]
-    n_train = int(ds.x_train.shape[0])
+    n_train = int(ds.train[0].shape[0])
     fns = make_fns(widths, batch, n_train)
     lrs_list = learning_rates(n)
     lrs = jnp.asarray(lrs_list, jnp.float32)
@@ -484,7 +485,7 @@ def bench_batch_sizes(ds, args, steps, log) -> dict[str, Any]:
     sizes = [32, 64, 128, 256]
     lrs = learning_rates(8)
     cfg = sweep_config(spec["widths"], spec["batch"], lrs, steps, spec["chunk"], "auto", sizes)
-    model = make_fns(spec["widths"], spec["batch"], int(ds.x_train.shape[0]))[4]
+    model = make_fns(spec["widths"], spec["batch"], int(ds.train[0].shape[0]))[4]
     v = Sweep(cfg, ds, "auto", len(sizes) * len(lrs), model)
     v.compile()
     times = [v.run() for _ in range(args.repeats)]
@@ -522,8 +523,8 @@ def shard_child(args) -> None:
     from jax.sharding import PartitionSpec as P
 
     ds = jaxtune.load_digits(flat=True)
-    data = jax.device_put(ds)
-    n_train = int(ds.x_train.shape[0])
+    data = jax.device_put(ds.train)
+    n_train = int(ds.train[0].shape[0])
     out = []
     devices = jax.devices()
     mesh = Mesh(np.array(devices[:2]), ("trials",))
@@ -729,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         f"jax={jax.__version__} load={machine['loadavg_at_start']}"
     )
     ds = jaxtune.load_digits(flat=True)
-    data = jax.device_put(ds)
+    data = jax.device_put(ds.train)
 
     peaks = [matmul_peak()]
     args.peak = peaks[0]

@@ -26,7 +26,8 @@ Example:
     ...     metrics=lambda out, y: {"mae": jnp.abs(out[:, 0] - y)},
     ...     data=data,
     ... )
-    >>> check_task(task, {})
+    >>> check_task(task, {})  # the contract holds; returns the metric names
+    ['mae']
 """
 
 from __future__ import annotations

@@ -335,6 +335,14 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "empty grid": (["sweep", str(empty), *out], "empty"),
         "out is a file": (["sweep", str(tiny), "--out", str(a_file)], "is a file"),
         "resume without out": (["sweep", str(tiny), "--resume"], "--resume needs --out"),
+        "factory import fails": (
+            ["sweep", str(tiny), "--set", "task.factory=no_such_module:make", *out],
+            "task.factory = 'no_such_module:make' cannot be imported",
+        ),
+        "factory returns no task": (
+            ["sweep", str(tiny), "--set", "task.factory=json:dumps", *out],
+            "must return a jaxtune.Task",
+        ),
     }
 
 
@@ -351,6 +359,8 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "empty grid",
         "out is a file",
         "resume without out",
+        "factory import fails",
+        "factory returns no task",
     ],
 )
 def test_bad_config_exits_2_with_one_line(case, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Runs every example in ``--fast`` mode as a subprocess and checks what it prints.
 
-compose_optimizer and lr_sweep run by default; init_and_norm and batch_size_sweep compile several
+compose_optimizer, lr_sweep and custom_task (also through ``jaxtune sweep`` with its TOML) run by
+default; init_and_norm and batch_size_sweep compile several
 programs (one per normalization / batch-size group) and are marked slow (``pytest -m slow``).
 """
 
@@ -89,3 +90,55 @@ def test_batch_size_sweep() -> None:
     rows = re.findall(r"^\s+(16|32|64|128)\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)", out, re.M)
     assert len(rows) == 12, out
     assert "best: " in out
+
+
+def test_custom_task() -> None:
+    out = run_example("custom_task.py")
+    assert "12 trials x 30 steps in 1 compiled group(s)" in out, out
+    header = out.splitlines()[2].split()
+    assert header[:6] == ["rank", "name", "learning_rate", "huber_delta", "beta2", "train.loss"]
+    assert header[6] == "valid.mse"  # the selection metric comes first
+    assert re.search(r"chosen on valid.mse: \d{3}-\S+ \(valid.mse [0-9.]+\); its test.mse", out)
+
+
+def test_custom_task_toml_through_the_command_line(tmp_path: Path) -> None:
+    """``task.factory`` / ``optimizer.factory`` from TOML: user hparams reach results, the
+    table and TensorBoard's hparams; ``show`` reads it back."""
+    import json
+
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+
+    from jaxtune.report.tensorboard import read_events
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jaxtune.cli", "sweep", str(EXAMPLES / "custom_task.toml")]
+    cmd += ["--out", str(out), "--set", "train.steps=20", "--set", "train.eval_every=10"]
+    cmd += ["--set", "checkpoint.every=10", "--set", "task.widths=[8]"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "choosing on valid.mse (min)" in proc.stderr
+    blob = json.loads((out / "results.json").read_text())
+    assert blob["select"]["metric"] == "valid.mse"
+    assert set(blob["trials"][0]["hparams"]) == {
+        "optimizer.learning_rate",
+        "hparams.huber_delta",
+        "hparams.beta2",
+    }
+    assert "huber_delta" in proc.stdout.splitlines()[1]
+    run = out / "tb" / blob["trials"][5]["name"]
+    starts = [
+        v
+        for ev in read_events(run)
+        for v in ev.summary.value
+        if v.tag == "_hparams_/session_start_info"
+    ]
+    hp = HParamsPluginData.FromString(starts[0].metadata.plugin_data.content)
+    recorded = hp.session_start_info.hparams["hparams.huber_delta"].number_value
+    assert recorded == blob["trials"][5]["hparams"]["hparams.huber_delta"]
+    show = subprocess.run(
+        [sys.executable, "-m", "jaxtune.cli", "show", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert show.returncode == 0 and "best by valid.mse (min)" in show.stdout

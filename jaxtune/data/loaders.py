@@ -130,7 +130,7 @@ def load_diabetes(
     Example:
         >>> s = load_diabetes()
         >>> s.train[0].shape, s.valid[1].shape, s.test[1].dtype
-        ((308, 10), (44,), dtype('float32'))
+        ((308, 10), (45,), dtype('float32'))
     """
     from sklearn.datasets import load_diabetes as sklearn_load_diabetes
 

@@ -15,9 +15,13 @@ Keys: ``init_key, data_key, dropout_key, augment_key = jax.random.split(root, 4)
 step ``t`` is ``jaxtune.data.batch_indices(data_key, t, batch_size, n_train)``; the dropout key of
 step ``t`` is ``fold_in(dropout_key, t)`` and the augmentation key ``fold_in(augment_key, t)``.
 
-Divergence quarantine: a step whose loss, gradient norm or update norm is not finite leaves the
-state unchanged and marks the trial diverged at that step; a diverged trial never updates again
-(its loss is reported as NaN from then on).
+Divergence quarantine: a step whose loss or gradient norm is not finite leaves the state unchanged
+and marks the trial diverged at that step; a diverged trial never updates again (its loss is
+reported as NaN from then on). The check comes before the update, so it costs one gradient norm
+(also recorded) and no extra pass over the parameters. An update can only overflow from a finite
+gradient with an absurd learning rate (SGD needs lr > 1e19: any gradient entry above 1.8e19
+already overflows the norm); such a trial is caught at its next step, its state already
+non-finite.
 
 Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -78,10 +82,6 @@ class TrainStep(NamedTuple):
 def trial_keys(key: jax.Array) -> jax.Array:
     """``init_key, data_key, dropout_key, augment_key`` of a trial with root ``key``."""
     return jax.random.split(key, 4)
-
-
-def _all_finite(*xs: jax.Array) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
 
 
 def _injected_learning_rate(opt_state: Any) -> jax.Array:
@@ -153,12 +153,12 @@ def make_train_step(
             return _masked_mean(task.loss(outputs, targets, hp), mask), new_ms
 
         (loss, new_ms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
-        tx = optimizer(hp)
-        updates, new_opt = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        finite = _all_finite(loss, grad_norm, optax.global_norm(updates))
+        grad_norm = optax.tree.norm(grads)  # as clip_by_global_norm computes it: shared
+        # Decided before the update, so the selects below fuse into the update itself.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         ok = finite & ~state.diverged
+        updates, new_opt = optimizer(hp).update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
 
         def keep(new, old):
             return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -192,6 +192,7 @@ def make_train_step(
         *,
         batch_size: int | None = None,
     ) -> dict[str, jax.Array]:
+        split = jax.tree.map(jnp.asarray, split)
         n = num_examples(split)
         size = n if batch_size is None else max(1, min(int(batch_size), n))
         num_batches = -(-n // size)
