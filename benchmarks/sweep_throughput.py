@@ -41,7 +41,6 @@ import optax
 import jaxtune
 from jaxtune.data import batch_from_permutations, epoch_permutations
 from jaxtune.engine import compile as compile_lib
-from jaxtune.engine import run as run_lib
 from jaxtune.engine.bind import Binder
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -375,7 +374,7 @@ class Sweep(Variant):
         """The largest compiled chunk program of the plan (per call), via the engine internals."""
         try:
             binder = Binder(self.cfg, model=self.model, dataset=self.ds)
-            prep = run_lib.prepare(self.cfg, binder)
+            prep = compile_lib.prepare(self.cfg, binder)
             mems = [compiled_memory(u.chunk[max(u.chunk)]) for u in prep.plan.units]
             return max(m for m in mems if m is not None)
         except Exception:

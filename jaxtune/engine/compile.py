@@ -1,4 +1,4 @@
-"""Lowering and compiling the group programs, a compile cache, and fitting calls to memory.
+"""Preparing a sweep: bind, check, plan and compile; a compile cache; fitting calls to memory.
 
 Every unit's ``init`` and ``chunk`` programs are compiled ahead of time from shapes. Compiled
 programs are cached by everything they depend on (the program description, trials per call,
@@ -13,15 +13,32 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxtune.engine.plan import Plan, Unit, trial_sharding
+from jaxtune import parallel
+from jaxtune.config import SweepConfig
+from jaxtune.data import num_examples
+from jaxtune.engine.bind import Binder
+from jaxtune.engine.plan import Plan, Unit, make_plan, trial_sharding
 from jaxtune.engine.program import make_program
+from jaxtune.engine.result import Selection, resolve_selection
+from jaxtune.errors import ConfigError
 
-__all__ = ["PROBE_TRIALS", "compile_unit", "fit_memory"]
+__all__ = [
+    "PROBE_TRIALS",
+    "SPLITS",
+    "Prepared",
+    "compile_unit",
+    "describe",
+    "fit_memory",
+    "prepare",
+]
+
+#: The evaluated splits, in order (``test`` only where a task has one).
+SPLITS = ("valid", "test")
 
 #: Trials per device of the first compiled call of ``train.max_trials_per_call = "auto"``.
 PROBE_TRIALS = 8
@@ -165,3 +182,92 @@ def fit_memory(plan: Plan, lengths: Sequence[int], probe: int) -> tuple[int | No
         f"(~{per_trial * per_device / 2**20:.1f} MiB each, within {reason})"
     )
     return (None if math.ceil(largest / k) <= limit else limit * k), choice
+
+
+# ----------------------------------------------------------------------------------------------
+# Preparing a sweep: bind, check, plan, compile.
+
+
+class Prepared(NamedTuple):
+    """A planned and compiled sweep, before anything ran or was written."""
+
+    cfg: SweepConfig
+    plan: Plan
+    data: list[dict[str, Any]]  # device splits per Plan.data entry
+    selection: Selection
+    compile_s: float
+    choice: str  # what decided the trials per call
+
+
+def _mesh(setting: Any) -> jax.sharding.Mesh:
+    devices = jax.devices()
+    k = len(devices) if setting in ("all", "auto") else int(setting)
+    if k > len(devices):
+        raise ConfigError(
+            f"parallel.devices = {k} is invalid: expected 'all' or an integer in "
+            f"[1, {len(devices)}] ({len(devices)} {jax.default_backend()} devices available)"
+        )
+    return jax.sharding.Mesh(np.asarray(devices[:k]), ("trials",))
+
+
+def prepare(cfg: SweepConfig, binder: Binder, *, compile_programs: bool = True) -> Prepared:
+    """Bind, check, plan and (optionally) compile a sweep; nothing is written."""
+    base = cfg.base
+    steps, eval_every = base["train.steps"], base["train.eval_every"]
+    lengths = sorted({min(eval_every, steps), (steps % eval_every) or min(eval_every, steps)})
+    mesh = _mesh(base["parallel.devices"])
+    mtpc = base["train.max_trials_per_call"]
+    probe = PROBE_TRIALS * mesh.size
+    per_call = probe if mtpc == "auto" else mtpc
+    plan = make_plan(cfg, binder, per_call, mesh, splits=SPLITS)
+    selection = resolve_selection(cfg, binder.metric_names or [])
+    for g in plan.groups:
+        names = binder._checked[id(g.bound.task)]
+        if selection.metric != "valid.loss" and selection.metric[6:] not in names:
+            raise ConfigError(
+                f"select.metric = {selection.metric!r} is not reported by every task of the "
+                f"sweep (one reports {names})"
+            )
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    data = [
+        parallel.put(
+            {k: jax.tree.map(np.asarray, v) for k, v in s._asdict().items() if v is not None},
+            replicated,
+        )
+        for s in plan.data
+    ]
+    choice = "all trials of a group in one call" if mtpc == "auto" else f"fixed at {mtpc}"
+    compile_s = 0.0
+    if compile_programs:
+        compile_s = _compile_all(plan, data, lengths)
+        if mtpc == "auto":
+            want, choice = fit_memory(plan, lengths, probe)
+            largest = max(len(g.members) for g in plan.groups)
+            have = probe if largest > probe else None
+            if want != have:
+                plan = make_plan(cfg, binder, want, mesh, splits=SPLITS)
+                compile_s += _compile_all(plan, data, lengths)
+    return Prepared(cfg, plan, data, selection, compile_s, choice)
+
+
+def _compile_all(plan: Plan, data: list[dict[str, Any]], lengths: Sequence[int]) -> float:
+    total = 0.0
+    for unit in plan.units:
+        group = plan.groups[unit.group]
+        n_train = num_examples(plan.data[group.data_index].train)
+        total += compile_unit(unit, plan, data[group.data_index], lengths, n_train)
+    return total
+
+
+def describe(prep: Prepared) -> str:
+    """What the engine chose: devices, groups, calls, batch utilization."""
+    plan = prep.plan
+    lines = [f"devices: {plan.mesh.size} x {jax.default_backend()}; {prep.choice}"]
+    for g in plan.group_info:
+        lines.append(
+            f"group: {g['trials']} trials, {g['calls']} call(s) of {g['trials_per_call']}, "
+            f"batch sizes {g['batch_sizes']} gathered at {g['gathered_batch']} "
+            f"(utilization {g['batch_utilization']:.0%}"
+            f"{', shared batch' if g['shared_batch'] else ''}) {g['structure'] or ''}"
+        )
+    return "\n".join(lines)

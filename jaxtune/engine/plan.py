@@ -26,7 +26,17 @@ from jaxtune.engine.program import Program
 from jaxtune.engine.step import trial_keys
 from jaxtune.errors import ConfigError
 
-__all__ = ["Bound", "Group", "Plan", "Unit", "make_plan", "pad_trials"]
+__all__ = [
+    "Bound",
+    "Group",
+    "Plan",
+    "Unit",
+    "group_states",
+    "group_templates",
+    "make_plan",
+    "pad_trials",
+    "scatter_states",
+]
 
 
 class Bound(NamedTuple):
@@ -247,3 +257,40 @@ def split_units(
 
 def _varies(key: str, trials: Sequence[Mapping[str, Any]]) -> bool:
     return len({config_lib.space.freeze(t[key]) for t in trials}) > 1
+
+
+def group_templates(plan: Plan) -> list[Any]:
+    """Abstract per-group states (stacked over each group's real trials), for restoring."""
+    out = []
+    for g, group in enumerate(plan.groups):
+        unit = next(u for u in plan.units if u.group == g)
+        shape = unit.state_shape
+        n = len(group.members)
+        out.append(
+            jax.tree.map(lambda a, n=n: jax.ShapeDtypeStruct((n, *a.shape[1:]), a.dtype), shape)
+        )
+    return out
+
+
+def group_states(plan: Plan) -> list[Any]:
+    """Host copies of each group's state, stacked over its real trials in member order."""
+    out = []
+    for g in range(len(plan.groups)):
+        parts = [
+            jax.tree.map(lambda a, u=u: np.asarray(a)[: len(u.trial_ids)], parallel.gather(u.state))
+            for u in plan.units
+            if u.group == g
+        ]
+        out.append(jax.tree.map(lambda *xs: np.concatenate(xs), *parts))
+    return out
+
+
+def scatter_states(plan: Plan, states: Sequence[Any]) -> None:
+    """Give every unit its slice of the groups' states (padded, sharded over the mesh)."""
+    sharding = trial_sharding(plan.mesh)
+    for unit in plan.units:
+        part = jax.tree.map(
+            lambda a, u=unit: np.asarray(a)[u.offset : u.offset + len(u.trial_ids)],
+            states[unit.group],
+        )
+        unit.state = parallel.put(pad_trials(part, unit.size), sharding)

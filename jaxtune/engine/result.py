@@ -21,9 +21,17 @@ import numpy as np
 from jaxtune.config import SweepConfig
 from jaxtune.config.space import freeze
 from jaxtune.engine.step import TrainState
-from jaxtune.tasks import METRIC_MODES
+from jaxtune.errors import ConfigError
+from jaxtune.tasks import METRIC_MODES, default_selection
 
-__all__ = ["Selection", "SweepResult", "TrainedUnit", "TrialResult", "summarize"]
+__all__ = [
+    "Selection",
+    "SweepResult",
+    "TrainedUnit",
+    "TrialResult",
+    "resolve_selection",
+    "summarize",
+]
 
 #: Per-step histories, shape [trials, steps].
 STEP_KEYS = ("train.loss", "grad_norm", "clipped", "learning_rate")
@@ -58,6 +66,23 @@ class TrainedUnit(NamedTuple):
     state: TrainState
     hp: dict[str, Any]
     task: Any  # the jaxtune.Task the call trained
+
+
+def resolve_selection(cfg: SweepConfig, metric_names: Sequence[str]) -> Selection:
+    """``select.*`` of a config, completed from the task's metrics (defaults, known modes)."""
+    base = cfg.base
+    metric = base["select.metric"] or default_selection(metric_names)
+    allowed = ["valid.loss", *(f"valid.{m}" for m in metric_names)]
+    if metric not in allowed:
+        raise ConfigError(
+            f"select.metric = {metric!r} is invalid: the task reports {', '.join(allowed)}"
+        )
+    mode = base["select.mode"] or METRIC_MODES.get(metric.split(".", 1)[1])
+    if mode is None:
+        raise ConfigError(
+            f"select.mode is needed for select.metric = {metric!r}: expected 'max' or 'min'"
+        )
+    return Selection(metric, mode, base["select.target"])
 
 
 @dataclasses.dataclass

@@ -24,17 +24,14 @@ from jaxtune import checkpoint as ckpt_lib
 from jaxtune import config as config_lib
 from jaxtune import parallel
 from jaxtune.config import SweepConfig
-from jaxtune.data import num_examples
-from jaxtune.engine import compile as compile_lib
 from jaxtune.engine.bind import Binder
-from jaxtune.engine.plan import Plan, make_plan, pad_trials, trial_sharding
-from jaxtune.engine.result import STEP_KEYS, Selection, SweepResult, TrainedUnit, summarize
+from jaxtune.engine.compile import SPLITS, Prepared, describe, prepare
+from jaxtune.engine.plan import Plan, group_states, group_templates, scatter_states
+from jaxtune.engine.result import STEP_KEYS, SweepResult, TrainedUnit, summarize
 from jaxtune.errors import ConfigError
-from jaxtune.tasks import METRIC_MODES, Task, default_selection
+from jaxtune.tasks import Task
 
 __all__ = ["SweepCallback", "run_sweep"]
-
-_SPLITS = ("valid", "test")
 
 
 class SweepCallback:
@@ -49,130 +46,6 @@ class SweepCallback:
 
     def on_end(self, result: SweepResult) -> None:
         """The sweep finished (or stopped); ``result`` is final."""
-
-
-class Prepared(NamedTuple):
-    """A planned and compiled sweep, before anything ran or was written."""
-
-    cfg: SweepConfig
-    plan: Plan
-    data: list[dict[str, Any]]  # device splits per Plan.data entry
-    selection: Selection
-    compile_s: float
-    choice: str  # what decided the trials per call
-
-
-def _mesh(setting: Any) -> jax.sharding.Mesh:
-    devices = jax.devices()
-    k = len(devices) if setting in ("all", "auto") else int(setting)
-    if k > len(devices):
-        raise ConfigError(
-            f"parallel.devices = {k} is invalid: expected 'all' or an integer in "
-            f"[1, {len(devices)}] ({len(devices)} {jax.default_backend()} devices available)"
-        )
-    return jax.sharding.Mesh(np.asarray(devices[:k]), ("trials",))
-
-
-def _selection(cfg: SweepConfig, metric_names: Sequence[str]) -> Selection:
-    base = cfg.base
-    metric = base["select.metric"] or default_selection(metric_names)
-    allowed = ["valid.loss", *(f"valid.{m}" for m in metric_names)]
-    if metric not in allowed:
-        raise ConfigError(
-            f"select.metric = {metric!r} is invalid: the task reports {', '.join(allowed)}"
-        )
-    mode = base["select.mode"] or METRIC_MODES.get(metric.split(".", 1)[1])
-    if mode is None:
-        raise ConfigError(
-            f"select.mode is needed for select.metric = {metric!r}: expected 'max' or 'min'"
-        )
-    return Selection(metric, mode, base["select.target"])
-
-
-def prepare(cfg: SweepConfig, binder: Binder, *, compile_programs: bool = True) -> Prepared:
-    """Bind, check, plan and (optionally) compile a sweep; nothing is written."""
-    base = cfg.base
-    steps, eval_every = base["train.steps"], base["train.eval_every"]
-    lengths = sorted({min(eval_every, steps), (steps % eval_every) or min(eval_every, steps)})
-    mesh = _mesh(base["parallel.devices"])
-    mtpc = base["train.max_trials_per_call"]
-    probe = compile_lib.PROBE_TRIALS * mesh.size
-    per_call = probe if mtpc == "auto" else mtpc
-    plan = make_plan(cfg, binder, per_call, mesh, splits=_SPLITS)
-    selection = _selection(cfg, binder.metric_names or [])
-    for g in plan.groups:
-        names = binder._checked[id(g.bound.task)]
-        if selection.metric != "valid.loss" and selection.metric[6:] not in names:
-            raise ConfigError(
-                f"select.metric = {selection.metric!r} is not reported by every task of the "
-                f"sweep (one reports {names})"
-            )
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    data = [
-        parallel.put(
-            {k: jax.tree.map(np.asarray, v) for k, v in s._asdict().items() if v is not None},
-            replicated,
-        )
-        for s in plan.data
-    ]
-    choice = "all trials of a group in one call" if mtpc == "auto" else f"fixed at {mtpc}"
-    compile_s = 0.0
-    if compile_programs:
-        compile_s = _compile_all(plan, data, lengths)
-        if mtpc == "auto":
-            want, choice = compile_lib.fit_memory(plan, lengths, probe)
-            largest = max(len(g.members) for g in plan.groups)
-            have = probe if largest > probe else None
-            if want != have:
-                plan = make_plan(cfg, binder, want, mesh, splits=_SPLITS)
-                compile_s += _compile_all(plan, data, lengths)
-    return Prepared(cfg, plan, data, selection, compile_s, choice)
-
-
-def _compile_all(plan: Plan, data: list[dict[str, Any]], lengths: Sequence[int]) -> float:
-    total = 0.0
-    for unit in plan.units:
-        group = plan.groups[unit.group]
-        n_train = num_examples(plan.data[group.data_index].train)
-        total += compile_lib.compile_unit(unit, plan, data[group.data_index], lengths, n_train)
-    return total
-
-
-def group_templates(plan: Plan) -> list[Any]:
-    """Abstract per-group states (stacked over each group's real trials), for restoring."""
-    out = []
-    for g, group in enumerate(plan.groups):
-        unit = next(u for u in plan.units if u.group == g)
-        shape = unit.state_shape
-        n = len(group.members)
-        out.append(
-            jax.tree.map(lambda a, n=n: jax.ShapeDtypeStruct((n, *a.shape[1:]), a.dtype), shape)
-        )
-    return out
-
-
-def group_states(plan: Plan) -> list[Any]:
-    """Host copies of each group's state, stacked over its real trials in member order."""
-    out = []
-    for g in range(len(plan.groups)):
-        parts = [
-            jax.tree.map(lambda a, u=u: np.asarray(a)[: len(u.trial_ids)], parallel.gather(u.state))
-            for u in plan.units
-            if u.group == g
-        ]
-        out.append(jax.tree.map(lambda *xs: np.concatenate(xs), *parts))
-    return out
-
-
-def scatter_states(plan: Plan, states: Sequence[Any]) -> None:
-    """Give every unit its slice of the groups' states (padded, sharded over the mesh)."""
-    sharding = trial_sharding(plan.mesh)
-    for unit in plan.units:
-        part = jax.tree.map(
-            lambda a, u=unit: np.asarray(a)[u.offset : u.offset + len(u.trial_ids)],
-            states[unit.group],
-        )
-        unit.state = parallel.put(pad_trials(part, unit.size), sharding)
 
 
 def _write_config(out: Path, cfg: SweepConfig) -> None:
@@ -221,7 +94,7 @@ def _record(history, plan: Plan, outs, start: int, length: int) -> dict[str, np.
     history = dict(history)
     stop = start + length
     n = len(plan.trials)
-    evals = {k: np.full((n,), np.nan, np.float32) for k in history if k.startswith(_SPLITS)}
+    evals = {k: np.full((n,), np.nan, np.float32) for k in history if k.startswith(SPLITS)}
     for unit, (metrics, ev) in zip(plan.units, outs, strict=True):
         ids = np.asarray(unit.trial_ids)
         k = len(ids)
@@ -246,18 +119,77 @@ def _eval_keys(prep: Prepared, binder: Binder) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def describe(prep: Prepared) -> str:
-    """What the engine chose: devices, groups, calls, batch utilization."""
-    plan = prep.plan
-    lines = [f"devices: {plan.mesh.size} x {jax.default_backend()}; {prep.choice}"]
-    for g in plan.group_info:
-        lines.append(
-            f"group: {g['trials']} trials, {g['calls']} call(s) of {g['trials_per_call']}, "
-            f"batch sizes {g['batch_sizes']} gathered at {g['gathered_batch']} "
-            f"(utilization {g['batch_utilization']:.0%}"
-            f"{', shared batch' if g['shared_batch'] else ''}) {g['structure'] or ''}"
+class _Chunk(NamedTuple):
+    """A dispatched chunk of steps ``[start, stop)`` and its (possibly pending) outputs."""
+
+    start: int
+    stop: int
+    outs: list
+
+
+def _dispatch(prep: Prepared, start: int, length: int) -> _Chunk:
+    """Run every unit's program for one chunk; returns at once (JAX dispatches asynchronously)."""
+    plan, outs = prep.plan, []
+    for unit in plan.units:
+        data = prep.data[plan.groups[unit.group].data_index]
+        unit.state, metrics, evals = unit.chunk[length](
+            unit.state, unit.hp, data, np.int32(start), unit.data_key
         )
-    return "\n".join(lines)
+        outs.append((metrics, evals))
+    return _Chunk(start, start + length, outs)
+
+
+def _train(prep, start_step, history, callbacks, ckpt, members):
+    """The chunk loop. Returns ``(step, history, interrupted)``.
+
+    The next chunk is dispatched before the host records the previous one, so recording,
+    callbacks and the progress bar overlap with the device's work. Before a checkpoint the loop
+    does not run ahead: the saved state is the state at the recorded step.
+    """
+    plan, base = prep.plan, prep.cfg.base
+    steps, eval_every, every = (
+        base["train.steps"],
+        base["train.eval_every"],
+        base["checkpoint.every"],
+    )
+    last_ckpt = done = step = start_step
+
+    def due(stop: int) -> bool:
+        return ckpt is not None and (stop // every > last_ckpt // every or stop == steps)
+
+    def record(chunk: _Chunk) -> dict[str, np.ndarray]:
+        outs = parallel.gather(chunk.outs)
+        return _record(history, plan, outs, chunk.start, chunk.stop - chunk.start)
+
+    pending: _Chunk | None = None
+    ahead: _Chunk | None = None
+    interrupted = False
+    with _deferred_interrupt() as stop_requested:
+        try:
+            while True:
+                ahead = None
+                if step < steps and not stop_requested() and not (pending and due(pending.stop)):
+                    ahead = _dispatch(prep, step, min(eval_every, steps - step))
+                    step = ahead.stop
+                if pending is not None:
+                    history, done = record(pending), pending.stop
+                    for cb in callbacks:
+                        cb.on_chunk(pending.start, done, history)
+                    if due(done):
+                        ckpt.save(done, group_states(plan), history, members)
+                        last_ckpt = done
+                pending = ahead
+                if pending is None and (step >= steps or stop_requested()):
+                    break
+        except KeyboardInterrupt:  # raised by a callback: record what already ran
+            interrupted = True
+            for chunk in (pending, ahead):
+                if chunk is not None and chunk.stop > done:
+                    history, done = record(chunk), chunk.stop
+        interrupted = interrupted or stop_requested()
+        if interrupted and ckpt is not None and done > last_ckpt:
+            ckpt.save(done, group_states(plan), history, members)
+    return done, history, interrupted
 
 
 def run_sweep(
@@ -322,7 +254,7 @@ def run_sweep(
     if out_dir is not None and parallel.is_primary():
         _write_config(Path(out_dir), cfg)
     plan = prep.plan
-    steps, eval_every = base["train.steps"], base["train.eval_every"]
+    steps = base["train.steps"]
     n = len(plan.trials)
     history = _empty_history(n, steps, _eval_keys(prep, binder))
     start_step = 0
@@ -357,33 +289,8 @@ def run_sweep(
     for cb in callbacks:
         cb.on_start(info)
 
-    interrupted = False
     t_run = time.perf_counter()
-    step = last_ckpt = start_step
-    every = base["checkpoint.every"]
-    with _deferred_interrupt() as stop_requested:
-        try:
-            while step < steps and not stop_requested():
-                length = min(eval_every, steps - step)
-                outs = []
-                for unit in plan.units:
-                    data = prep.data[plan.groups[unit.group].data_index]
-                    unit.state, metrics, evals = unit.chunk[length](
-                        unit.state, unit.hp, data, np.int32(step), unit.data_key
-                    )
-                    outs.append((metrics, evals))
-                history = _record(history, plan, parallel.gather(outs), step, length)
-                step += length
-                for cb in callbacks:
-                    cb.on_chunk(step - length, step, history)
-                if ckpt is not None and (step // every > last_ckpt // every or step == steps):
-                    ckpt.save(step, group_states(plan), history, members)
-                    last_ckpt = step
-        except KeyboardInterrupt:  # raised by a callback; the state is consistent at `step`
-            interrupted = True
-        interrupted = interrupted or stop_requested()
-        if interrupted and ckpt is not None and step > last_ckpt:
-            ckpt.save(step, group_states(plan), history, members)
+    step, history, interrupted = _train(prep, start_step, history, callbacks, ckpt, members)
     if ckpt is not None:
         ckpt.close()
     run_s = time.perf_counter() - t_run
