@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from reference import mlp_forward
 
 import jaxtune
 from jaxtune import data as data_lib
@@ -27,23 +28,24 @@ def _ds():
     return data_lib.make_classification(flat=True)
 
 
-def _forward(params, x, *, act=jax.nn.relu):
-    layers = sorted(params, key=lambda name: int(name.split("_")[1]))
-    for i, name in enumerate(layers):
-        x = x @ params[name]["kernel"] + params[name]["bias"]
-        if i < len(layers) - 1:
-            x = act(x)
-    return x
-
-
 def _batch(data_key, t, n, bs):
     spe = n // bs
     perm = jax.random.permutation(jax.random.fold_in(data_key, t // spe), n)
     return jax.lax.dynamic_slice(perm, ((t % spe) * bs,), (bs,))
 
 
-def _reference(ds, tx, *, lr_schedule, clip=None, init_scale=1.0, seed=0, steps=STEPS,
-               widths=(32,), dropout=0.0):
+def _reference(
+    ds,
+    tx,
+    *,
+    lr_schedule,
+    clip=None,
+    init_scale=1.0,
+    seed=0,
+    steps=STEPS,
+    widths=(32,),
+    dropout=0.0,
+):
     """A plain optax loop; returns final params and per-step loss, lr, grad norm, clipped."""
     init_key, data_key, drop_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     x_all, y_all = (jnp.asarray(a) for a in ds.train)
@@ -65,7 +67,7 @@ def _reference(ds, tx, *, lr_schedule, clip=None, init_scale=1.0, seed=0, steps=
             if dropout:
                 logits, _ = model.apply(p, {}, x, train=True, key=jax.random.fold_in(drop_key, t))
             else:
-                logits = _forward(p, x)
+                logits = mlp_forward(p, x)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -228,7 +230,7 @@ def test_one_off_non_finite_batch_freezes_the_trial_at_its_last_finite_step():
     sgd = optax.sgd(0.01)
     const = optax.constant_schedule(0.01)
     before, _ = _reference(ds._replace(train=(x, y)), sgd, lr_schedule=const, steps=bad_step)
-    y[bad_row] = int(np.argmin(np.asarray(_forward(before, x[bad_row : bad_row + 1]))[0]))
+    y[bad_row] = int(np.argmin(np.asarray(mlp_forward(before, x[bad_row : bad_row + 1]))[0]))
     poisoned = ds._replace(train=(x, y))
     _, ref = _reference(poisoned, sgd, lr_schedule=const, steps=bad_step + 1)
     assert not np.isfinite(ref["grad"][-1]) and np.all(np.isfinite(ref["grad"][:-1]))

@@ -1,6 +1,5 @@
 """The sweep engine against independent computations: solo runs and a hand-written optax loop."""
 
-import contextlib
 import json
 import math
 
@@ -9,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from reference import count_compiles, mlp_forward
 from scipy import stats
 
 import jaxtune
@@ -72,15 +72,6 @@ def test_every_trial_equals_its_solo_run(mixed_sweep):
         )
 
 
-def _forward(params, x):
-    layers = sorted(params, key=lambda name: int(name.split("_")[1]))
-    for i, name in enumerate(layers):
-        x = x @ params[name]["kernel"] + params[name]["bias"]
-        if i < len(layers) - 1:
-            x = jnp.maximum(x, 0.0)
-    return x
-
-
 def test_matches_a_hand_written_optax_loop():
     cfg = SweepConfig.from_dict(
         {
@@ -112,7 +103,7 @@ def test_matches_a_hand_written_optax_loop():
         x, y = x_train[idx], y_train[idx]
 
         def loss_fn(p):
-            return optax.softmax_cross_entropy_with_integer_labels(_forward(p, x), y).mean()
+            return optax.softmax_cross_entropy_with_integer_labels(mlp_forward(p, x), y).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -125,7 +116,7 @@ def test_matches_a_hand_written_optax_loop():
     mine = result.trial_state(0)
     _assert_tree_close(mine.params, params)
     np.testing.assert_allclose(result.history["train.loss"][0], losses, rtol=1e-4)
-    logits = _forward(params, x_test)
+    logits = mlp_forward(params, x_test)
     acc = float(jnp.mean(jnp.argmax(logits, -1) == y_test))
     assert result.trials[0].final["test.accuracy"] == pytest.approx(acc, abs=1e-6)
 
@@ -160,21 +151,6 @@ def test_divergence_is_isolated_bit_for_bit():
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(bad.trial_state(1).params))
 
 
-@contextlib.contextmanager
-def _count_compiles():
-    events = []
-
-    def listener(name, duration, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            events.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def test_one_compile_per_group_whatever_the_trial_count_and_none_on_rerun():
     def cfg(lrs):
         return {
@@ -184,12 +160,12 @@ def test_one_compile_per_group_whatever_the_trial_count_and_none_on_rerun():
         }
 
     jaxtune.run_sweep(cfg([0.1]))  # warms up host-side helpers compiled once per process
-    with _count_compiles() as small:
+    with count_compiles() as small:
         jaxtune.run_sweep(cfg([0.1, 0.2]))
-    with _count_compiles() as large:
+    with count_compiles() as large:
         jaxtune.run_sweep(cfg([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]))
     assert len(small) == len(large) > 0
-    with _count_compiles() as again:
+    with count_compiles() as again:
         r = jaxtune.run_sweep(cfg([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07]))
     assert len(again) == 0
     assert r.timing["compile_s"] < 1.0

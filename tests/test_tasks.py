@@ -6,7 +6,6 @@ split; batched evaluation equals one pass; user-task sweeps export and resume; b
 before anything is compiled or written.
 """
 
-import contextlib
 import math
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from reference import count_compiles, mlp_forward
 
 import jaxtune
 from jaxtune import data as data_lib
@@ -57,15 +57,6 @@ def test_a_task_restating_classification_equals_the_builtin_path():
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def _mlp_forward(params, x):
-    layers = sorted(params, key=lambda name: int(name.split("_")[1]))
-    for i, name in enumerate(layers):
-        x = x @ params[name]["kernel"] + params[name]["bias"]
-        if i < len(layers) - 1:
-            x = jnp.maximum(x, 0.0)
-    return x
-
-
 def test_each_regression_trial_equals_a_plain_optax_loop():
     lrs, betas = [3e-3, 1e-2], [0.99, 0.999]
     result = jaxtune.run_sweep(
@@ -93,32 +84,17 @@ def test_each_regression_trial_equals_a_plain_optax_loop():
             idx = perm[(step % (n // 16)) * 16 :][:16]
 
             def loss_fn(p, idx=idx):
-                return jnp.mean((_mlp_forward(p, x_tr[idx])[:, 0] - y_tr[idx]) ** 2)
+                return jnp.mean((mlp_forward(p, x_tr[idx])[:, 0] - y_tr[idx]) ** 2)
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             losses.append(float(loss))
         np.testing.assert_allclose(result.history["train.loss"][t.id], losses, rtol=1e-4)
-        err = np.asarray(_mlp_forward(params, x_va)[:, 0], np.float64) - y_va
+        err = np.asarray(mlp_forward(params, x_va)[:, 0], np.float64) - y_va
         assert t.final["valid.mse"] == pytest.approx(np.mean(err**2), rel=1e-4)
         assert t.final["valid.mae"] == pytest.approx(np.mean(np.abs(err)), rel=1e-4)
         assert t.final["valid.loss"] == pytest.approx(t.final["valid.mse"], rel=1e-6)
-
-
-@contextlib.contextmanager
-def _count_compiles():
-    events = []
-
-    def listener(name, duration, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            events.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _smoothing_task():
@@ -149,9 +125,9 @@ def test_n_values_of_a_user_hyperparameter_compile_once():
         }
 
     jaxtune.run_sweep(cfg([0.0]), task=task)  # warms up host-side helpers
-    with _count_compiles() as two:
+    with count_compiles() as two:
         r2 = jaxtune.run_sweep(cfg([0.0, 0.1]), task=task)
-    with _count_compiles() as seven:
+    with count_compiles() as seven:
         r7 = jaxtune.run_sweep(cfg([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]), task=task)
     assert len(two) == len(seven) > 0
     # The hyperparameter really reaches the loss: smoothing raises the loss of a trained net.
@@ -189,7 +165,7 @@ def test_batched_evaluation_equals_one_pass_in_float64():
     fns = jaxtune.make_train_step(task, lambda hp: optax.sgd(0.1), rng=False)
     state = fns.init(jax.random.PRNGKey(3), {})
     x, y = splits.valid
-    logits = np.asarray(_mlp_forward(state.params, x), np.float64)
+    logits = np.asarray(mlp_forward(state.params, x), np.float64)
     logp = logits - np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), 1))[:, None]
     logp -= logits.max(1, keepdims=True)
     want_loss = float(np.mean(-logp[np.arange(len(y)), y]))
@@ -327,7 +303,7 @@ BAD_TASKS = {
 def test_bad_tasks_fail_before_compiling_and_write_nothing(case, tmp_path):
     make, message = BAD_TASKS[case]
     out = tmp_path / "never"
-    with _count_compiles() as compiles, pytest.raises((TaskError, ConfigError), match=message):
+    with count_compiles() as compiles, pytest.raises((TaskError, ConfigError), match=message):
         jaxtune.run_sweep({"train": TRAIN}, task=make(), out_dir=out)
     assert not out.exists()
     assert len(compiles) <= 2  # at most the host-side helpers of the data checks
