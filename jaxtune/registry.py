@@ -22,6 +22,7 @@ from jaxtune import models as models_lib
 from jaxtune import optimizers as opt_lib
 from jaxtune import schedules as sched_lib
 from jaxtune import tasks as tasks_lib
+from jaxtune.augment import image_augment
 from jaxtune.errors import ConfigError
 
 __all__ = [
@@ -182,11 +183,13 @@ def build_task(
     *,
     model: models_lib.Model | None = None,
     data: data_lib.Splits | None = None,
+    augment: bool = False,
 ) -> tasks_lib.Task:
     """The built-in task of a configuration: the dataset's kind, with the configured model.
 
     ``model`` / ``data`` replace the configured ones (the ``run_sweep(model=, dataset=)``
     conveniences); a user ``data`` without a validation split gets one carved out of train.
+    ``augment`` adds :func:`jaxtune.augment.image_augment` (strengths ``augment.*`` in ``hp``).
     """
     kind = DATASETS[flat["task.dataset"]].kind if data is None else _kind_of(data)
     splits = load_data(flat) if data is None else data
@@ -198,7 +201,8 @@ def build_task(
             y = splits.train[1]
             outputs = 1 if y.ndim == 1 else int(y[0].size)
         model = build_model(flat, data_lib.input_shape(splits), outputs)
-    return TASK_KINDS[kind](model, splits, valid_fraction=flat["task.valid_fraction"])
+    task = TASK_KINDS[kind](model, splits, valid_fraction=flat["task.valid_fraction"])
+    return task._replace(augment=image_augment) if augment else task
 
 
 def _kind_of(data: data_lib.Splits) -> str:

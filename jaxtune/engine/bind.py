@@ -17,6 +17,7 @@ from typing import Any
 
 from jaxtune import config as config_lib
 from jaxtune import registry
+from jaxtune.augment import AUGMENT_KEYS
 from jaxtune.config import SweepConfig
 from jaxtune.engine.plan import Bound, hp_arrays
 from jaxtune.engine.step import make_train_step
@@ -90,7 +91,10 @@ class Binder:
         self._checked: dict[int, list[str]] = {}
         self.metric_names: list[str] | None = None
 
-    def _task_for(self, structure: dict[str, Any]) -> tuple[Task, tuple]:
+    def task_for(
+        self, structure: dict[str, Any], trials: list[dict[str, Any]]
+    ) -> tuple[Task, tuple]:
+        """The task of a structure group (not yet checked) and its identity."""
         if isinstance(self.task, Task):
             return self.task, _identity(self.task)
         if self.task is not None:
@@ -103,36 +107,49 @@ class Binder:
                     f"{self.where} must return a jaxtune.Task, got {type(t).__name__}"
                 )
             return t, _identity(t)
-        key = tuple((k, structure[k]) for k in _TASK_KEYS)
+        augment = any(t.get(k, 0.0) for t in trials for k in AUGMENT_KEYS)
+        key = (*((k, structure[k]) for k in _TASK_KEYS), augment)
         if key not in self._tasks:
-            self._tasks[key] = registry.build_task(structure, model=self.model, data=self.dataset)
+            self._tasks[key] = registry.build_task(
+                structure, model=self.model, data=self.dataset, augment=augment
+            )
         model_id = None if self.model is None else id(self.model)
         return self._tasks[key], ("builtin", key, model_id)
 
+    def optimizer_for(
+        self, structure: dict[str, Any], trials: list[dict[str, Any]]
+    ) -> tuple[Callable, Callable | None, tuple]:
+        """``(optimizer(hp), schedule(hp) or None, identity)`` of a structure group."""
+        if self.optimizer is not None:
+            return self.optimizer, None, ("user", id(self.optimizer))
+        use_wd = any(t["optimizer.weight_decay"] != 0.0 for t in trials)
+
+        def optimizer(hp, flat=structure, use_wd=use_wd):
+            return registry.build_optimizer(flat, hp, weight_decay=use_wd)
+
+        def schedule(hp, flat=structure):
+            return registry.build_schedule(flat, hp)
+
+        return optimizer, schedule, ("config", tuple(structure[k] for k in _OPTIMIZER_KEYS), use_wd)
+
     def __call__(self, structure: dict[str, Any], trials: list[dict[str, Any]]) -> Bound:
-        task, task_id = self._task_for(structure)
+        task, task_id = self.task_for(structure, trials)
         hp0 = {k: v[0] for k, v in hp_arrays(trials[:1], self.numeric).items()}
         if id(task) not in self._checked:
             self._checked[id(task)] = check_task(task, hp0, where=self.where)
         names = self._checked[id(task)]
         if self.metric_names is None:
             self.metric_names = names
-        if self.optimizer is not None:
-            optimizer, schedule, opt_id = self.optimizer, None, ("user", id(self.optimizer))
-        else:
-            use_wd = any(t["optimizer.weight_decay"] != 0.0 for t in trials)
-
-            def optimizer(hp, flat=structure, use_wd=use_wd):
-                return registry.build_optimizer(flat, hp, weight_decay=use_wd)
-
-            def schedule(hp, flat=structure):
-                return registry.build_schedule(flat, hp)
-
-            opt_id = ("config", tuple(structure[k] for k in _OPTIMIZER_KEYS), use_wd)
+        optimizer, schedule, opt_id = self.optimizer_for(structure, trials)
         rng = task_id[0] != "builtin" or structure["task.dropout"] > 0
         fns = make_train_step(task, optimizer, schedule=schedule, rng=rng)
         present = tuple(k in hp0 for k in ("optimizer.momentum", "optimizer.clip_norm"))
-        return Bound(task, fns, (task_id, opt_id, rng, present, tuple(sorted(hp0))))
+        identity = (task_id, opt_id, rng, present, tuple(sorted(hp0)))
+        return Bound(task, fns, identity, optimizer, schedule, rng)
+
+    def names_of(self, task: Task) -> list[str]:
+        """The metric names of a task this binder checked."""
+        return self._checked[id(task)]
 
 
 def _identity(task: Task) -> tuple:

@@ -222,7 +222,7 @@ def prepare(cfg: SweepConfig, binder: Binder, *, compile_programs: bool = True) 
     plan = make_plan(cfg, binder, per_call, mesh, splits=SPLITS)
     selection = resolve_selection(cfg, binder.metric_names or [])
     for g in plan.groups:
-        names = binder._checked[id(g.bound.task)]
+        names = binder.names_of(g.bound.task)
         if selection.metric != "valid.loss" and selection.metric[6:] not in names:
             raise ConfigError(
                 f"select.metric = {selection.metric!r} is not reported by every task of the "

@@ -45,6 +45,9 @@ class Bound(NamedTuple):
     task: Any  # jaxtune.Task
     fns: Any  # jaxtune.engine.step.TrainStep
     identity: tuple  # what the compiled program depends on besides shapes
+    optimizer: Any  # optimizer(hp) -> optax.GradientTransformation
+    schedule: Any  # schedule(hp) -> learning rate, or None
+    rng: bool  # whether apply gets a dropout key
 
 
 @dataclasses.dataclass

@@ -114,7 +114,7 @@ def _eval_keys(prep: Prepared, binder: Binder) -> list[str]:
     keys = []
     for g in prep.plan.groups:
         for split in g.program.splits:
-            for m in ["loss", *binder._checked[id(g.bound.task)]]:
+            for m in ["loss", *binder.names_of(g.bound.task)]:
                 keys.append(f"{split}.{m}")
     return list(dict.fromkeys(keys))
 

@@ -1,0 +1,244 @@
+"""Data checks (checklist items 6 and 9): what to look at in a task's splits before training.
+
+Every array of every split is looked at: non-finite values; for floating inputs, features far from
+zero mean and unit variance on the training split, held-out splits standardized with their own
+statistics or with statistics fit on all the data (leakage), a standardizer that was not fit on
+the training split, and held-out values far outside the training range; for integer class labels,
+labels outside the model's outputs and class imbalance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtune.data import Splits, Standardizer
+from jaxtune.diagnostics.subject import Check
+
+__all__ = ["DataCheckResult", "data_checks"]
+
+_HELD_OUT = ("valid", "test")
+
+
+@dataclasses.dataclass
+class DataCheckResult(Check):
+    """Findings of :func:`data_checks`: ``(name, severity, message)``; errors fail the check."""
+
+    findings: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [f"  {sev:<7} {name}: {msg}" for name, sev, msg in self.findings]
+
+
+def _stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, np.float64).reshape(np.shape(x)[0], -1)
+    return x.mean(0), x.std(0)
+
+
+def _float_leaves(tree: Any) -> list[np.ndarray]:
+    return [
+        np.asarray(a)
+        for a in jax.tree.leaves(tree)
+        if np.issubdtype(np.asarray(a).dtype, np.floating) and np.ndim(a) >= 2
+    ]
+
+
+def _labels(splits: Splits) -> dict[str, np.ndarray] | None:
+    out = {}
+    for name in ("train", *_HELD_OUT):
+        split = getattr(splits, name)
+        if split is None:
+            continue
+        y = split[1]
+        if not isinstance(y, np.ndarray | jax.Array) or np.ndim(y) != 1:
+            return None
+        if not np.issubdtype(np.asarray(y).dtype, np.integer):
+            return None
+        out[name] = np.asarray(y)
+    return out
+
+
+def _leakage(x_tr: np.ndarray, x_ho: np.ndarray, split: str, add: Any, tight: float) -> bool:
+    mean_tr, std_tr = _stats(x_tr)
+    mean_ho, std_ho = _stats(x_ho)
+    n = int(np.shape(x_ho)[0])
+    live = std_ho > 1e-8
+    noise = 1.0 / math.sqrt(max(n, 1))
+    self_fit = (
+        n >= 10
+        and noise > 10 * tight
+        and live.any()
+        and np.abs(mean_ho[live]).max() < tight
+        and np.abs(std_ho[live] - 1).max() < tight
+    )
+    if self_fit:
+        add(
+            "leakage",
+            "error",
+            f"the {split} split has per-feature mean 0 and std 1 to within {tight:g} while "
+            f"sampling noise alone would give ~{noise:.2g}: it was standardized with its own "
+            "statistics; apply the training mean and std to it",
+        )
+        return True
+    both = np.concatenate([x_tr.reshape(len(x_tr), -1), x_ho.reshape(n, -1)]).astype(np.float64)
+    mean_all, std_all = both.mean(0), both.std(0)
+    live_all, live_tr = std_all > 1e-8, std_tr > 1e-8
+    if (
+        live_all.any()
+        and np.abs(mean_all[live_all]).max() < tight
+        and np.abs(std_all[live_all] - 1).max() < tight
+        and np.abs(mean_tr[live_tr]).max(initial=0.0) > 10 * tight
+    ):
+        add(
+            "leakage",
+            "error",
+            f"train+{split} together have mean 0 / std 1 exactly but train alone does not: the "
+            "standardizer was fit on all the data; fit it on the training split only",
+        )
+    return False
+
+
+def data_checks(
+    splits: Splits,
+    *,
+    num_outputs: int | None = None,
+    standardizer: Standardizer | None = None,
+    mean_tol: float = 0.5,
+    std_range: tuple[float, float] = (0.5, 2.0),
+    imbalance: float = 10.0,
+    outlier: float = 50.0,
+) -> DataCheckResult:
+    """Check a task's splits for the defects the checklist warns about.
+
+    Args:
+      splits: the task's data.
+      num_outputs: the model's number of outputs (bounds integer class labels).
+      standardizer: the standardizer that produced the inputs, if known.
+
+    Returns:
+      A :class:`DataCheckResult`: errors (non-finite values, unstandardized features, leakage,
+      labels outside the outputs, class imbalance over ``imbalance``) fail it; held-out values
+      beyond ``outlier`` training stds are a warning.
+    """
+    findings: list[tuple[str, str, str]] = []
+    stats: dict[str, Any] = {}
+
+    def add(name: str, severity: str, msg: str) -> None:
+        findings.append((name, severity, msg))
+
+    present = {
+        n: getattr(splits, n) for n in ("train", *_HELD_OUT) if getattr(splits, n) is not None
+    }
+    finite = True
+    for name, split in present.items():
+        for part, tree in zip(("inputs", "targets"), split, strict=True):
+            for a in jax.tree.leaves(tree):
+                a = np.asarray(a)
+                if np.issubdtype(a.dtype, np.floating):
+                    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+                    if bad:
+                        finite = False
+                        add(
+                            "non-finite",
+                            "error",
+                            f"{name} {part} have {bad} NaN/inf value(s) of {a.size}; fix or drop "
+                            "those examples before training",
+                        )
+    train_x = _float_leaves(present["train"][0])
+    if finite and train_x:
+        x_tr = train_x[0]
+        mean_tr, std_tr = _stats(x_tr)
+        const, live = std_tr < 1e-8, std_tr >= 1e-8
+        stats.update(
+            train_max_abs_mean=float(np.abs(mean_tr[live]).max(initial=0.0)),
+            constant_features=int(const.sum()),
+        )
+        far = live & (
+            (np.abs(mean_tr) > mean_tol) | (std_tr < std_range[0]) | (std_tr > std_range[1])
+        )
+        if far.any():
+            j = int(np.flatnonzero(far)[0])
+            add(
+                "standardize",
+                "error",
+                f"{int(far.sum())} of {int(live.sum())} training features are far from zero mean "
+                f"/ unit variance (e.g. feature {j}: mean {mean_tr[j]:.3g}, std {std_tr[j]:.3g}); "
+                "standardize with the training mean and std",
+            )
+        if const.any():
+            add("constant", "note", f"{int(const.sum())} feature(s) are constant on train")
+        for split in _HELD_OUT:
+            held = _float_leaves(present[split][0]) if split in present else []
+            if not held:
+                continue
+            self_fit = _leakage(x_tr, held[0], split, add, tight=1e-3)
+            if not self_fit:
+                z = np.abs(np.asarray(held[0], np.float64))
+                big = int((z > outlier).sum())
+                stats[f"{split}_max_abs"] = float(z.max()) if z.size else 0.0
+                if big:
+                    add(
+                        "outliers",
+                        "warning",
+                        f"{split} inputs have {big} value(s) beyond {outlier:g} training stds "
+                        f"(max {z.max():.3g}): features (nearly) constant on train were divided "
+                        "by a tiny std; floor the std (e.g. 1 for constant features) or drop them",
+                    )
+        if standardizer is not None:
+            raw = np.asarray(standardizer.inverse_transform(x_tr), np.float64)
+            m_raw, s_raw = _stats(raw)
+            s_mean = np.asarray(standardizer.mean, np.float64).reshape(-1)
+            s_std = np.asarray(standardizer.std, np.float64).reshape(-1)
+            scale = np.maximum(s_raw, 1e-6)
+            off = live & (
+                (np.abs(m_raw - s_mean) / scale > 0.05) | (np.abs(s_raw - s_std) / scale > 0.05)
+            )
+            if off.any():
+                add(
+                    "leakage",
+                    "error",
+                    f"the standardizer's statistics differ from the training split's for "
+                    f"{int(off.sum())} feature(s): it was not fit on the training data only",
+                )
+    labels = _labels(splits)
+    if labels is not None:
+        for name, y in labels.items():
+            if y.size and (y.min() < 0 or (num_outputs is not None and y.max() >= num_outputs)):
+                upper = "num_outputs" if num_outputs is None else str(num_outputs)
+                add(
+                    "label range",
+                    "error",
+                    f"{name} labels span [{int(y.min())}, {int(y.max())}] but the model has "
+                    f"{upper} outputs (valid labels [0, {upper})): label/output mismatch",
+                )
+        y_tr = labels["train"]
+        if y_tr.size and y_tr.min() >= 0:
+            k = max(int(y_tr.max()) + 1, num_outputs or 0)
+            counts = np.bincount(y_tr, minlength=k)[:k]
+            lo, hi = int(counts.min()), int(counts.max())
+            ratio = hi / lo if lo else math.inf
+            stats.update(class_counts=counts.tolist(), imbalance=ratio)
+            if ratio > imbalance:
+                worst = int(np.argmin(counts))
+                add(
+                    "imbalance",
+                    "error",
+                    f"class imbalance {ratio:.3g} (max/min count; class {worst} has {lo} examples, "
+                    f"the largest {hi}); rebalance, reweight the loss, or watch per-class metrics",
+                )
+    errors = [f for f in findings if f[1] == "error"]
+    warnings = [f for f in findings if f[1] == "warning"]
+    if not errors:
+        reason = "finite, standardized on train, no leakage found"
+        reason += ", labels in range, classes balanced" if labels is not None else ""
+        reason += f" ({len(warnings)} warning(s))" if warnings else ""
+    else:
+        reason = "; ".join(sorted({f[0] for f in errors})) + " problem(s) found"
+    out = DataCheckResult(not errors, reason, findings=findings, stats=stats)
+    out.name = "data checks"
+    return out
