@@ -117,6 +117,7 @@ def main(argv=None) -> int:
             env["XLA_FLAGS"] = (
                 env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={wanted}"
             ).strip()
+            env["JAX_PLATFORMS"] = "cpu"  # the forced devices are CPU devices
             cmd = [sys.executable, __file__, "--child", *(argv or sys.argv[1:])]
             return subprocess.run(cmd, env=env, check=False).returncode
     result = _measure(args)

@@ -72,6 +72,7 @@ def _start(tmp_path):
     return proc, script, out
 
 
+@pytest.mark.accelerator
 def test_sigkill_then_resume_is_bit_identical(tmp_path, reference):
     proc, script, out = _start(tmp_path)
     with proc:

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 CFG = {
     "task": {"dataset": "synthetic", "widths": [16], "normalization": "batch"},
@@ -52,7 +53,12 @@ SCRIPT = textwrap.dedent(
 def _run(tmp_path, out, devices, *, resume=False, stop_at=-1, forced=4):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format())
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={forced}")
+    # Forced host devices are CPU devices: JAX_PLATFORMS=cpu keeps a GPU or TPU out of the mesh.
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={forced}",
+        JAX_PLATFORMS="cpu",
+    )
     proc = subprocess.run(
         [
             sys.executable,
@@ -79,6 +85,7 @@ def _close(a, b):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.accelerator
 def test_sharded_sweep_equals_single_device_and_resumes_on_fewer_devices(tmp_path):
     one = _run(tmp_path, tmp_path / "one", 1)
     four = _run(tmp_path, tmp_path / "four", 4)
@@ -114,6 +121,7 @@ def test_two_processes_on_localhost_equal_one_process(tmp_path):
             JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
             JAX_NUM_PROCESSES="2",
             JAX_PROCESS_ID=str(pid),
+            JAX_PLATFORMS="cpu",  # one CPU device per process, gloo collectives
         )
         env.pop("XLA_FLAGS", None)
         args = [sys.executable, str(script), str(tmp_path / "multi"), "2", "0", "-1"]

@@ -48,6 +48,7 @@ def mixed_sweep():
     return cfg, jaxtune.run_sweep(cfg)
 
 
+@pytest.mark.accelerator
 def test_every_trial_equals_its_solo_run(mixed_sweep):
     cfg, result = mixed_sweep
     assert len(result.trials) == 8
@@ -72,6 +73,7 @@ def test_every_trial_equals_its_solo_run(mixed_sweep):
         )
 
 
+@pytest.mark.accelerator
 def test_matches_a_hand_written_optax_loop():
     cfg = SweepConfig.from_dict(
         {
@@ -132,6 +134,7 @@ def _divergence_sweep(lrs):
     )
 
 
+@pytest.mark.accelerator
 def test_divergence_is_isolated_bit_for_bit():
     bad = _divergence_sweep([1e-2, 1e3])
     good = _divergence_sweep([1e-2, 1e-3])
@@ -151,6 +154,7 @@ def test_divergence_is_isolated_bit_for_bit():
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(bad.trial_state(1).params))
 
 
+@pytest.mark.accelerator
 def test_one_compile_per_group_whatever_the_trial_count_and_none_on_rerun():
     def cfg(lrs):
         return {
@@ -188,6 +192,7 @@ def test_structural_keys_form_groups_equal_to_solo_runs():
         _assert_tree_close(result.trial_state(trial.id).params, solo.trial_state(0).params)
 
 
+@pytest.mark.accelerator
 def test_split_batch_grouping_and_max_trials_per_call_give_the_same_results(mixed_sweep):
     cfg, padded = mixed_sweep
     split = jaxtune.run_sweep(
