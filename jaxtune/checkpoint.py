@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,14 +151,18 @@ class SweepCheckpointer:
         states: Sequence[Any],
         history: dict[str, np.ndarray],
         members: Sequence[Sequence[int]],
+        *,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """Save the sweep at ``step`` (blocking; the write is atomic).
 
         Args:
-          step: the number of steps every trial has taken.
+          step: the number of steps the saved trials have taken.
           states: one state pytree per group, stacked over the group's trials.
           history: the metric histories so far.
-          members: the trial ids each group stacks, in order.
+          members: the trials each group stacks, in order.
+          extra: JSON-able notes stored with the checkpoint (e.g. what an adaptive strategy
+            needs to rebuild the population it was training).
         """
         states = jax.device_get(list(states))
         layouts = [layout(s) for s in states]
@@ -176,6 +180,7 @@ class SweepCheckpointer:
             "digest": _digest(groups, history),
             "members": [list(map(int, m)) for m in members],
             "layout": layouts,
+            "extra": extra or {},
         }
         self.manager.save(
             int(step),
@@ -195,21 +200,22 @@ class SweepCheckpointer:
         tmp.replace(step_dir / _MANIFEST)
 
     def restore_latest(
-        self, template_states: Sequence[Any], members: Sequence[Sequence[int]]
-    ) -> tuple[int, list[Any], dict[str, np.ndarray]] | None:
+        self, expect: Callable[[dict[str, Any]], tuple[Sequence[Any], Sequence[Sequence[int]]]]
+    ) -> tuple[int, list[Any], dict[str, np.ndarray], dict[str, Any]] | None:
         """Restore the newest intact checkpoint, or return None when there is none.
 
         Args:
-          template_states: one abstract state per group (shapes and dtypes, stacked over the
-            group's trials); restored arrays are host arrays in this structure.
-          members: the trial ids each group of this run stacks.
+          expect: ``expect(extra) -> (template_states, members)``: given the notes a checkpoint
+            was saved with, the abstract state of each group (stacked over its trials) and the
+            trials each group stacks that the caller will put the arrays into.
+
+        Returns:
+          ``(step, states, history, extra)``: host arrays in the templates' structure.
 
         Raises:
           CheckpointMismatchError: the newest readable checkpoint holds other trials or another
-            structure than ``template_states`` (left in place: nothing is moved or deleted).
+            structure than expected (left in place: nothing is moved or deleted).
         """
-        want = [layout(t) for t in template_states]
-        want_members = [list(map(int, m)) for m in members]
         self.manager.reload()
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
@@ -217,6 +223,10 @@ class SweepCheckpointer:
             except Exception as e:
                 self._move_aside(step, e)
                 continue
+            extra = meta.get("extra", {})
+            template_states, members = expect(extra)
+            want = [layout(t) for t in template_states]
+            want_members = [list(map(int, m)) for m in members]
             if meta.get("members") != want_members:
                 raise CheckpointMismatchError(
                     f"checkpoint at step {step} in {self.directory} holds other trial groups "
@@ -237,7 +247,7 @@ class SweepCheckpointer:
                 jax.tree.unflatten(jax.tree.structure(t), _full(g, lay))
                 for t, g, lay in zip(template_states, groups, want, strict=True)
             ]
-            return step, states, history
+            return step, states, history, extra
         return None
 
     def _move_aside(self, step: int, error: Exception) -> None:

@@ -32,7 +32,9 @@ __all__ = [
     "NORMALIZATIONS",
     "OPTIMIZERS",
     "POOLINGS",
+    "SAMPLERS",
     "SCHEDULES",
+    "STRATEGIES",
     "TASK_KINDS",
     "build_model",
     "build_optimizer",
@@ -76,6 +78,21 @@ POOLINGS = models_lib.POOLINGS
 OPTIMIZERS = opt_lib.OPTIMIZERS
 SCHEDULES = tuple(sched_lib.SCHEDULES)
 """``schedule.name`` names (the schedules themselves live in :mod:`jaxtune.schedules`)."""
+
+STRATEGIES: Mapping[str, str] = MappingProxyType(
+    {
+        "all": "jaxtune.engine.run:run_all",
+        "halving": "jaxtune.search.halving:run_halving",
+        "hyperband": "jaxtune.search.halving:run_hyperband",
+        "pbt": "jaxtune.search.pbt:run_pbt",
+        "optuna": "jaxtune.search.optuna:run_optuna",
+    }
+)
+"""``sweep.strategy`` names: how the trials of the search space are trained (imported lazily:
+the strategies sit above the engine)."""
+
+SAMPLERS = ("tpe", "cmaes", "gp", "qmc", "random")
+"""``optuna.sampler`` names."""
 
 
 def build_schedule(flat: Mapping[str, Any], hp: Mapping[str, Any] | None = None) -> Any:

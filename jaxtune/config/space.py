@@ -35,7 +35,7 @@ UNSWEEPABLE = (
     "task.valid_fraction",
     "task.test_fraction",
 )
-_GLOBAL_SECTIONS = ("checkpoint", "log", "parallel", "select", "eval")
+_GLOBAL_SECTIONS = ("checkpoint", "log", "parallel", "select", "eval", "halving", "pbt", "optuna")
 
 _SHORT = {
     "optimizer.learning_rate": "lr",
@@ -149,7 +149,8 @@ def check_trials(trials: Any, base: Mapping[str, Any], flatten: Any) -> tuple:
     return tuple(out)
 
 
-def _sample(spec: Mapping[str, Any], u: float) -> Any:
+def sample_one(spec: Mapping[str, Any], u: float) -> Any:
+    """The value of a ``sweep.space`` distribution at quantile ``u`` in [0, 1)."""
     dist = spec["distribution"]
     if dist == "choice":
         values = spec["choice"]
@@ -187,7 +188,9 @@ def expand(
             from scipy.stats import qmc
 
             points = qmc.Halton(d=len(keys), scramble=True, seed=seed).random(num_trials)
-        settings = [{k: _sample(space[k], float(p[j])) for j, k in enumerate(keys)} for p in points]
+        settings = [
+            {k: sample_one(space[k], float(p[j])) for j, k in enumerate(keys)} for p in points
+        ]
     if seeds > 1:
         settings = [
             {**s, "train.seed": s.get("train.seed", base_seed) + i}

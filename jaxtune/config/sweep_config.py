@@ -8,13 +8,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from jaxtune import registry
 from jaxtune.config import space as space_lib
 from jaxtune.config.schema import KEYS, check_value, is_hparam, unknown
 from jaxtune.errors import ConfigError
 
 __all__ = ["SweepConfig", "config_hash", "diff_configs", "expand_trials"]
 
-_SWEEP_KEYS = ("method", "num_trials", "seeds", "seed", "grid", "space", "trials")
+_SWEEP_KEYS = ("method", "strategy", "num_trials", "seeds", "seed", "grid", "space", "trials")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -55,7 +56,9 @@ class SweepConfig:
       trials: for ``list``, explicit trial overrides.
       num_trials: number of points for ``random``/``quasi_random``.
       seeds: each setting is repeated with ``train.seed + 0 .. seeds - 1``.
-      seed: seed of the random / quasi-random sampler.
+      seed: seed of the random / quasi-random sampler (and of an adaptive strategy's choices).
+      strategy: how the trials are trained: ``all`` (every trial to the end), ``halving``,
+        ``hyperband``, ``pbt`` or ``optuna`` (:data:`jaxtune.registry.STRATEGIES`).
 
     Example:
       >>> cfg = SweepConfig.from_dict({
@@ -74,6 +77,7 @@ class SweepConfig:
     num_trials: int | None = None
     seeds: int = 1
     seed: int = 0
+    strategy: str = "all"
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.base:
@@ -125,7 +129,14 @@ class SweepConfig:
             raise ConfigError("sweep.space is only used by methods 'random' and 'quasi_random'")
         if method == "list" and not trials:
             raise ConfigError("sweep.method = 'list' needs a non-empty sweep.trials list")
-        cfg = cls(base, method, grid, space, trials, num_trials, seeds, sampler_seed)
+        strategy = sweep.get("strategy", "all")
+        if strategy not in registry.STRATEGIES:
+            raise ConfigError(
+                f"sweep.strategy = {strategy!r} is invalid: expected one of "
+                f"{', '.join(registry.STRATEGIES)}"
+            )
+        cfg = cls(base, method, grid, space, trials, num_trials, seeds, sampler_seed, strategy)
+        _check_strategy(cfg)
         for overrides in expand_trials(cfg):
             merged = {**cfg.base, **overrides}
             if merged["optimizer.name"] == "adagrad" and merged["optimizer.momentum"] is not None:
@@ -151,6 +162,8 @@ class SweepConfig:
             sweep["trials"] = [{k: space_lib.plain(v) for k, v in t.items()} for t in self.trials]
         if self.num_trials is not None:
             sweep["num_trials"] = self.num_trials
+        if self.strategy != "all":
+            sweep["strategy"] = self.strategy
         out["sweep"] = sweep
         return out
 
@@ -175,6 +188,36 @@ class SweepConfig:
     def hparams(self) -> dict[str, Any]:
         """The user hyperparameters (``hparams.*`` keys) of the base configuration."""
         return {k: v for k, v in self.base.items() if is_hparam(k)}
+
+
+def _check_strategy(cfg: SweepConfig) -> None:
+    """Settings of an adaptive strategy that depend on other keys (exit 2 from the CLI)."""
+    base, strategy = cfg.base, cfg.strategy
+    every, steps = base["train.eval_every"], base["train.steps"]
+    if strategy in ("halving", "hyperband"):
+        first = base["halving.min_steps"]
+        if first is not None and (first % every or first >= steps):
+            raise ConfigError(
+                f"halving.min_steps = {first} is invalid: expected a multiple of "
+                f"train.eval_every ({every}) below train.steps ({steps})"
+            )
+        if steps % every:
+            raise ConfigError(
+                f"train.steps = {steps} is invalid for sweep.strategy = {strategy!r}: expected a "
+                f"multiple of train.eval_every ({every}), where the rungs rank the trials"
+            )
+    if strategy == "pbt":
+        interval = base["pbt.interval"]
+        if interval is not None and interval % every:
+            raise ConfigError(
+                f"pbt.interval = {interval} is invalid: expected a multiple of train.eval_every "
+                f"({every}), where the population is ranked"
+            )
+    if strategy == "optuna" and cfg.method not in ("random", "quasi_random"):
+        raise ConfigError(
+            "sweep.strategy = 'optuna' needs sweep.space distributions: set sweep.method to "
+            "'random' or 'quasi_random' (optuna's sampler proposes the points)"
+        )
 
 
 def expand_trials(cfg: SweepConfig) -> list[dict[str, Any]]:

@@ -145,7 +145,7 @@ class Binder:
         fns = make_train_step(task, optimizer, schedule=schedule, rng=rng)
         present = tuple(k in hp0 for k in ("optimizer.momentum", "optimizer.clip_norm"))
         identity = (task_id, opt_id, rng, present, tuple(sorted(hp0)))
-        return Bound(task, fns, identity, optimizer, schedule, rng)
+        return Bound(task, fns, identity, optimizer, schedule, rng, tuple(names))
 
     def names_of(self, task: Task) -> list[str]:
         """The metric names of a task this binder checked."""

@@ -210,8 +210,18 @@ def _mesh(setting: Any) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.asarray(devices[:k]), ("trials",))
 
 
-def prepare(cfg: SweepConfig, binder: Binder, *, compile_programs: bool = True) -> Prepared:
-    """Bind, check, plan and (optionally) compile a sweep; nothing is written."""
+def prepare(
+    cfg: SweepConfig,
+    binder: Binder,
+    *,
+    compile_programs: bool = True,
+    trials: Sequence[tuple[int, dict[str, Any]]] | None = None,
+) -> Prepared:
+    """Bind, check, plan and (optionally) compile a sweep; nothing is written.
+
+    ``trials`` prepares an explicit population (``(sweep-wide id, overrides)`` pairs) instead
+    of the whole search space.
+    """
     base = cfg.base
     steps, eval_every = base["train.steps"], base["train.eval_every"]
     lengths = sorted({min(eval_every, steps), (steps % eval_every) or min(eval_every, steps)})
@@ -219,10 +229,10 @@ def prepare(cfg: SweepConfig, binder: Binder, *, compile_programs: bool = True) 
     mtpc = base["train.max_trials_per_call"]
     probe = PROBE_TRIALS * mesh.size
     per_call = probe if mtpc == "auto" else mtpc
-    plan = make_plan(cfg, binder, per_call, mesh, splits=SPLITS)
+    plan = make_plan(cfg, binder, per_call, mesh, splits=SPLITS, trials=trials)
     selection = resolve_selection(cfg, binder.metric_names or [])
     for g in plan.groups:
-        names = binder.names_of(g.bound.task)
+        names = g.bound.metric_names
         if selection.metric != "valid.loss" and selection.metric[6:] not in names:
             raise ConfigError(
                 f"select.metric = {selection.metric!r} is not reported by every task of the "
@@ -245,7 +255,7 @@ def prepare(cfg: SweepConfig, binder: Binder, *, compile_programs: bool = True) 
             largest = max(len(g.members) for g in plan.groups)
             have = probe if largest > probe else None
             if want != have:
-                plan = make_plan(cfg, binder, want, mesh, splits=SPLITS)
+                plan = make_plan(cfg, binder, want, mesh, splits=SPLITS, trials=trials)
                 compile_s += _compile_all(plan, data, lengths)
     return Prepared(cfg, plan, data, selection, compile_s, choice)
 

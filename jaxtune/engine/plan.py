@@ -48,6 +48,7 @@ class Bound(NamedTuple):
     optimizer: Any  # optimizer(hp) -> optax.GradientTransformation
     schedule: Any  # schedule(hp) -> learning rate, or None
     rng: bool  # whether apply gets a dropout key
+    metric_names: tuple[str, ...] = ()  # what the task's metrics return
 
 
 @dataclasses.dataclass
@@ -55,7 +56,7 @@ class Group:
     """Trials that share one compiled program (same structure and batch bucket)."""
 
     program: Program
-    members: list[int]  # trial ids, in order
+    members: list[int]  # positions of its trials in the plan, in order
     trials: list[dict[str, Any]]  # their full flat configs
     bound: Bound
     data_index: int  # which entry of Plan.data holds this group's splits
@@ -87,6 +88,7 @@ class Plan(NamedTuple):
     units: list[Unit]
     mesh: jax.sharding.Mesh
     data: list[Any]  # host splits (jaxtune.Splits), one per distinct dataset
+    ids: list[int]  # the sweep-wide id of each trial (its row in the histories)
 
     @property
     def group_info(self) -> list[dict[str, Any]]:
@@ -158,19 +160,26 @@ def make_plan(
     mesh: jax.sharding.Mesh,
     *,
     splits: tuple[str, ...],
+    trials: Sequence[tuple[int, dict[str, Any]]] | None = None,
 ) -> Plan:
     """Expand the trials, bind each structure to its task and cut groups into calls.
 
     ``bind(structure, trials)`` receives a group's structure (the flat configuration without
-    numeric keys) and its trials, and returns the group's :class:`Bound`.
+    numeric keys) and its trials, and returns the group's :class:`Bound`. ``trials`` plans an
+    explicit population instead of the whole search space: ``(sweep-wide id, overrides)``
+    pairs (what adaptive strategies train at each stage).
     """
-    overrides = config_lib.expand_trials(cfg)
+    if trials is None:
+        overrides = config_lib.expand_trials(cfg)
+        ids = list(range(len(overrides)))
+    else:
+        ids, overrides = [i for i, _ in trials], [dict(o) for _, o in trials]
     if not overrides:
         raise ConfigError("the search space is empty: the sweep has no trials")
     trials = [{**cfg.base, **o} for o in overrides]
     varying = list(dict.fromkeys(k for o in overrides for k in o))
     hparams = [{k: t[k] for k in varying} for t in trials]
-    names = [f"{i:03d}-{config_lib.trial_name(h)}" for i, h in enumerate(hparams)]
+    names = [f"{i:03d}-{config_lib.trial_name(h)}" for i, h in zip(ids, hparams, strict=True)]
     numeric = config_lib.numeric_keys(cfg.base)
     by_structure: dict[tuple, list[int]] = {}
     for i, t in enumerate(trials):
@@ -178,20 +187,20 @@ def make_plan(
         by_structure.setdefault((structure_of(t, numeric), absent), []).append(i)
     groups: list[Group] = []
     data: list[Any] = []
-    for (structure, _), ids in by_structure.items():
-        bound = bind(dict(structure), [trials[i] for i in ids])
+    for (structure, _), positions in by_structure.items():
+        bound = bind(dict(structure), [trials[i] for i in positions])
         if not any(d is bound.task.data for d in data):
             data.append(bound.task.data)
         data_index = next(j for j, d in enumerate(data) if d is bound.task.data)
         n_train = num_examples(bound.task.data.train)
-        sizes = [trials[i]["train.batch_size"] for i in ids]
+        sizes = [trials[i]["train.batch_size"] for i in positions]
         if max(sizes) > n_train:
             raise ConfigError(
                 f"train.batch_size = {max(sizes)} is larger than the training set "
                 f"({n_train} examples): expected an integer in [1, {n_train}]"
             )
         for bucket in batch_buckets(sizes, cfg.base["train.batch_grouping"]):
-            members = [i for i in ids if trials[i]["train.batch_size"] in bucket]
+            members = [i for i in positions if trials[i]["train.batch_size"] in bucket]
             seeds = {trials[i]["train.seed"] for i in members}
             prog = Program(
                 batch_size=None if len(bucket) > 1 else bucket[0],
@@ -215,7 +224,7 @@ def make_plan(
                 Group(prog, members, [trials[i] for i in members], bound, data_index, info)
             )
     units = split_units(groups, max_per_call, mesh, numeric)
-    return Plan(trials, hparams, names, groups, units, mesh, data)
+    return Plan(trials, hparams, names, groups, units, mesh, data, ids)
 
 
 def split_units(

@@ -95,6 +95,8 @@ class TrialResult:
       best_step / best: the evaluation step where ``select.metric`` was best, and its value.
       target_step: the first evaluation step that reached ``select.target`` (None if never or
         no target).
+      stopped_step / stop_reason: where an adaptive strategy stopped the trial early and why
+        (None for a trial trained to the end).
     """
 
     id: int
@@ -106,6 +108,8 @@ class TrialResult:
     best_step: int | None
     best: float
     target_step: int | None = None
+    stopped_step: int | None = None
+    stop_reason: str | None = None
 
     def row(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "name": self.name}
@@ -118,6 +122,8 @@ class TrialResult:
             best=self.best,
             target_step=self.target_step,
         )
+        if self.stopped_step is not None:
+            out.update(stopped_step=self.stopped_step, stop_reason=self.stop_reason)
         return out
 
 
@@ -145,17 +151,29 @@ def summarize(
     diverged_steps: Sequence[int | None],
     selection: Selection,
     steps_done: int,
+    stopped: Mapping[int, tuple[int, str]] | None = None,
 ) -> list[TrialResult]:
-    """The per-trial results, computed from the histories."""
+    """The per-trial results, computed from the histories.
+
+    ``stopped`` maps a trial stopped early to ``(step, reason)``: its final metrics are its own
+    last ones (the last ``train.eval_every`` steps before it stopped, its last evaluation).
+    """
+    stopped = stopped or {}
     eval_every = cfg.base["train.eval_every"]
     eval_keys = [k for k in history if k.count(".") == 1 and k not in STEP_KEYS]
     steps = history["eval_step"]
     trials = []
     for i, name in enumerate(names):
-        window = history["train.loss"][i, max(0, steps_done - eval_every) : steps_done]
+        last = stopped[i][0] if i in stopped else steps_done
+        window = history["train.loss"][i, max(0, last - eval_every) : last]
         final = {"train.loss": float(np.mean(window)) if window.size else math.nan}
+        evaluated = (steps <= last) & (
+            np.isfinite(history[eval_keys[0]][i]) if eval_keys else True
+        )
+        seen = np.flatnonzero(evaluated)
+        j_last = int(seen[-1]) if seen.size else None
         for k in eval_keys:
-            final[k] = float(history[k][i, -1]) if steps.size else math.nan
+            final[k] = float(history[k][i, j_last]) if j_last is not None else math.nan
         best_step, best, target_step = None, math.nan, None
         if steps.size and selection.metric in history:
             sel = history[selection.metric][i].astype(np.float64)
@@ -166,6 +184,7 @@ def summarize(
                 best_step, best = int(steps[j]), float(sel[j])
             hit = np.flatnonzero(selection.reached(sel) & finite)
             target_step = int(steps[hit[0]]) if hit.size else None
+        stop_step, reason = stopped.get(i, (None, None))
         trials.append(
             TrialResult(
                 i,
@@ -177,6 +196,8 @@ def summarize(
                 best_step,
                 best,
                 target_step,
+                stop_step,
+                reason,
             )
         )
     return trials
@@ -194,6 +215,8 @@ class SweepResult:
         ``valid.loss``, ``valid.accuracy``, ``test.accuracy``) of shape ``[trials, evals]``.
       timing: ``compile_s``, ``run_s``, ``trial_steps_per_s`` and per-program details.
       selection: the metric, mode and target that rank the trials.
+      search: what an adaptive strategy recorded (``strategy``, rungs, lineage, ...); empty
+        for a plain sweep.
     """
 
     config: SweepConfig
@@ -201,6 +224,7 @@ class SweepResult:
     history: dict[str, np.ndarray]
     timing: dict[str, Any]
     selection: Selection
+    search: dict[str, Any] = dataclasses.field(default_factory=dict)
     units: list[TrainedUnit] = dataclasses.field(default_factory=list, repr=False)
 
     def _unit(self, trial_id: int) -> tuple[TrainedUnit, int]:
@@ -235,15 +259,19 @@ class SweepResult:
         return [t.row() for t in self.trials]
 
     def ranked(self) -> list[TrialResult]:
-        """Trials best first by ``select.metric`` (final value); diverged and NaN trials last."""
+        """Trials best first by ``select.metric`` (final value): trials trained to the end
+        first, then those an adaptive strategy stopped early, diverged and NaN trials last."""
         sel = self.selection
-        return sorted(
-            self.trials,
-            key=lambda t: (t.diverged, sel.sort_key(t.final.get(sel.metric, math.nan)), t.id),
-        )
+
+        def key(t: TrialResult) -> tuple:
+            early = t.stopped_step is not None
+            return (t.diverged, early, sel.sort_key(t.final.get(sel.metric, math.nan)), t.id)
+
+        return sorted(self.trials, key=key)
 
     def best(self, metric: str | None = None, mode: str | None = None) -> TrialResult:
-        """The non-diverged trial with the best final ``metric`` (default ``select.metric``).
+        """The non-diverged trial with the best final ``metric`` (default ``select.metric``);
+        among trials trained to the end when an adaptive strategy stopped others early.
 
         Raises:
           ValueError: for a test metric (the test split is reported, never used to choose), an
@@ -314,10 +342,13 @@ class SweepResult:
                     "best_step": t.best_step,
                     "best": _none_if_nan(t.best),
                     "target_step": t.target_step,
+                    "stopped_step": t.stopped_step,
+                    "stop_reason": t.stop_reason,
                 }
                 for t in self.trials
             ],
             "timing": self.timing,
+            "search": self.search,
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -355,6 +386,8 @@ class SweepResult:
                 t.get("best_step"),
                 _nan_if_none(t.get("best")),
                 t.get("target_step"),
+                t.get("stopped_step"),
+                t.get("stop_reason"),
             )
             for t in blob["trials"]
         ]
@@ -363,7 +396,7 @@ class SweepResult:
             with np.load(d / "history.npz") as z:
                 history = {k: z[k] for k in z.files}
         selection = Selection(**blob["select"])
-        return cls(cfg, trials, history, blob.get("timing", {}), selection)
+        return cls(cfg, trials, history, blob.get("timing", {}), selection, blob.get("search", {}))
 
 
 def _mode_of(metric: str) -> str:

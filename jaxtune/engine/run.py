@@ -1,51 +1,208 @@
-"""The sweep loop: prepare, compile, then chunks of steps with host work in between.
+"""``run_sweep``: bind, check and compile, then train with the configured strategy.
 
-``run_sweep`` binds every group to its task and optimizer, checks them, plans the calls,
-compiles every program, and only then writes anything. Each chunk runs every unit's compiled
-program once; between chunks the host records the histories, calls the callbacks (progress bar,
-TensorBoard) and writes checkpoints. The first Ctrl-C stops at the next chunk boundary.
+Nothing is written before every task is checked and every program compiled. The strategy
+(``sweep.strategy``, :data:`jaxtune.registry.STRATEGIES`) decides which populations of trials
+train for how long: ``all`` trains every trial of the search space to the end (:func:`run_all`);
+the adaptive ones live in :mod:`jaxtune.search`. Every strategy receives a :class:`Sweep`, the
+shared context of one call: configuration, binder, histories, callbacks, checkpoints, results.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 
 from jaxtune import checkpoint as ckpt_lib
 from jaxtune import config as config_lib
-from jaxtune import parallel
+from jaxtune import parallel, registry
 from jaxtune.config import SweepConfig
 from jaxtune.engine.bind import Binder
-from jaxtune.engine.compile import SPLITS, Prepared, describe, prepare
-from jaxtune.engine.plan import Plan, group_states, group_templates, scatter_states
-from jaxtune.engine.result import STEP_KEYS, SweepResult, TrainedUnit, summarize
+from jaxtune.engine.compile import describe
+from jaxtune.engine.loop import Checkpoints, SweepCallback, empty_history, eval_keys
+from jaxtune.engine.population import Population
+from jaxtune.engine.result import SweepResult, summarize
 from jaxtune.errors import ConfigError
 from jaxtune.tasks import Task
 
-__all__ = ["SweepCallback", "run_sweep"]
+__all__ = ["Sweep", "SweepCallback", "run_all", "run_sweep"]
 
 
-class SweepCallback:
-    """Hooks called on the host between compiled chunks. Subclass and override what you need."""
+class Sweep:
+    """What one :func:`run_sweep` call shares with its strategy.
 
-    def on_start(self, info: dict[str, Any]) -> None:
-        """``info`` has ``names``, ``hparams``, ``steps``, ``num_trials``, ``out_dir``,
-        ``start_step``, ``selection``, ``groups``, ``devices``, ``backend``."""
+    Attributes:
+      cfg, binder: the configuration and the binder of tasks and optimizers.
+      overrides: every trial of the search space (its overrides), by sweep-wide id.
+      names, hparams: each trial's name and varying keys.
+      history: the sweep-wide histories (one row per trial).
+      checkpoints: when and where to checkpoint (None without ``out_dir``).
+      compile_s: seconds spent compiling so far.
+    """
 
-    def on_chunk(self, start: int, stop: int, history: dict[str, np.ndarray]) -> None:
-        """Steps ``[start, stop)`` are done; ``history`` holds all metrics up to ``stop``."""
+    def __init__(self, cfg, binder, *, out_dir, resume, callbacks, verbose) -> None:
+        self.cfg, self.binder = cfg, binder
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.resume, self.callbacks, self.verbose = resume, list(callbacks), verbose
+        self.overrides = config_lib.expand_trials(cfg)
+        if not self.overrides:
+            raise ConfigError("the search space is empty: the sweep has no trials")
+        varying = list(dict.fromkeys(k for o in self.overrides for k in o))
+        self.hparams = [{k: {**cfg.base, **o}[k] for k in varying} for o in self.overrides]
+        self.names = [f"{i:03d}-{config_lib.trial_name(h)}" for i, h in enumerate(self.hparams)]
+        self.history: dict[str, np.ndarray] | None = None
+        self.checkpoints: Checkpoints | None = None
+        self.compile_s = 0.0
+        self.prepared: list[Any] = []
+        self.trial_steps = 0
+        self._t0 = time.perf_counter()
+        self._started = False
 
-    def on_end(self, result: SweepResult) -> None:
-        """The sweep finished (or stopped); ``result`` is final."""
+    @property
+    def steps(self) -> int:
+        return self.cfg.base["train.steps"]
+
+    def population(
+        self,
+        ids: Sequence[int] | None = None,
+        *,
+        overrides: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> Population:
+        """Plan and compile the trials ``ids`` (default all); ``overrides[id]`` changes keys."""
+        ids = list(range(len(self.overrides))) if ids is None else list(ids)
+        extra = overrides or {}
+        trials = [(i, {**self.overrides[i], **extra.get(i, {})}) for i in ids]
+        pop = Population(self.cfg, self.binder, trials)
+        self.compile_s += pop.prep.compile_s
+        self.prepared.append(pop.prep)
+        if self.history is None:
+            self.history = empty_history(len(self.overrides), self.steps, eval_keys(pop.prep))
+        return pop
+
+    def open_checkpoints(self) -> None:
+        """Write ``config.toml`` and open the checkpoints (after everything compiled)."""
+        parallel.barrier("jaxtune-compiled")
+        base = self.cfg.base
+        if self.out_dir is not None and parallel.is_primary():
+            _write_config(self.out_dir, self.cfg)
+        if self.out_dir is not None and base["checkpoint.every"] > 0:
+            checkpointer = ckpt_lib.SweepCheckpointer(
+                self.out_dir / "checkpoints", self.cfg, resume=self.resume
+            )
+            self.checkpoints = Checkpoints(checkpointer, base["checkpoint.every"])
+
+    def restore(self, expect: Callable[[dict], tuple[Any, Any]]) -> tuple[int, dict] | None:
+        """The latest checkpoint's step and notes (states put where ``expect`` said), or None."""
+        if self.checkpoints is None or not self.resume:
+            return None
+        restored = self.checkpoints.checkpointer.restore_latest(expect)
+        if restored is None:
+            return None
+        step, states, saved, extra = restored
+        self._restored_states = states
+        self.history = {**self.history, **saved}
+        self.checkpoints.last = step
+        return step, extra
+
+    def restored_states(self) -> list[Any]:
+        return self._restored_states
+
+    def begin(self, population: Population, start_step: int) -> None:
+        """Tell the callbacks the sweep starts (once)."""
+        if self._started:
+            return
+        self._started = True
+        plan = population.plan
+        info = {
+            "names": self.names,
+            "hparams": self.hparams,
+            "steps": self.steps,
+            "num_trials": len(self.names),
+            "out_dir": None if self.out_dir is None else str(self.out_dir),
+            "start_step": start_step,
+            "selection": population.prep.selection,
+            "groups": plan.group_info,
+            "devices": plan.mesh.size,
+            "backend": jax.default_backend(),
+            "strategy": self.cfg.strategy,
+        }
+        if self.verbose:
+            print(describe(population.prep))
+        for cb in self.callbacks:
+            cb.on_start(info)
+        self._t_run = time.perf_counter()
+
+    def train(self, population: Population, start: int, stop: int, **kw: Any) -> tuple[int, bool]:
+        """Train a population over ``[start, stop)``; returns ``(step reached, interrupted)``."""
+        step, self.history, interrupted = population.run(
+            start, stop, self.history, callbacks=self.callbacks, checkpoints=self.checkpoints, **kw
+        )
+        self.trial_steps += (step - start) * len(population.ids)
+        return step, interrupted
+
+    def finish(
+        self,
+        populations: Sequence[Population],
+        step: int,
+        interrupted: bool,
+        *,
+        stopped: Mapping[int, tuple[int, str]] | None = None,
+        diverged: Mapping[int, int | None] | None = None,
+        search: dict[str, Any] | Callable[[SweepResult], dict[str, Any]] | None = None,
+    ) -> SweepResult:
+        """Assemble, save and announce the result; raise KeyboardInterrupt when interrupted.
+
+        ``search`` is the strategy's record, or a function of the result that returns it.
+        """
+        if self.checkpoints is not None:
+            self.checkpoints.checkpointer.close()
+        last = populations[-1]
+        run_s = time.perf_counter() - getattr(self, "_t_run", self._t0)
+        n = len(self.names)
+        div = {i: None for i in range(n)}
+        for pop in populations:
+            div.update(pop.diverged_steps())
+        div.update(diverged or {})
+        timing = {
+            "compile_s": self.compile_s,
+            "run_s": run_s,
+            "trial_steps": self.trial_steps,
+            "grid_trial_steps": n * self.steps,
+            "trial_steps_per_s": self.trial_steps / run_s if run_s > 0 else math.nan,
+            "steps_done": step,
+            "interrupted": interrupted,
+            "groups": last.plan.group_info,
+            "backend": jax.default_backend(),
+            "devices": last.plan.mesh.size,
+            "trials_per_call": last.prep.choice,
+        }
+        selection = last.prep.selection
+        trials = summarize(
+            self.cfg,
+            self.names,
+            self.hparams,
+            self.history,
+            [div[i] for i in range(n)],
+            selection,
+            step,
+            stopped,
+        )
+        result = SweepResult(self.cfg, trials, self.history, timing, selection)
+        result.units = [u for pop in populations for u in pop.trained_units()]
+        result.search = (search(result) if callable(search) else search) or {}
+        if self.out_dir is not None and parallel.is_primary():
+            result.save(self.out_dir)
+        for cb in self.callbacks:
+            cb.on_end(result)
+        if interrupted:
+            raise KeyboardInterrupt
+        return result
 
 
 def _write_config(out: Path, cfg: SweepConfig) -> None:
@@ -56,140 +213,20 @@ def _write_config(out: Path, cfg: SweepConfig) -> None:
     tmp.replace(out / "config.toml")
 
 
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Turn the first Ctrl-C into a request to stop at the next chunk boundary.
-
-    A chunk's update of every trial's state is then never cut in half, so the final checkpoint
-    is consistent. A second Ctrl-C interrupts at once.
-    """
-    requested = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def handler(signum, frame):
-        if requested:
-            raise KeyboardInterrupt
-        requested.append(True)
-        print("\nstopping after the current chunk (Ctrl-C again to abort now)", flush=True)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: bool(requested)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _empty_history(n: int, steps: int, eval_keys: Sequence[str]) -> dict[str, np.ndarray]:
-    history = {k: np.full((n, steps), np.nan, np.float32) for k in STEP_KEYS if k != "clipped"}
-    history["clipped"] = np.zeros((n, steps), bool)
-    history["eval_step"] = np.zeros((0,), np.int32)
-    for k in eval_keys:
-        history[k] = np.zeros((n, 0), np.float32)
-    return history
-
-
-def _record(history, plan: Plan, outs, start: int, length: int) -> dict[str, np.ndarray]:
-    history = dict(history)
-    stop = start + length
-    n = len(plan.trials)
-    evals = {k: np.full((n,), np.nan, np.float32) for k in history if k.startswith(SPLITS)}
-    for unit, (metrics, ev) in zip(plan.units, outs, strict=True):
-        ids = np.asarray(unit.trial_ids)
-        k = len(ids)
-        for name, key in zip(
-            ("loss", "grad_norm", "clipped", "learning_rate"), STEP_KEYS, strict=True
-        ):
-            history[key][ids, start:stop] = np.asarray(metrics[name])[:, :k].T
-        for name, v in ev.items():
-            evals[name][ids] = np.asarray(v)[:k]
-    history["eval_step"] = np.append(history["eval_step"], np.int32(stop))
-    for name, v in evals.items():
-        history[name] = np.concatenate([history[name], v[:, None]], axis=1)
-    return history
-
-
-def _eval_keys(prep: Prepared, binder: Binder) -> list[str]:
-    keys = []
-    for g in prep.plan.groups:
-        for split in g.program.splits:
-            for m in ["loss", *binder.names_of(g.bound.task)]:
-                keys.append(f"{split}.{m}")
-    return list(dict.fromkeys(keys))
-
-
-class _Chunk(NamedTuple):
-    """A dispatched chunk of steps ``[start, stop)`` and its (possibly pending) outputs."""
-
-    start: int
-    stop: int
-    outs: list
-
-
-def _dispatch(prep: Prepared, start: int, length: int) -> _Chunk:
-    """Run every unit's program for one chunk; returns at once (JAX dispatches asynchronously)."""
-    plan, outs = prep.plan, []
-    for unit in plan.units:
-        data = prep.data[plan.groups[unit.group].data_index]
-        unit.state, metrics, evals = unit.chunk[length](
-            unit.state, unit.hp, data, np.int32(start), unit.data_key
-        )
-        outs.append((metrics, evals))
-    return _Chunk(start, start + length, outs)
-
-
-def _train(prep, start_step, history, callbacks, ckpt, members):
-    """The chunk loop. Returns ``(step, history, interrupted)``.
-
-    The next chunk is dispatched before the host records the previous one, so recording,
-    callbacks and the progress bar overlap with the device's work. Before a checkpoint the loop
-    does not run ahead: the saved state is the state at the recorded step.
-    """
-    plan, base = prep.plan, prep.cfg.base
-    steps, eval_every, every = (
-        base["train.steps"],
-        base["train.eval_every"],
-        base["checkpoint.every"],
-    )
-    last_ckpt = done = step = start_step
-
-    def due(stop: int) -> bool:
-        return ckpt is not None and (stop // every > last_ckpt // every or stop == steps)
-
-    def record(chunk: _Chunk) -> dict[str, np.ndarray]:
-        outs = parallel.gather(chunk.outs)
-        return _record(history, plan, outs, chunk.start, chunk.stop - chunk.start)
-
-    pending: _Chunk | None = None
-    ahead: _Chunk | None = None
-    interrupted = False
-    with _deferred_interrupt() as stop_requested:
-        try:
-            while True:
-                ahead = None
-                if step < steps and not stop_requested() and not (pending and due(pending.stop)):
-                    ahead = _dispatch(prep, step, min(eval_every, steps - step))
-                    step = ahead.stop
-                if pending is not None:
-                    history, done = record(pending), pending.stop
-                    for cb in callbacks:
-                        cb.on_chunk(pending.start, done, history)
-                    if due(done):
-                        ckpt.save(done, group_states(plan), history, members)
-                        last_ckpt = done
-                pending = ahead
-                if pending is None and (step >= steps or stop_requested()):
-                    break
-        except KeyboardInterrupt:  # raised by a callback: record what already ran
-            interrupted = True
-            for chunk in (pending, ahead):
-                if chunk is not None and chunk.stop > done:
-                    history, done = record(chunk), chunk.stop
-        interrupted = interrupted or stop_requested()
-        if interrupted and ckpt is not None and done > last_ckpt:
-            ckpt.save(done, group_states(plan), history, members)
-    return done, history, interrupted
+def run_all(sweep: Sweep) -> SweepResult:
+    """The plain strategy: every trial of the search space trains to ``train.steps``."""
+    pop = sweep.population()
+    sweep.open_checkpoints()
+    restored = sweep.restore(lambda extra: (pop.templates(), pop.members))
+    start = 0
+    if restored is None:
+        pop.init()
+    else:
+        start = restored[0]
+        pop.scatter(sweep.restored_states())
+    sweep.begin(pop, start)
+    step, interrupted = sweep.train(pop, start, sweep.steps)
+    return sweep.finish([pop], step, interrupted)
 
 
 def run_sweep(
@@ -205,11 +242,12 @@ def run_sweep(
     verbose: bool = False,
     search_path: Sequence[str | Path] = (),
 ) -> SweepResult:
-    """Train every trial of a sweep, vectorized per group, and collect the results.
+    """Train the trials of a sweep, vectorized per group, and collect the results.
 
     Args:
       config: a :class:`jaxtune.SweepConfig`, a dict of sections/dotted keys, or ``None`` for
-        the bundled default sweep.
+        the bundled default sweep. ``sweep.strategy`` picks how trials train (every trial to the
+        end, or an adaptive strategy of :mod:`jaxtune.search`).
       task: a :class:`jaxtune.Task`, or ``task(structure) -> Task`` called once per structure
         group with the group's flat configuration minus its numeric keys (so structure sweeps
         of width or depth work with user code). Default: ``task.factory``, else the built-in
@@ -246,86 +284,10 @@ def run_sweep(
         callbacks = ()  # results, logs and plots are written by process 0
     if resume and (out_dir is None or base["checkpoint.every"] == 0):
         raise ConfigError("resume needs an output directory and checkpoint.every > 0")
+    module, _, attr = registry.STRATEGIES[cfg.strategy].partition(":")
+    strategy = getattr(importlib.import_module(module), attr)
     binder = Binder(
         cfg, task=task, optimizer=optimizer, model=model, dataset=dataset, search=search_path
     )
-    prep = prepare(cfg, binder)
-    parallel.barrier("jaxtune-compiled")
-    if out_dir is not None and parallel.is_primary():
-        _write_config(Path(out_dir), cfg)
-    plan = prep.plan
-    steps = base["train.steps"]
-    n = len(plan.trials)
-    history = _empty_history(n, steps, _eval_keys(prep, binder))
-    start_step = 0
-    ckpt = None
-    members = [g.members for g in plan.groups]
-    if out_dir is not None and base["checkpoint.every"] > 0:
-        ckpt = ckpt_lib.SweepCheckpointer(Path(out_dir) / "checkpoints", cfg, resume=resume)
-    restored = None
-    if ckpt is not None and resume:
-        restored = ckpt.restore_latest(group_templates(plan), members)
-    if restored is not None:
-        start_step, states, saved = restored
-        history = {**history, **saved}
-        scatter_states(plan, states)
-    else:
-        for unit in plan.units:
-            unit.state = unit.init(unit.hp, unit.keys)
-    info = {
-        "names": plan.names,
-        "hparams": plan.hparams,
-        "steps": steps,
-        "num_trials": n,
-        "out_dir": None if out_dir is None else str(out_dir),
-        "start_step": start_step,
-        "selection": prep.selection,
-        "groups": plan.group_info,
-        "devices": plan.mesh.size,
-        "backend": jax.default_backend(),
-    }
-    if verbose:
-        print(describe(prep))
-    for cb in callbacks:
-        cb.on_start(info)
-
-    t_run = time.perf_counter()
-    step, history, interrupted = _train(prep, start_step, history, callbacks, ckpt, members)
-    if ckpt is not None:
-        ckpt.close()
-    run_s = time.perf_counter() - t_run
-    timing = {
-        "compile_s": prep.compile_s,
-        "run_s": run_s,
-        "trial_steps_per_s": (step - start_step) * n / run_s if run_s > 0 else math.nan,
-        "steps_done": step,
-        "interrupted": interrupted,
-        "groups": plan.group_info,
-        "backend": jax.default_backend(),
-        "devices": plan.mesh.size,
-        "trials_per_call": prep.choice,
-    }
-    div_steps: list[int | None] = [None] * n
-    for unit in plan.units:
-        ds_ = np.asarray(parallel.gather(unit.state.diverged_step))
-        for j, i in enumerate(unit.trial_ids):
-            div_steps[i] = int(ds_[j]) if ds_[j] >= 0 else None
-    trials = summarize(cfg, plan.names, plan.hparams, history, div_steps, prep.selection, step)
-    result = SweepResult(cfg, trials, history, timing, prep.selection)
-    multi = jax.process_count() > 1
-    result.units = [
-        TrainedUnit(
-            u.trial_ids,
-            parallel.gather(u.state) if multi else u.state,
-            parallel.gather(u.hp),
-            plan.groups[u.group].bound.task,
-        )
-        for u in plan.units
-    ]
-    if out_dir is not None and parallel.is_primary():
-        result.save(out_dir)
-    for cb in callbacks:
-        cb.on_end(result)
-    if interrupted:
-        raise KeyboardInterrupt
-    return result
+    sweep = Sweep(cfg, binder, out_dir=out_dir, resume=resume, callbacks=callbacks, verbose=verbose)
+    return strategy(sweep)

@@ -1,0 +1,215 @@
+"""The chunk loop: train a population for a span of steps, with host work in between chunks.
+
+Each chunk runs every unit's compiled program once; between chunks the host records the
+histories, calls the callbacks (progress bar, TensorBoard) and writes checkpoints. The next chunk
+is dispatched before the host records the previous one, so that host work overlaps the device's.
+The first Ctrl-C stops at the next chunk boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxtune import parallel
+from jaxtune.engine.compile import SPLITS, Prepared
+from jaxtune.engine.result import STEP_KEYS
+
+__all__ = ["Checkpoints", "SweepCallback", "empty_history", "eval_keys", "train"]
+
+
+class SweepCallback:
+    """Hooks called on the host between compiled chunks. Subclass and override what you need."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        """``info`` has ``names``, ``hparams``, ``steps``, ``num_trials``, ``out_dir``,
+        ``start_step``, ``selection``, ``groups``, ``devices``, ``backend``."""
+
+    def on_chunk(self, start: int, stop: int, history: dict[str, np.ndarray]) -> None:
+        """Steps ``[start, stop)`` are done; ``history`` holds all metrics up to ``stop``."""
+
+    def on_end(self, result: Any) -> None:
+        """The sweep finished (or stopped); ``result`` is the final :class:`SweepResult`."""
+
+
+@dataclasses.dataclass
+class Checkpoints:
+    """When to save (every ``every`` steps and at the end) and what: a population and a note.
+
+    ``extra`` (JSON) is stored with each checkpoint: what a strategy needs to rebuild the
+    population it was running (for a plain sweep, nothing).
+    """
+
+    checkpointer: Any  # jaxtune.checkpoint.SweepCheckpointer
+    every: int
+    last: int = 0
+
+    def due(self, step: int, end: int) -> bool:
+        return step // self.every > self.last // self.every or step == end
+
+    def save(self, step: int, population: Any, history: dict, extra: dict | None = None) -> None:
+        self.checkpointer.save(
+            step, population.group_states(), history, population.members, extra=extra
+        )
+        self.last = step
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Turn the first Ctrl-C into a request to stop at the next chunk boundary.
+
+    A chunk's update of every trial's state is then never cut in half, so the final checkpoint
+    is consistent. A second Ctrl-C interrupts at once.
+    """
+    requested = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(True)
+        print("\nstopping after the current chunk (Ctrl-C again to abort now)", flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def empty_history(n: int, steps: int, eval_names: Sequence[str]) -> dict[str, np.ndarray]:
+    history = {k: np.full((n, steps), np.nan, np.float32) for k in STEP_KEYS if k != "clipped"}
+    history["clipped"] = np.zeros((n, steps), bool)
+    history["eval_step"] = np.zeros((0,), np.int32)
+    for k in eval_names:
+        history[k] = np.zeros((n, 0), np.float32)
+    return history
+
+
+def eval_keys(prep: Prepared) -> list[str]:
+    """``<split>.<metric>`` of every evaluated split and metric of a prepared population."""
+    keys = []
+    for g in prep.plan.groups:
+        for split in g.program.splits:
+            for m in ["loss", *g.bound.metric_names]:
+                keys.append(f"{split}.{m}")
+    return list(dict.fromkeys(keys))
+
+
+def record(history, prep: Prepared, outs, start: int, length: int) -> dict[str, np.ndarray]:
+    """Write one chunk's per-step metrics and evaluations into the sweep-wide histories."""
+    history = dict(history)
+    plan, stop = prep.plan, start + length
+    n = history["train.loss"].shape[0]
+    evals = {k: np.full((n,), np.nan, np.float32) for k in history if k.startswith(SPLITS)}
+    names = ("loss", "grad_norm", "clipped", "learning_rate")
+    for unit, (metrics, ev) in zip(plan.units, outs, strict=True):
+        ids = np.asarray(plan.ids)[unit.trial_ids]
+        k = len(ids)
+        for name, key in zip(names, STEP_KEYS, strict=True):
+            history[key][ids, start:stop] = np.asarray(metrics[name])[:, :k].T
+        for name, v in ev.items():
+            evals[name][ids] = np.asarray(v)[:k]
+    # One column per evaluated step: populations that run the same steps (Hyperband's
+    # brackets) share it, each writing its own rows.
+    steps = history["eval_step"]
+    at = np.flatnonzero(steps == stop)
+    if at.size:
+        j = int(at[0])
+        rows = np.asarray(plan.ids)
+        for name, v in evals.items():
+            history[name] = history[name].copy()
+            history[name][rows, j] = v[rows]
+        return history
+    j = int(np.searchsorted(steps, stop))
+    history["eval_step"] = np.insert(steps, j, np.int32(stop))
+    for name, v in evals.items():
+        history[name] = np.insert(history[name], j, v, axis=1)
+    return history
+
+
+class _Chunk(NamedTuple):
+    """A dispatched chunk of steps ``[start, stop)`` and its (possibly pending) outputs."""
+
+    start: int
+    stop: int
+    outs: list
+
+
+def _dispatch(prep: Prepared, start: int, length: int) -> _Chunk:
+    """Run every unit's program for one chunk; returns at once (JAX dispatches asynchronously)."""
+    plan, outs = prep.plan, []
+    for unit in plan.units:
+        data = prep.data[plan.groups[unit.group].data_index]
+        unit.state, metrics, evals = unit.chunk[length](
+            unit.state, unit.hp, data, np.int32(start), unit.data_key
+        )
+        outs.append((metrics, evals))
+    return _Chunk(start, start + length, outs)
+
+
+def train(
+    population: Any,
+    start: int,
+    stop: int,
+    history: dict[str, np.ndarray],
+    *,
+    callbacks: Sequence[SweepCallback] = (),
+    checkpoints: Checkpoints | None = None,
+    extra: dict | None = None,
+    end: int | None = None,
+) -> tuple[int, dict[str, np.ndarray], bool]:
+    """Train ``population`` over steps ``[start, stop)``. Returns ``(step, history, interrupted)``.
+
+    Checkpoints are written every ``checkpoint.every`` steps and at step ``end`` (default
+    ``stop``); before a checkpoint the loop does not run ahead, so the saved state is the state
+    at the recorded step.
+    """
+    prep = population.prep
+    eval_every = prep.cfg.base["train.eval_every"]
+    end = stop if end is None else end
+    done = step = start
+
+    def due(at: int) -> bool:
+        return checkpoints is not None and checkpoints.due(at, end)
+
+    def rec(chunk: _Chunk) -> dict[str, np.ndarray]:
+        outs = parallel.gather(chunk.outs)
+        return record(history, prep, outs, chunk.start, chunk.stop - chunk.start)
+
+    pending: _Chunk | None = None
+    ahead: _Chunk | None = None
+    interrupted = False
+    with deferred_interrupt() as stop_requested:
+        try:
+            while True:
+                ahead = None
+                if step < stop and not stop_requested() and not (pending and due(pending.stop)):
+                    ahead = _dispatch(prep, step, min(eval_every, stop - step))
+                    step = ahead.stop
+                if pending is not None:
+                    history, done = rec(pending), pending.stop
+                    for cb in callbacks:
+                        cb.on_chunk(pending.start, done, history)
+                    if due(done):
+                        checkpoints.save(done, population, history, extra)
+                pending = ahead
+                if pending is None and (step >= stop or stop_requested()):
+                    break
+        except KeyboardInterrupt:  # raised by a callback: record what already ran
+            interrupted = True
+            for chunk in (pending, ahead):
+                if chunk is not None and chunk.stop > done:
+                    history, done = rec(chunk), chunk.stop
+        interrupted = interrupted or stop_requested()
+        if interrupted and checkpoints is not None and done > checkpoints.last:
+            checkpoints.save(done, population, history, extra)
+    return done, history, interrupted

@@ -1,0 +1,136 @@
+"""A population: the live trials of a sweep, as compiled units holding stacked states.
+
+:func:`jaxtune.run_sweep` trains one population of every trial from step 0 to ``train.steps``.
+Adaptive strategies (:mod:`jaxtune.search`) train a population for a while, look at the
+validation metric, then continue with another population built from some of the trials' states:
+the survivors of a rung, repacked into a smaller program, or a population whose weakest members
+copied the state of its best. Trials keep their sweep-wide id (their row in the histories)
+whichever population they are in; a trial that leaves a population keeps its histories up to its
+last step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtune import parallel
+from jaxtune.config import SweepConfig
+from jaxtune.engine.bind import Binder
+from jaxtune.engine.compile import Prepared, prepare
+from jaxtune.engine.loop import train
+from jaxtune.engine.plan import (
+    group_states,
+    group_templates,
+    pad_trials,
+    scatter_states,
+    trial_sharding,
+)
+from jaxtune.engine.result import TrainedUnit
+from jaxtune.engine.step import TrainState
+
+__all__ = ["Population"]
+
+
+class Population:
+    """Trials ``(sweep-wide id, overrides)`` of ``cfg``, planned and compiled (nothing runs yet).
+
+    Args:
+      cfg: the sweep configuration.
+      binder: binds each structure group to its task and optimizer.
+      trials: the population; None is the whole search space with ids ``0 .. N-1``.
+    """
+
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        binder: Binder,
+        trials: Sequence[tuple[int, dict[str, Any]]] | None = None,
+    ) -> None:
+        self.cfg, self.binder = cfg, binder
+        self.prep: Prepared = prepare(cfg, binder, trials=trials)
+        self.plan = self.prep.plan
+
+    @property
+    def ids(self) -> list[int]:
+        return list(self.plan.ids)
+
+    @property
+    def members(self) -> list[list[int]]:
+        """Each group's trials as positions in the population (what a checkpoint records)."""
+        return [g.members for g in self.plan.groups]
+
+    def init(self) -> None:
+        """Fresh states: every trial initialized from its own seed."""
+        for unit in self.plan.units:
+            unit.state = unit.init(unit.hp, unit.keys)
+
+    def templates(self) -> list[Any]:
+        return group_templates(self.plan)
+
+    def group_states(self) -> list[Any]:
+        return group_states(self.plan)
+
+    def scatter(self, states: Sequence[Any]) -> None:
+        scatter_states(self.plan, states)
+
+    def states(self) -> dict[int, TrainState]:
+        """Each trial's state as host arrays, by sweep-wide id."""
+        out = {}
+        for group, stacked in zip(self.plan.groups, group_states(self.plan), strict=True):
+            for j, pos in enumerate(group.members):
+                out[self.plan.ids[pos]] = jax.tree.map(lambda a, j=j: a[j], stacked)
+        return out
+
+    def load(self, states: Mapping[int, TrainState]) -> None:
+        """Give every trial the state ``states[id]`` (e.g. the state it reached elsewhere)."""
+        stacked = []
+        for group in self.plan.groups:
+            parts = [states[self.plan.ids[pos]] for pos in group.members]
+            stacked.append(jax.tree.map(lambda *xs: np.stack(xs), *parts))
+        scatter_states(self.plan, stacked)
+
+    def set_hp(self, values: Mapping[int, Mapping[str, float]]) -> None:
+        """Change numeric hyperparameters of some trials (by id); nothing recompiles."""
+        pos = {i: p for p, i in enumerate(self.plan.ids)}
+        sharding = trial_sharding(self.plan.mesh)
+        for unit in self.plan.units:
+            hp = {k: np.array(v) for k, v in parallel.gather(unit.hp).items()}
+            changed = False
+            for j, p in enumerate(unit.trial_ids):
+                for key, v in values.get(self.plan.ids[p], {}).items():
+                    hp[key][j] = v
+                    changed = True
+            if changed:
+                hp = pad_trials({k: a[: len(unit.trial_ids)] for k, a in hp.items()}, unit.size)
+                unit.hp = parallel.put(hp, sharding)
+        for i, new in values.items():
+            self.plan.trials[pos[i]].update(new)
+
+    def run(self, start: int, stop: int, history: dict[str, np.ndarray], **kwargs: Any) -> Any:
+        """Train steps ``[start, stop)``; see :func:`jaxtune.engine.loop.train`."""
+        return train(self, start, stop, history, **kwargs)
+
+    def diverged_steps(self) -> dict[int, int | None]:
+        out = {}
+        for unit in self.plan.units:
+            steps = np.asarray(parallel.gather(unit.state.diverged_step))
+            for j, p in enumerate(unit.trial_ids):
+                out[self.plan.ids[p]] = int(steps[j]) if steps[j] >= 0 else None
+        return out
+
+    def trained_units(self) -> list[TrainedUnit]:
+        """The trained states, for :attr:`jaxtune.SweepResult.units` (sweep-wide ids)."""
+        multi = jax.process_count() > 1
+        return [
+            TrainedUnit(
+                [self.plan.ids[p] for p in u.trial_ids],
+                parallel.gather(u.state) if multi else u.state,
+                parallel.gather(u.hp),
+                self.plan.groups[u.group].bound.task,
+            )
+            for u in self.plan.units
+        ]
