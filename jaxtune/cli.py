@@ -12,8 +12,9 @@ A configuration problem (missing file, TOML syntax error, unknown key, bad value
 that cannot be used) exits with status 2 and one line on stderr; Ctrl-C exits with status 130
 after saying how to resume.
 
-Other modules add subcommands through :func:`build_parser`: a ``jaxtune.diagnostics`` module with
-``add_subcommands(subparsers, add_config_arguments)`` is called when present. A subcommand sets
+Other modules add subcommands through :func:`build_parser`: ``jaxtune.diagnostics`` (``check``,
+``lr-find``) and ``jaxtune.search.cli`` (``tune``) define
+``add_subcommands(subparsers, add_config_arguments)``, called when present. A subcommand sets
 ``func`` (``func(args) -> int``) with ``set_defaults``; :func:`main` turns a ``ConfigError`` raised
 by it into exit status 2.
 """
@@ -137,16 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Modules that add subcommands (``add_subcommands(subparsers, add_config_arguments)``).
+_PLUGINS = ("jaxtune.diagnostics", "jaxtune.search.cli")
+
+
 def _add_plugin_subcommands(subparsers: Any) -> None:
-    try:
-        module = importlib.import_module("jaxtune.diagnostics")
-    except ImportError as e:
-        if getattr(e, "name", None) in ("jaxtune.diagnostics", None):
-            return  # not installed: nothing to add
-        raise  # the module exists but one of its own imports failed: show it
-    add = getattr(module, "add_subcommands", None)
-    if callable(add):
-        add(subparsers, add_config_arguments)
+    for name in _PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            if getattr(e, "name", None) in (name, None):
+                continue  # not installed: nothing to add
+            raise  # the module exists but one of its own imports failed: show it
+        add = getattr(module, "add_subcommands", None)
+        if callable(add):
+            add(subparsers, add_config_arguments)
 
 
 # ----------------------------------------------------------------------------------------------
