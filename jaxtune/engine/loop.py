@@ -43,21 +43,29 @@ class Checkpoints:
     """When to save (every ``every`` steps and at the end) and what: a population and a note.
 
     ``extra`` (JSON) is stored with each checkpoint: what a strategy needs to rebuild the
-    population it was running (for a plain sweep, nothing).
+    population it was running (for a plain sweep, nothing), plus the population's ``step`` and
+    ``offset``. A checkpoint is numbered ``offset + step``: a strategy whose populations start
+    again from step 0 (Hyperband's brackets) raises ``offset`` so the numbers keep growing.
     """
 
     checkpointer: Any  # jaxtune.checkpoint.SweepCheckpointer
     every: int
     last: int = 0
+    offset: int = 0
 
     def due(self, step: int, end: int) -> bool:
         return step // self.every > self.last // self.every or step == end
 
     def save(self, step: int, population: Any, history: dict, extra: dict | None = None) -> None:
+        extra = {**(extra or {}), "step": int(step), "offset": int(self.offset)}
         self.checkpointer.save(
-            step, population.group_states(), history, population.members, extra=extra
+            self.offset + step, population.group_states(), history, population.members, extra=extra
         )
         self.last = step
+
+    def restart(self, offset: int) -> None:
+        """A new population starts from step 0; its checkpoints are numbered from ``offset``."""
+        self.offset, self.last = offset, 0
 
 
 @contextlib.contextmanager

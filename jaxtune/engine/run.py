@@ -104,10 +104,11 @@ class Sweep:
         restored = self.checkpoints.checkpointer.restore_latest(expect)
         if restored is None:
             return None
-        step, states, saved, extra = restored
+        number, states, saved, extra = restored
         self._restored_states = states
         self.history = {**self.history, **saved}
-        self.checkpoints.last = step
+        step = int(extra.get("step", number))
+        self.checkpoints.offset, self.checkpoints.last = int(extra.get("offset", 0)), step
         return step, extra
 
     def restored_states(self) -> list[Any]:

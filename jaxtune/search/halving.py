@@ -23,7 +23,7 @@ import numpy as np
 from jaxtune.engine.result import SweepResult
 from jaxtune.engine.run import Sweep
 
-__all__ = ["rung_steps", "run_halving", "run_hyperband", "select_survivors"]
+__all__ = ["deal", "rung_steps", "run_halving", "run_hyperband", "select_survivors"]
 
 
 def rung_steps(n: int, steps: int, eta: float, every: int, first: int | None = None) -> list[int]:
@@ -92,9 +92,10 @@ def _bracket(sweep, pop, live, step, rungs, eta, bracket, state) -> tuple[Any, i
     ``rungs``. ``state`` collects what stopped, why, and each rung's survivors."""
     sweep.begin(pop, step)
     while True:
-        sel = pop.prep.selection
-        target = next((b for b in rungs if b > step), rungs[-1])
-        if step < target:
+        done = any(r["bracket"] == bracket and r["step"] == step for r in state["rungs"])
+        if step not in rungs[:-1] or done:  # not at a rung (or resumed after its selection)
+            if step >= rungs[-1]:
+                return pop, step, False
             extra = {
                 "bracket": bracket,
                 "live": list(live),
@@ -102,11 +103,12 @@ def _bracket(sweep, pop, live, step, rungs, eta, bracket, state) -> tuple[Any, i
                 "diverged": {str(i): v for i, v in state["diverged"].items()},
                 "rungs": state["rungs"],
             }
+            target = next(b for b in rungs if b > step)
             step, interrupted = sweep.train(pop, step, target, extra=extra)
             if interrupted:
                 return pop, step, True
-        if step >= rungs[-1]:
-            return pop, step, False
+            continue
+        sel = pop.prep.selection
         diverged = pop.diverged_steps()
         survivors, stopped = select_survivors(
             sweep.history, live, step, sel.metric, sel.mode, eta, diverged
@@ -159,6 +161,8 @@ def _run(sweep: Sweep, brackets: list[tuple[list[int], list[int]]], strategy: st
             live, step = list(ids), 0
             pop = sweep.population(live)
             pop.init()
+            if sweep.checkpoints is not None:
+                sweep.checkpoints.restart(b * sweep.steps)
         pop, step, interrupted = _bracket(sweep, pop, live, step, rungs, eta, b, state)
         populations.append(pop)
         if interrupted:
@@ -189,6 +193,24 @@ def run_halving(sweep: Sweep) -> SweepResult:
     return _run(sweep, [(list(range(n)), rungs)], "halving")
 
 
+def deal(n: int, weights: Sequence[float]) -> list[int]:
+    """Split ``n`` trials in proportion to ``weights`` (largest remainders; every trial dealt).
+
+    Example:
+      >>> deal(8, [9, 5, 3])
+      [4, 2, 2]
+      >>> deal(81, [81, 34, 15, 8, 5])
+      [46, 19, 8, 5, 3]
+    """
+    total = float(sum(weights))
+    exact = [w * n / total for w in weights]
+    counts = [math.floor(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda j: (counts[j] - exact[j], j))
+    for j in order[: n - sum(counts)]:
+        counts[j] += 1
+    return counts
+
+
 def run_hyperband(sweep: Sweep) -> SweepResult:
     """``sweep.strategy = "hyperband"``: brackets of successive halving with different starts.
 
@@ -203,9 +225,7 @@ def run_hyperband(sweep: Sweep) -> SweepResult:
     s_max = max(0, math.floor(math.log(steps / r) / math.log(eta) + 1e-9))
     want = [math.ceil((s_max + 1) / (s + 1) * eta**s) for s in range(s_max, -1, -1)]
     n = len(sweep.overrides)
-    counts = [max(1, round(w * n / sum(want))) for w in want]
-    while sum(counts) > n and max(counts) > 1:
-        counts[counts.index(max(counts))] -= 1
+    counts = deal(n, want)
     brackets, start = [], 0
     for s, count in zip(range(s_max, -1, -1), counts, strict=True):
         ids = list(range(start, min(start + count, n)))

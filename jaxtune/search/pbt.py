@@ -23,11 +23,12 @@ import numpy as np
 
 from jaxtune.config import space as space_lib
 from jaxtune.config.schema import KEYS, check_value, is_hparam
+from jaxtune.engine.population import Population
 from jaxtune.engine.result import SweepResult
 from jaxtune.engine.run import Sweep
 from jaxtune.errors import ConfigError
 
-__all__ = ["exploit_explore", "run_pbt", "winning_schedule"]
+__all__ = ["copy_states", "exploit_explore", "run_pbt", "winning_schedule"]
 
 #: Numeric keys PBT never perturbs: they fix the data order and the compiled batch shape.
 _FIXED = ("train.seed", "train.batch_size")
@@ -108,6 +109,16 @@ def exploit_explore(
     return copies, new_hp
 
 
+def copy_states(pop: Population, copies: Mapping[int, int]) -> None:
+    """Exploit: trial ``dst`` takes the whole state of ``copies[dst]`` except its own key.
+
+    Parameters, optimizer and model state, step and divergence flags are copied bit for bit;
+    the key stays, so the copier keeps its own data order and dropout masks.
+    """
+    states = pop.states()
+    pop.load({i: states[copies.get(i, i)]._replace(key=states[i].key) for i in pop.ids})
+
+
 def winning_schedule(
     winner: int, lineage: Sequence[Mapping[str, Any]], initial: Mapping[int, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -160,8 +171,7 @@ def run_pbt(sweep: Sweep) -> SweepResult:
             for i in range(n)
         }
         copies, new_hp = exploit_explore(sweep, values, hp, at, sel.mode)
-        states = pop.states()
-        pop.load({i: states[copies.get(i, i)]._replace(key=states[i].key) for i in range(n)})
+        copy_states(pop, copies)
         pop.set_hp(new_hp)
         for dst, src in copies.items():
             hp[dst] = new_hp[dst]
