@@ -236,6 +236,12 @@ PBT = {
 }
 
 
+def _sweep(config):
+    cfg = jaxtune.SweepConfig.from_dict(config)
+    binder = Binder(cfg, task=TASK)
+    return Sweep(cfg, binder, out_dir=None, resume=False, callbacks=(), verbose=False)
+
+
 def test_exploit_copies_the_whole_state_bit_for_bit_but_keeps_the_key():
     cfg = jaxtune.SweepConfig.from_dict(_with(PBT, train={"steps": 40}))
     sweep = Sweep(
@@ -265,20 +271,22 @@ def test_exploit_copies_the_whole_state_bit_for_bit_but_keeps_the_key():
 
 
 def test_exploit_explore_moves_the_bottom_quantile_to_the_top():
-    cfg = jaxtune.SweepConfig.from_dict(_with(PBT, pbt={"quantile": 0.25}))
-    sweep = Sweep(
-        cfg, Binder(cfg, task=TASK), out_dir=None, resume=False, callbacks=(), verbose=False
-    )
     values = {i: float(v) for i, v in enumerate([5, 1, 7, 3, math.nan, 2, 8, 4])}
     hp = {i: {"optimizer.learning_rate": 0.01 * (i + 1)} for i in range(8)}
+    sweep = _sweep(_with(PBT, pbt={"quantile": 0.25, "resample_probability": 0.0}))
     copies, new_hp = pbt.exploit_explore(sweep, values, hp, 100, "min")
     assert set(copies) == {4, 6}  # NaN counts as worst, then 8
-    assert set(copies.values()) <= {1, 5}
+    assert set(copies.values()) <= {1, 5}  # the best two
     for dst, src in copies.items():
-        lr = new_hp[dst]["optimizer.learning_rate"]
-        old = hp[src]["optimizer.learning_rate"]
-        assert lr == pytest.approx(old * 0.8) or lr == pytest.approx(old * 1.25) or 0 < lr
+        ratio = new_hp[dst]["optimizer.learning_rate"] / hp[src]["optimizer.learning_rate"]
+        assert ratio == pytest.approx(0.8) or ratio == pytest.approx(1.25)
     assert pbt.exploit_explore(sweep, values, hp, 100, "min") == (copies, new_hp)  # keyed
+    # Always resampling draws from the search space's values.
+    sweep = _sweep(_with(PBT, pbt={"quantile": 0.5, "resample_probability": 1.0}))
+    copies, new_hp = pbt.exploit_explore(sweep, values, hp, 200, "min")
+    assert len(copies) == 4
+    grid = set(PBT["sweep"]["grid"]["optimizer.learning_rate"])
+    assert all(v["optimizer.learning_rate"] in grid for v in new_hp.values())
 
 
 def test_pbt_beats_the_best_constant_learning_rate_of_the_same_population():
