@@ -117,6 +117,9 @@ class SweepConfig:
         space = space_lib.check_space(sweep.get("space", {}), base)
         trials = space_lib.check_trials(sweep.get("trials", []), base, _flatten)
         num_trials = sweep.get("num_trials")
+        strategy = sweep.get("strategy", "all")
+        if strategy == "optuna" and method in ("random", "quasi_random"):
+            num_trials = _optuna_trials(base, num_trials)
         if method in ("random", "quasi_random"):
             if not space:
                 raise ConfigError(f"sweep.method = {method!r} needs a non-empty sweep.space table")
@@ -129,7 +132,6 @@ class SweepConfig:
             raise ConfigError("sweep.space is only used by methods 'random' and 'quasi_random'")
         if method == "list" and not trials:
             raise ConfigError("sweep.method = 'list' needs a non-empty sweep.trials list")
-        strategy = sweep.get("strategy", "all")
         if strategy not in registry.STRATEGIES:
             raise ConfigError(
                 f"sweep.strategy = {strategy!r} is invalid: expected one of "
@@ -218,6 +220,22 @@ def _check_strategy(cfg: SweepConfig) -> None:
             "sweep.strategy = 'optuna' needs sweep.space distributions: set sweep.method to "
             "'random' or 'quasi_random' (optuna's sampler proposes the points)"
         )
+    if strategy == "optuna" and cfg.seeds != 1:
+        raise ConfigError(
+            f"sweep.seeds = {cfg.seeds} is invalid with sweep.strategy = 'optuna': expected 1 "
+            "(optuna proposes each point once; repeat the best over seeds afterwards)"
+        )
+
+
+def _optuna_trials(base: Mapping[str, Any], num_trials: Any) -> int:
+    """Optuna proposes ``optuna.batch_size`` trials per round for ``optuna.rounds`` rounds."""
+    n = base["optuna.batch_size"] * base["optuna.rounds"]
+    if num_trials is not None and num_trials != n:
+        raise ConfigError(
+            f"sweep.num_trials = {num_trials!r} is invalid with sweep.strategy = 'optuna': "
+            f"leave it out, or set it to optuna.batch_size x optuna.rounds = {n}"
+        )
+    return n
 
 
 def expand_trials(cfg: SweepConfig) -> list[dict[str, Any]]:

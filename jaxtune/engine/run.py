@@ -53,9 +53,7 @@ class Sweep:
         self.overrides = config_lib.expand_trials(cfg)
         if not self.overrides:
             raise ConfigError("the search space is empty: the sweep has no trials")
-        varying = list(dict.fromkeys(k for o in self.overrides for k in o))
-        self.hparams = [{k: {**cfg.base, **o}[k] for k in varying} for o in self.overrides]
-        self.names = [f"{i:03d}-{config_lib.trial_name(h)}" for i, h in enumerate(self.hparams)]
+        self.define({})
         self.history: dict[str, np.ndarray] | None = None
         self.checkpoints: Checkpoints | None = None
         self.compile_s = 0.0
@@ -63,6 +61,23 @@ class Sweep:
         self.trial_steps = 0
         self._t0 = time.perf_counter()
         self._started = False
+
+    def define(
+        self, overrides: Mapping[int, Mapping[str, Any]], names: Sequence[str] | None = None
+    ) -> None:
+        """Set the overrides of some trials (a strategy that proposes its own points) and
+        recompute every trial's varying keys; ``names`` replaces the trials' names."""
+        for i, o in overrides.items():
+            self.overrides[i] = dict(o)
+        varying = list(dict.fromkeys(k for o in self.overrides for k in o))
+        base = self.cfg.base
+        self.hparams = [{k: {**base, **o}[k] for k in varying} for o in self.overrides]
+        if names is not None:
+            self.names = list(names)
+        elif not overrides:
+            self.names = [
+                f"{i:03d}-{config_lib.trial_name(h)}" for i, h in enumerate(self.hparams)
+            ]
 
     @property
     def steps(self) -> int:

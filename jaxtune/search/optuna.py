@@ -1,0 +1,234 @@
+"""Batched model-based proposals: Optuna's samplers, each round trained as one vectorized group.
+
+``sweep.strategy = "optuna"`` (needs ``pip install "jaxtune[optuna]"``). Each of ``optuna.rounds``
+rounds asks the sampler (``optuna.sampler``: TPE by default, CMA-ES, Gaussian process, QMC or
+random) for ``optuna.batch_size`` points of ``sweep.space`` through Optuna's ask-and-tell API,
+trains them together (one compiled program per structure group, like any sweep) and tells the
+study each trial's validation metric (``select.metric``, its final value, exactly what the result
+table shows); the evaluations along the way are reported as intermediate values, so the
+dashboard draws the curves. A diverged trial (or one whose metric is not finite) is told as
+*pruned*, with the step it diverged at in its ``diverged_step`` user attribute.
+
+With an output folder the study lives in ``<out>/optuna.db`` (SQLite, study ``jaxtune``):
+``optuna-dashboard sqlite:///<out>/optuna.db`` shows it, and ``--resume`` continues the round
+that was interrupted (from its checkpoint) and the rounds after it. Each round's sampler is
+seeded from ``(sweep.seed, round)``, so a resumed study proposes what the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from jaxtune.config.space import freeze
+from jaxtune.engine.result import SweepResult
+from jaxtune.engine.run import Sweep
+from jaxtune.errors import ConfigError
+
+__all__ = ["distribution", "make_sampler", "run_optuna"]
+
+STUDY = "jaxtune"
+
+
+def _optuna() -> Any:
+    try:
+        return importlib.import_module("optuna")
+    except ImportError:
+        raise ConfigError(
+            "sweep.strategy = 'optuna' needs Optuna: run  pip install \"jaxtune[optuna]\""
+        ) from None
+
+
+def make_sampler(name: str, seed: int) -> Any:
+    """The Optuna sampler ``optuna.sampler = name``, seeded with ``seed``."""
+    optuna = _optuna()
+    samplers = optuna.samplers
+    if name == "cmaes":
+        _needs("cmaes", "cmaes")
+    if name == "gp":
+        _needs("torch", "gp")
+    with warnings.catch_warnings():  # some samplers are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            # constant_liar: a batch is asked before any of it is told; the liar keeps TPE
+            # from proposing the same point batch_size times.
+            return samplers.TPESampler(seed=seed, constant_liar=True)
+        if name == "cmaes":  # categorical keys (structure choices) are sampled at random
+            return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if name == "gp":
+            return samplers.GPSampler(seed=seed)
+        if name == "qmc":
+            return samplers.QMCSampler(seed=seed, scramble=True)
+        return samplers.RandomSampler(seed=seed)
+
+
+def _needs(module: str, sampler: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"optuna.sampler = {sampler!r} needs the {module} package: run  pip install {module}"
+        ) from None
+
+
+def distribution(spec: Mapping[str, Any]) -> Any:
+    """The Optuna distribution of a ``sweep.space`` entry.
+
+    Choices that Optuna cannot store (lists, e.g. layer widths) become their JSON text.
+
+    Example:
+      >>> distribution({"distribution": "log_uniform", "low": 1e-3, "high": 1.0})
+      FloatDistribution(high=1.0, log=True, low=0.001, step=None)
+    """
+    dists = _optuna().distributions
+    kind = spec["distribution"]
+    if kind == "choice":
+        return dists.CategoricalDistribution([_choice(v) for v in spec["choice"]])
+    if kind == "int_uniform":
+        return dists.IntDistribution(int(spec["low"]), int(spec["high"]))
+    return dists.FloatDistribution(
+        float(spec["low"]), float(spec["high"]), log=kind == "log_uniform"
+    )
+
+
+def _choice(v: Any) -> Any:
+    return v if v is None or isinstance(v, bool | int | float | str) else json.dumps(v)
+
+
+def _value(spec: Mapping[str, Any], v: Any) -> Any:
+    """The configuration value of a parameter Optuna returned (undoes :func:`_choice`)."""
+    if spec["distribution"] == "choice":
+        for c in spec["choice"]:
+            if _choice(c) == v:
+                return freeze(c)
+    if spec["distribution"] == "int_uniform":
+        return int(v)
+    return v if spec["distribution"] == "choice" else float(v)
+
+
+def _round_seed(seed: int, r: int) -> int:
+    return int(np.random.SeedSequence([seed, r]).generate_state(1)[0])
+
+
+def _tell(optuna: Any, study: Any, sweep: Sweep, i: int, pop: Any) -> None:
+    """Report trial ``i``'s evaluations to Optuna trial ``i`` and tell its outcome."""
+    sel = pop.prep.selection
+    h = sweep.history
+    frozen = study.trials[i]
+    trial = optuna.trial.Trial(study, frozen._trial_id)
+    values = h[sel.metric][i]
+    for step, v in zip(h["eval_step"], values, strict=True):
+        if math.isfinite(float(v)) and int(step) not in frozen.intermediate_values:
+            trial.report(float(v), int(step))
+    final = float(values[np.flatnonzero(h["eval_step"] == sweep.steps)[-1]])
+    diverged = pop.diverged_steps()[i]
+    if diverged is not None or not math.isfinite(final):
+        trial.set_user_attr("diverged_step", diverged)
+        study.tell(i, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(i, final)
+
+
+def _told(study: Any) -> list[dict[str, Any]]:
+    out = []
+    for t in study.trials:
+        row = {"trial": t.number, "state": t.state.name.lower()}
+        if t.value is not None:
+            row["value"] = t.value
+        if "diverged_step" in t.user_attrs:
+            row["diverged_step"] = t.user_attrs["diverged_step"]
+        out.append(row)
+    return out
+
+
+def run_optuna(sweep: Sweep) -> SweepResult:
+    """``sweep.strategy = "optuna"``: ask a batch, train it vectorized, tell, for each round.
+
+    Trial ``i`` of the sweep is Optuna trial number ``i`` of the study (round ``i // batch``).
+    """
+    optuna = _optuna()
+    cfg, base = sweep.cfg, sweep.cfg.base
+    batch, rounds, steps = base["optuna.batch_size"], base["optuna.rounds"], sweep.steps
+    make_sampler(base["optuna.sampler"], cfg.seed)  # a missing package fails before any work
+    dists = {k: distribution(spec) for k, spec in cfg.space.items()}
+    # Compile (and check) a first batch of the space's own points before anything is written.
+    probe = sweep.population(range(batch))
+    names = [f"{i:03d}-round{i // batch}" for i in range(batch * rounds)]
+    sweep.define({i: {} for i in range(batch * rounds)}, names)
+    sweep.open_checkpoints()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = None
+    if sweep.out_dir is not None:
+        storage = f"sqlite:///{(sweep.out_dir / 'optuna.db').resolve()}"
+        if not sweep.resume:
+            with contextlib.suppress(KeyError):
+                optuna.delete_study(study_name=STUDY, storage=storage)
+    direction = "maximize" if probe.prep.selection.mode == "max" else "minimize"
+    study = optuna.create_study(
+        storage=storage, study_name=STUDY, direction=direction, load_if_exists=True
+    )
+    built: dict[int, Any] = {}
+
+    def population(r: int) -> Any:
+        """Round ``r``: ask for the points the study does not hold yet, then compile."""
+        ids = range(r * batch, (r + 1) * batch)
+        if len(study.trials) < ids[-1] + 1:
+            study.sampler = make_sampler(base["optuna.sampler"], _round_seed(cfg.seed, r))
+            while len(study.trials) < ids[-1] + 1:
+                study.ask(dists)
+        trials = study.trials
+        sweep.define(
+            {i: {k: _value(cfg.space[k], trials[i].params[k]) for k in cfg.space} for i in ids},
+            names,
+        )
+        if r not in built:
+            built[r] = sweep.population(ids)
+        return built[r]
+
+    def expect(extra: dict) -> tuple[Any, Any]:
+        pop = population(int(extra["round"]))
+        return pop.templates(), pop.members
+
+    r0, start = 0, 0
+    restored = sweep.restore(expect)
+    if restored is not None:
+        start, extra = restored
+        r0 = int(extra["round"])
+        built[r0].scatter(sweep.restored_states())
+    elif sweep.resume:  # killed before a checkpoint: continue with the first round not told
+        finished = [t.state.is_finished() for t in study.trials]
+        r0 = next((r for r in range(rounds) if not all(finished[r * batch : (r + 1) * batch])), 0)
+    populations, interrupted, step = [], False, 0
+    for r in range(r0, rounds):
+        if r > r0:
+            start = 0
+            if sweep.checkpoints is not None:
+                sweep.checkpoints.restart(r * steps)
+        pop = population(r)
+        if start == 0:
+            pop.init()
+        sweep.begin(pop, start)
+        step, interrupted = sweep.train(pop, start, steps, extra={"round": r})
+        populations.append(pop)
+        if interrupted:
+            break
+        for i in range(r * batch, (r + 1) * batch):
+            if not study.trials[i].state.is_finished():
+                _tell(optuna, study, sweep, i, pop)
+    search = {
+        "strategy": "optuna",
+        "sampler": base["optuna.sampler"],
+        "batch_size": batch,
+        "rounds": rounds,
+        "storage": storage,
+        "study": STUDY,
+        "told": _told(study),
+    }
+    return sweep.finish(populations, step if interrupted else steps, interrupted, search=search)
