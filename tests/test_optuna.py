@@ -52,7 +52,8 @@ def test_the_study_holds_exactly_what_the_engine_measured(study_run):
         assert frozen.number == t.id
         assert frozen.params["optimizer.learning_rate"] == t.hparams["optimizer.learning_rate"]
         curve = h["valid.loss"][t.id]
-        reported = {int(s): float(v) for s, v in zip(h["eval_step"], curve) if math.isfinite(v)}
+        pairs = zip(h["eval_step"], curve, strict=True)
+        reported = {int(s): float(v) for s, v in pairs if math.isfinite(v)}
         assert frozen.intermediate_values == reported
         if t.diverged_step is not None:
             assert frozen.state == optuna.trial.TrialState.PRUNED

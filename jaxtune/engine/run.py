@@ -75,9 +75,7 @@ class Sweep:
         if names is not None:
             self.names = list(names)
         elif not overrides:
-            self.names = [
-                f"{i:03d}-{config_lib.trial_name(h)}" for i, h in enumerate(self.hparams)
-            ]
+            self.names = [f"{i:03d}-{config_lib.trial_name(h)}" for i, h in enumerate(self.hparams)]
 
     @property
     def steps(self) -> int:
