@@ -1,0 +1,334 @@
+"""The ``[tune]`` table of ``jaxtune tune``: every key, its default and what it allows.
+
+The table sits beside the sweep configuration in the same TOML file and is split off before the
+configuration is validated (``[tune]`` is not a sweep key: each stage builds its own sweep).
+:data:`TUNE_KEYS` is the one table of its keys; values that are configuration values (batch
+sizes, schedule names, clip norms, weight decays, ``tune.refine.grid`` entries) are checked by
+:func:`jaxtune.config.check_value`, so their allowed values come from the configuration's own
+registry.
+
+Example:
+    >>> cfg = SweepConfig.from_dict({"task": {"dataset": "synthetic"}})
+    >>> s = tune_settings({"lr_range": {"steps": 50}, "seeds": {"count": 3}}, cfg)
+    >>> s["tune.lr_range.steps"], s["tune.seeds.count"], s["tune.stages"]
+    (50, 3, ('lr_range', 'lr_batch', 'refine', 'seeds'))
+    >>> tune_settings({"seeds": {"count": 1}}, cfg)
+    Traceback (most recent call last):
+    ...
+    jaxtune.errors.ConfigError: tune.seeds.count = 1 is invalid: expected an integer >= 2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxtune.config import SweepConfig, check_value, default_config_dict, parse_override
+from jaxtune.config.schema import unknown
+from jaxtune.config.space import check_sweepable
+from jaxtune.errors import ConfigError
+
+__all__ = ["FOLDERS", "STAGES", "TUNE_KEYS", "TuneSettings", "load_tune_config", "tune_settings"]
+
+#: The stages, in the tuning order.
+STAGES = ("lr_range", "lr_batch", "refine", "seeds")
+#: Each stage's folder under the output folder.
+FOLDERS = {
+    "lr_range": "stage1-lr-range",
+    "lr_batch": "stage2-lr-batch",
+    "refine": "stage3-refine",
+    "seeds": "stage4-seeds",
+}
+BAND_RULES = ("within", "around")
+#: Stage-3 knobs of the configured optimizer chain: tune key -> the configuration key it varies.
+REFINE_KEYS = {
+    "tune.refine.schedules": "schedule.name",
+    "tune.refine.clip_norms": "optimizer.clip_norm",
+    "tune.refine.weight_decays": "optimizer.weight_decay",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Key:
+    default: Any
+    kind: str  # "int" | "float" | "choice" | "stages" | "band" | "grid" | "values:<config key>"
+    low: float | None = None
+    high: float | None = None
+    open: bool = False  # both bounds excluded
+    choices: tuple = ()
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.kind == "stages":
+            return "a list of stages in the tuning order, from " + ", ".join(STAGES)
+        if self.kind == "band":
+            return "a list [low, high] of learning rates with 0 < low < high"
+        if self.kind == "grid":
+            return "a table of dotted key -> list of values"
+        if self.kind.startswith("values:"):
+            return f"a list of {self.kind[7:]} values"
+        what = "an integer" if self.kind == "int" else "a number"
+        if self.high is None:
+            return f"{what} {'>' if self.open else '>='} {self.low:g}"
+        return f"{what} in ({self.low:g}, {self.high:g})"
+
+
+_POSITIVE = dict(low=0.0, open=True)
+
+#: Every ``[tune]`` key (dotted), its default and what it allows.
+TUNE_KEYS: dict[str, _Key] = {
+    "tune.stages": _Key(STAGES, "stages"),
+    "tune.lr_range.min_lr": _Key(1e-4, "float", **_POSITIVE),
+    "tune.lr_range.max_lr": _Key(10.0, "float", **_POSITIVE),
+    "tune.lr_range.num_lrs": _Key(11, "int", low=3),
+    "tune.lr_range.steps": _Key(100, "int", low=5),
+    "tune.lr_range.band": _Key("within", "choice", choices=BAND_RULES),
+    "tune.lr_range.within": _Key(0.1, "float", **_POSITIVE),
+    "tune.lr_range.factor": _Key(3.0, "float", low=1.0, open=True),
+    "tune.lr_batch.band": _Key(None, "band"),
+    "tune.lr_batch.num_trials": _Key(16, "int", low=1),
+    "tune.lr_batch.batch_sizes": _Key((32, 64, 128), "values:train.batch_size"),
+    "tune.lr_batch.eta": _Key(3.0, "float", low=1.0, open=True),
+    "tune.lr_batch.min_steps": _Key(None, "int", low=1),
+    "tune.lr_batch.seed": _Key(0, "int", low=0),
+    "tune.refine.schedules": _Key(("constant", "cosine"), "values:schedule.name"),
+    "tune.refine.clip_norms": _Key((1.0, 10.0), "values:optimizer.clip_norm"),
+    "tune.refine.weight_decays": _Key((0.0, 1e-4, 1e-3), "values:optimizer.weight_decay"),
+    "tune.refine.grid": _Key(None, "grid"),
+    "tune.seeds.count": _Key(5, "int", low=2),
+    "tune.seeds.first": _Key(None, "int", low=0),
+    "tune.seeds.confidence": _Key(0.95, "float", low=0.0, high=1.0, open=True),
+}
+
+#: Keys the stages set themselves (stage 3 leaves them to stages 2 and 4).
+_NOT_IN_REFINE = ("train.seed",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneSettings:
+    """Validated ``[tune]`` settings: every key of :data:`TUNE_KEYS` with its value."""
+
+    values: Mapping[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.values:
+            raise unknown(key, list(self.values), "tune key")
+        return self.values[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Dotted key -> JSON-friendly value (lists for tuples, tables for grids)."""
+        out = {}
+        for k, v in self.values.items():
+            if isinstance(v, Mapping):
+                v = {g: list(vs) for g, vs in v.items()}
+            out[k] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "tune.") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = k if k.startswith("tune.") else prefix + k
+        if isinstance(v, Mapping) and key not in TUNE_KEYS:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check(key: str, value: Any, base: Mapping[str, Any]) -> Any:
+    spec = TUNE_KEYS[key]
+    bad = ConfigError(f"{key} = {value!r} is invalid: expected {spec.describe()}")
+    if value is None:
+        if spec.default is None:
+            return None
+        raise bad
+    if spec.kind == "choice":
+        if value not in spec.choices:
+            raise bad
+        return value
+    if spec.kind in ("int", "float"):
+        if not _is_number(value) or (spec.kind == "int" and not float(value).is_integer()):
+            raise bad
+        value = int(value) if spec.kind == "int" else float(value)
+        below = value <= spec.low if spec.open else value < spec.low
+        if below or (spec.high is not None and value >= spec.high):
+            raise bad
+        return value
+    if spec.kind == "grid":
+        if not isinstance(value, Mapping):
+            raise bad
+        return _check_grid(key, value, base)
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise bad
+    if spec.kind == "stages":
+        if (
+            not value
+            or any(s not in STAGES for s in value)
+            or list(value) != sorted(set(value), key=STAGES.index)
+        ):
+            raise bad
+        return tuple(value)
+    if spec.kind == "band":
+        if len(value) != 2 or not all(_is_number(v) for v in value) or not 0 < value[0] < value[1]:
+            raise bad
+        return (float(value[0]), float(value[1]))
+    target = spec.kind[len("values:") :]
+    try:
+        return tuple(dict.fromkeys(check_value(target, v) for v in value if v is not None))
+    except ConfigError as e:
+        raise ConfigError(f"{key} = {value!r} is invalid: {e}") from None
+
+
+def _check_grid(key: str, grid: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, tuple]:
+    out = {}
+    for k, values in grid.items():
+        check_sweepable(k, key, base)
+        if k in _NOT_IN_REFINE:
+            raise ConfigError(f"{key} cannot vary {k}: stage 'seeds' repeats the choice over seeds")
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise ConfigError(f"{key}[{k!r}] = {values!r} is invalid: expected a non-empty list")
+        out[k] = tuple(dict.fromkeys(check_value(k, v) for v in values))
+    return out
+
+
+def _default_grid(cfg: SweepConfig) -> dict[str, tuple]:
+    """The configuration's own ``sweep.grid`` less what the other stages choose."""
+    chosen = ("optimizer.learning_rate", "train.batch_size", *_NOT_IN_REFINE)
+    return {k: tuple(v) for k, v in cfg.grid.items() if k not in chosen}
+
+
+def tune_settings(tune: Mapping[str, Any] | TuneSettings | None, cfg: SweepConfig) -> TuneSettings:
+    """Validate a ``[tune]`` table (nested or dotted keys) against the configuration ``cfg``.
+
+    Defaults that depend on the configuration: with ``optimizer.factory`` (a user optimizer
+    chain) stage 3 varies no schedule, clip norm or weight decay unless asked to (the factory
+    builds its own chain); ``tune.refine.grid`` defaults to the configuration's own
+    ``[sweep.grid]`` less the learning rate, batch size and seed.
+
+    Raises:
+      ConfigError: naming the key and its allowed values.
+    """
+    if isinstance(tune, TuneSettings):
+        return tune
+    base = cfg.base
+    given = _flatten(tune or {})
+    for key in given:
+        if key not in TUNE_KEYS:
+            raise unknown(key, list(TUNE_KEYS), "tune key")
+    user_chain = base["optimizer.factory"] is not None
+    values = {}
+    for key, spec in TUNE_KEYS.items():
+        if key in given:
+            values[key] = _check(key, given[key], base)
+        elif user_chain and key in REFINE_KEYS:
+            values[key] = ()
+        elif key == "tune.refine.grid":
+            values[key] = _default_grid(cfg)
+        else:
+            values[key] = spec.default
+    _check_together(values, base)
+    return TuneSettings(values)
+
+
+def _check_together(v: Mapping[str, Any], base: Mapping[str, Any]) -> None:
+    stages, steps, every = v["tune.stages"], base["train.steps"], base["train.eval_every"]
+    if v["tune.lr_range.min_lr"] >= v["tune.lr_range.max_lr"]:
+        raise ConfigError(
+            f"tune.lr_range.min_lr = {v['tune.lr_range.min_lr']} is invalid: expected a number "
+            f"below tune.lr_range.max_lr ({v['tune.lr_range.max_lr']})"
+        )
+    band = v["tune.lr_batch.band"]
+    if "lr_batch" in stages and "lr_range" in stages and band is not None:
+        raise ConfigError(
+            "tune.lr_batch.band is invalid with stage 'lr_range': the range test picks the band "
+            "(remove the key, or 'lr_range' from tune.stages)"
+        )
+    if "lr_batch" in stages and "lr_range" not in stages and band is None:
+        raise ConfigError(
+            "tune.lr_batch.band is needed without stage 'lr_range': expected a list [low, high] "
+            "of learning rates"
+        )
+    if "lr_batch" in stages and steps % every:
+        raise ConfigError(
+            f"train.steps = {steps} is invalid for stage 'lr_batch': expected a multiple of "
+            f"train.eval_every ({every}), where successive halving ranks the trials"
+        )
+    first = v["tune.lr_batch.min_steps"]
+    if "lr_batch" in stages and first is not None and (first % every or first >= steps):
+        raise ConfigError(
+            f"tune.lr_batch.min_steps = {first} is invalid: expected a multiple of "
+            f"train.eval_every ({every}) below train.steps ({steps})"
+        )
+    if base["optimizer.factory"] is not None and v["tune.refine.schedules"]:
+        raise ConfigError(
+            "tune.refine.schedules is invalid with optimizer.factory: the factory builds its own "
+            "chain and schedule; expected [] (vary your own keys with tune.refine.grid)"
+        )
+
+
+def split_tune(d: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(configuration, tune table)`` of a TOML document (``[tune]`` and ``tune.*`` keys)."""
+    rest = {k: v for k, v in d.items() if k != "tune" and not k.startswith("tune.")}
+    table = {k: v for k, v in d.items() if k.startswith("tune.")}
+    return rest, {**dict(d.get("tune", {})), **table}
+
+
+def _parse_tune_override(text: str) -> tuple[str, Any]:
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        return key, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw
+
+
+def load_tune_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    document: Mapping[str, Any] | None = None,
+) -> tuple[SweepConfig, TuneSettings]:
+    """A TOML file's configuration and ``[tune]`` settings (the bundled default without a path).
+
+    Args:
+      path: a TOML file with sweep sections and an optional ``[tune]`` table.
+      overrides: ``"key=value"`` strings; ``tune.*`` keys set tune settings, the others the
+        configuration (as ``jaxtune sweep --set``).
+      document: the parsed document instead of ``path`` (sections, ``tune`` or ``tune.*``).
+
+    Raises:
+      ConfigError: a missing file, a TOML syntax error, or an invalid key or value.
+    """
+    if document is not None:
+        d: Mapping[str, Any] = document
+    elif path is None:
+        d = default_config_dict()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            d = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: TOML syntax error: {e}") from None
+    rest, table = split_tune(d)
+    cfg = SweepConfig.from_dict(rest)
+    tune_over, cfg_over = {}, {}
+    for text in overrides:
+        if text.strip().startswith("tune.") and "=" in text:
+            key, value = _parse_tune_override(text)
+            tune_over[key] = value
+        else:
+            key, value = parse_override(text)
+            cfg_over[key] = value
+    cfg = cfg.replace(cfg_over) if cfg_over else cfg
+    return cfg, tune_settings({**_flatten(table), **tune_over}, cfg)
