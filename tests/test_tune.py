@@ -19,7 +19,7 @@ from scipy import stats
 from jaxtune import registry
 from jaxtune.cli import main
 from jaxtune.engine import SweepCallback, SweepResult
-from jaxtune.search import tune as tune_mod
+from jaxtune.search import tune_stages as tune_mod
 from jaxtune.search.tune import lr_band, run_tune, t_interval
 from jaxtune.search.tune_config import TUNE_KEYS, load_tune_config
 
@@ -258,6 +258,13 @@ def test_cli_on_the_user_task_prints_the_summary_and_resumes_from_tune_json(tmp_
     assert summary in printed and "stage1-lr-range" in summary
     assert main(["tune", "--out", str(out), "--resume"]) == 0  # nothing left to run
     assert summary in capsys.readouterr().out
+
+
+def test_example_tune_toml_spells_out_the_defaults():
+    cfg, settings = load_tune_config(EXAMPLES / "tune.toml")
+    _, defaults = load_tune_config(None)
+    assert settings.values == defaults.values
+    assert cfg.base["train.steps"] % cfg.base["train.eval_every"] == 0
 
 
 @pytest.mark.slow

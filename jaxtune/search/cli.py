@@ -31,7 +31,7 @@ def _tune_handler(args: argparse.Namespace) -> int:
     from jaxtune.cli import search_path
     from jaxtune.report import ProgressBar, TensorBoardLogger
     from jaxtune.search.tune import run_tune
-    from jaxtune.search.tune_config import load_tune_config
+    from jaxtune.search.tune_config import FOLDERS, STAGES, load_tune_config
 
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR: the folder of the tune run to continue")
@@ -52,10 +52,13 @@ def _tune_handler(args: argparse.Namespace) -> int:
     bar = ProgressBar()
 
     def callbacks(stage: str) -> list[Any]:
-        print(f"jaxtune tune: stage {stage}", file=sys.stderr, flush=True)
+        n = STAGES.index(stage) + 1
+        print(f"jaxtune tune: stage {n} {stage} -> {out / FOLDERS[stage]}", file=sys.stderr)
         cbs: list[Any] = [bar]
         if cfg.base["log.tensorboard"]:
-            cbs.append(TensorBoardLogger())
+            # No worst-examples grid for the halving stage: SweepResult.best() may name a trial
+            # stopped early, whose trained state the result does not carry.
+            cbs.append(TensorBoardLogger(num_examples=0 if stage == "lr_batch" else 16))
         return cbs
 
     t0 = time.perf_counter()

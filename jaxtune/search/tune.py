@@ -16,100 +16,29 @@
 Every stage trains through :func:`jaxtune.run_sweep` (stage 1 through the diagnostics' range
 test); ``<out>/tune.json`` records each stage's choice, so a resumed run skips finished stages
 and resumes an interrupted one from its checkpoints. ``<out>/summary.md`` says what each stage
-searched, chose and why.
+searched, chose and why. The stages themselves live in :mod:`jaxtune.search.tune_stages`, the
+settings in :mod:`jaxtune.search.tune_config`, ``tune.json`` and the summary in
+:mod:`jaxtune.search.tune_report`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from jaxtune import config as config_lib
 from jaxtune import registry
 from jaxtune.config import SweepConfig
-from jaxtune.engine import SweepResult, run_sweep
-from jaxtune.errors import ConfigError
-from jaxtune.search.tune_config import (
-    FOLDERS,
-    REFINE_KEYS,
-    TuneSettings,
-    split_tune,
-    tune_settings,
-)
-from jaxtune.search.tune_report import format_summary, load_state, rows_of, save_state
+from jaxtune.search.tune_config import FOLDERS, TuneSettings, split_tune, tune_settings
+from jaxtune.search.tune_report import format_summary, load_state, save_state
+from jaxtune.search.tune_stages import STAGE_FUNCTIONS, Run
+from jaxtune.search.tune_stages import lr_band as lr_band
+from jaxtune.search.tune_stages import t_interval as t_interval
 
 __all__ = ["TuneResult", "lr_band", "run_tune", "t_interval"]
-
-_LR, _BS, _SEED = "optimizer.learning_rate", "train.batch_size", "train.seed"
-
-
-def lr_band(
-    lrs: Sequence[float],
-    losses: Sequence[float],
-    initial: float,
-    *,
-    rule: str = "within",
-    within: float = 0.1,
-    factor: float = 3.0,
-) -> tuple[float, float, float]:
-    """The learning-rate band of a range test: ``(low, high, best)``.
-
-    ``best`` is the (ascending) learning rate with the lowest final train loss ``L_best``
-    (non-finite losses are diverged runs). ``rule = "within"``: the band spans the contiguous
-    run of learning rates around ``best`` whose loss is at most ``L_best + within * (initial -
-    L_best)``, i.e. within ``within`` of the best as a fraction of the drop from the initial
-    loss; a run of one learning rate spans the geometric midpoints to its neighbours.
-    ``rule = "around"``: ``[best / factor, best * factor]``.
-
-    Example:
-      >>> lr_band([0.01, 0.1, 1.0, 10.0], [0.5, 0.1, 0.2, float("inf")], 2.0)
-      (0.1, 1.0, 0.1)
-      >>> lo, hi, best = lr_band([0.01, 0.1, 1.0], [0.9, 0.1, 1.5], 2.0)
-      >>> round(lo, 4), round(hi, 4), best
-      (0.0316, 0.3162, 0.1)
-    """
-    lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
-    finite = np.isfinite(losses)
-    if not finite.any():
-        raise ValueError("every learning rate diverged")
-    b = int(np.argmin(np.where(finite, losses, np.inf)))
-    best = float(lrs[b])
-    if rule == "around":
-        return best / factor, best * factor, best
-    ok = finite & (losses <= losses[b] + within * max(initial - losses[b], 0.0))
-    i = j = b
-    while i > 0 and ok[i - 1]:
-        i -= 1
-    while j < len(lrs) - 1 and ok[j + 1]:
-        j += 1
-    if i < j:
-        return float(lrs[i]), float(lrs[j]), best
-    below = lrs[b - 1] if b > 0 else lrs[b] ** 2 / lrs[b + 1]
-    above = lrs[b + 1] if b < len(lrs) - 1 else lrs[b] ** 2 / lrs[b - 1]
-    return float(np.sqrt(below * lrs[b])), float(np.sqrt(lrs[b] * above)), best
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the Student-t interval of the mean of ``values``.
-
-    Example:
-      >>> mean, low, high = t_interval([1.0, 2.0, 3.0])
-      >>> mean, round(low, 3), round(high, 3)
-      (2.0, -0.484, 4.484)
-    """
-    from scipy import stats
-
-    v = np.asarray(values, np.float64)
-    mean = float(np.mean(v))
-    half = stats.t.ppf((1 + confidence) / 2, len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v))
-    return mean, mean - float(half), mean + float(half)
 
 
 @dataclasses.dataclass
@@ -127,266 +56,6 @@ class TuneResult:
     stages: dict[str, dict[str, Any]]
     summary: str
     out_dir: Path
-
-
-@dataclasses.dataclass
-class _Run:
-    cfg: SweepConfig
-    settings: TuneSettings
-    out: Path
-    task: Any
-    optimizer: Any
-    resume: bool
-    callbacks: Callable[[str], Sequence[Any]]
-    search_path: Sequence[str | Path]
-    chosen: dict[str, Any] = dataclasses.field(default_factory=dict)
-    band: tuple[float, float] | None = None
-
-    def config(self, sweep: Mapping[str, Any], **keys: Any) -> SweepConfig:
-        """The base configuration with what was chosen so far, ``keys`` and ``sweep``."""
-        d = self.cfg.to_dict()
-        for key, value in {**self.chosen, **keys}.items():
-            section, name = key.split(".", 1)
-            d.setdefault(section, {})[name] = value
-        d["sweep"] = dict(sweep)
-        return SweepConfig.from_dict(d)
-
-    def sweep(self, stage: str, cfg: SweepConfig) -> SweepResult:
-        folder = self.out / FOLDERS[stage]
-        again = self.resume and (folder / "checkpoints" / "sweep.json").is_file()
-        result = run_sweep(
-            cfg,
-            task=self.task,
-            optimizer=self.optimizer,
-            out_dir=folder,
-            resume=again,
-            callbacks=self.callbacks(stage),
-            search_path=self.search_path,
-        )
-        if cfg.base["log.plots"]:
-            from jaxtune.report.plots import write_plots
-
-            write_plots(result, folder)
-        return result
-
-
-def _trial_steps(result: SweepResult) -> int:
-    """Trial-steps the sweep trained (each trial to where it stopped), resumed sessions included."""
-    steps = result.config.base["train.steps"]
-    return sum(steps if t.stopped_step is None else t.stopped_step for t in result.trials)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _stage_lr_range(run: _Run) -> dict[str, Any]:
-    from jaxtune.diagnostics import lr_sweep_test, plot_lr_find
-
-    s, folder = run.settings, run.out / FOLDERS["lr_range"]
-    lrs = np.geomspace(
-        s["tune.lr_range.min_lr"], s["tune.lr_range.max_lr"], s["tune.lr_range.num_lrs"]
-    )
-    steps, rule = s["tune.lr_range.steps"], s["tune.lr_range.band"]
-    found = lr_sweep_test(
-        run.config({}), task=run.task, optimizer=run.optimizer, lrs=lrs, steps=steps
-    )
-    found.result.save(folder)
-    (folder / "config.toml").write_text(config_lib.to_toml(found.result.config.to_dict()))
-    if run.cfg.base["log.plots"]:
-        plot_lr_find(found, out_dir=folder, name="lr_range.png")
-    first = found.result.history["train.loss"][:, 0]
-    initial = float(np.median(first[np.isfinite(first)]))
-    try:
-        lo, hi, best = lr_band(
-            found.lrs,
-            found.losses,
-            initial,
-            rule=rule,
-            within=s["tune.lr_range.within"],
-            factor=s["tune.lr_range.factor"],
-        )
-    except ValueError:
-        raise ConfigError(
-            f"stage lr_range: every learning rate in [{lrs[0]:.3g}, {lrs[-1]:.3g}] diverged; "
-            "lower tune.lr_range.min_lr and tune.lr_range.max_lr"
-        ) from None
-    final = [None if not math.isfinite(x) else float(x) for x in found.losses]
-    if rule == "within":
-        rule_text = (
-            f"the learning rates next to it whose final train loss is within "
-            f"{s['tune.lr_range.within']:g} of the drop from the initial loss {initial:.4g}"
-        )
-    else:
-        rule_text = f"a factor {s['tune.lr_range.factor']:g} either side"
-    best_loss = min(x for x in final if x is not None)
-    return {
-        "searched": f"{len(lrs)} learning rates log-spaced in [{lrs[0]:.3g}, {lrs[-1]:.3g}], "
-        f"{steps} steps each, trained at once (constant schedule for the configured chain)",
-        "trials": len(lrs),
-        "trial_steps": len(lrs) * steps,
-        "band": [lo, hi],
-        "set": {},
-        "chosen": f"band [{lo:.4g}, {hi:.4g}]",
-        "why": f"lowest final train loss {best_loss:.4g} at lr {best:.4g}; the band is "
-        f"{rule_text} ({sum(x is None for x in final)} of {len(lrs)} diverged)",
-        "lrs": [float(x) for x in found.lrs],
-        "losses": final,
-        "initial_loss": initial,
-    }
-
-
-def _stage_lr_batch(run: _Run) -> dict[str, Any]:
-    s = run.settings
-    lo, hi = run.band
-    sizes = list(s["tune.lr_batch.batch_sizes"])
-    sweep = {
-        "method": "quasi_random",
-        "strategy": "halving",
-        "num_trials": s["tune.lr_batch.num_trials"],
-        "seed": s["tune.lr_batch.seed"],
-        "space": {
-            _LR: {"distribution": "log_uniform", "low": lo, "high": hi},
-            _BS: {"distribution": "choice", "choice": sizes},
-        },
-    }
-    halving = {
-        "halving.eta": s["tune.lr_batch.eta"],
-        "halving.min_steps": s["tune.lr_batch.min_steps"],
-    }
-    result = run.sweep("lr_batch", run.config(sweep, **halving))
-    best = _best(result, "lr_batch")
-    sel, steps = result.selection, result.config.base["train.steps"]
-    rungs = result.search.get("rungs", [])
-    kept = ", ".join(
-        f"{len(r['survivors'])} of {len(r['trials'])} at step {r['step']}" for r in rungs
-    )
-    full = sum(t.stopped_step is None and not t.diverged for t in result.trials)
-    return {
-        "searched": f"{len(result.trials)} quasi-random points: learning rate log-uniform in "
-        f"[{lo:.4g}, {hi:.4g}] x batch size in {{{', '.join(map(str, sizes))}}}; successive "
-        f"halving, eta {s['tune.lr_batch.eta']:g} (kept {kept or 'all'})",
-        "trials": len(result.trials),
-        "trial_steps": _trial_steps(result),
-        "grid_trial_steps": int(result.timing["grid_trial_steps"]),
-        "set": {_LR: best.hparams[_LR], _BS: best.hparams[_BS]},
-        "chosen": f"lr {best.hparams[_LR]:.4g}, batch size {best.hparams[_BS]}",
-        "why": f"best {sel.metric} ({sel.mode}) {best.final[sel.metric]:.4g} among the {full} "
-        f"trial(s) trained to step {steps}",
-        "rows": rows_of(result),
-        "metric": sel.metric,
-        "mode": sel.mode,
-    }
-
-
-def _refine_grid(run: _Run) -> dict[str, list[Any]]:
-    """Stage 3's values per key, the incumbent first; only keys with more than one value."""
-    s, base = run.settings, {**run.cfg.base, **run.chosen}
-    wanted = {REFINE_KEYS[k]: s[k] for k in REFINE_KEYS}
-    wanted.update(s["tune.refine.grid"])
-    grid = {}
-    for key, values in wanted.items():
-        incumbent = base[key]
-        values = list(dict.fromkeys([incumbent, *values]))
-        if len(values) > 1:
-            grid[key] = values
-    return grid
-
-
-def _stage_refine(run: _Run) -> dict[str, Any]:
-    grid = _refine_grid(run)
-    base = {**run.cfg.base, **run.chosen}
-    if not grid:
-        return {"searched": "nothing: no key has a value other than the incumbent's",
-                "trials": 0, "trial_steps": 0, "set": {}, "chosen": "the incumbent",
-                "why": "nothing to compare"}  # fmt: skip
-    trials = [
-        {k: v for k, v in zip(grid, combo, strict=True) if v is not None or base[k] is not None}
-        for combo in itertools.product(*grid.values())
-    ]
-    result = run.sweep("refine", run.config({"method": "list", "trials": trials}))
-    best = _best(result, "refine")
-    sel = result.selection
-    incumbent = result.trials[0]
-    changed = {k: best.hparams[k] for k in grid if best.hparams[k] != base[k]}
-    searched = " x ".join(f"{k} {{{', '.join(map(_fmt, v))}}}" for k, v in grid.items())
-    if changed:
-        why = (
-            f"{sel.metric} {best.final[sel.metric]:.4g} against {incumbent.final[sel.metric]:.4g} "
-            "for the incumbent (the setting so far, trained in the same sweep)"
-        )
-    else:
-        why = f"no combination beat the incumbent's {sel.metric} {incumbent.final[sel.metric]:.4g}"
-    chosen = ", ".join(f"{k} {_fmt(v)}" for k, v in changed.items()) or "the incumbent"
-    return {
-        "searched": f"{len(trials)} combinations (every one, trained to the end): {searched}",
-        "trials": len(trials),
-        "trial_steps": _trial_steps(result),
-        "set": {k: best.hparams[k] for k in grid},
-        "chosen": chosen,
-        "why": why,
-        "rows": rows_of(result),
-        "metric": sel.metric,
-        "mode": sel.mode,
-    }
-
-
-def _finite(values: Sequence[float]) -> list[float | None]:
-    return [float(v) if math.isfinite(v) else None for v in values]
-
-
-def _stage_seeds(run: _Run) -> dict[str, Any]:
-    s = run.settings
-    count, conf = s["tune.seeds.count"], s["tune.seeds.confidence"]
-    first = s["tune.seeds.first"]
-    first = run.cfg.base[_SEED] + 1 if first is None else first
-    result = run.sweep("seeds", run.config({"method": "grid", "seeds": count}, **{_SEED: first}))
-    sel = result.selection
-    test = "test." + sel.metric.split(".", 1)[1]
-    seeds = [int(t.hparams[_SEED]) for t in result.trials]
-    valid = [t.final[sel.metric] for t in result.trials]
-    mean, low, high = t_interval(valid, conf)
-    record = {
-        "searched": f"the chosen setting over {count} fresh seeds ({seeds[0]}..{seeds[-1]})",
-        "trials": count,
-        "trial_steps": _trial_steps(result),
-        "set": {},
-        "chosen": f"{sel.metric} {mean:.4g}, {conf:.0%} interval [{low:.4g}, {high:.4g}]",
-        "why": f"Student t interval of the mean over {count} seeds ({count - 1} degrees of "
-        "freedom)",
-        "seeds": seeds,
-        "valid": _finite(valid),
-        "interval": _finite([mean, low, high]),
-        "confidence": conf,
-        "diverged": sum(t.diverged for t in result.trials),
-        "metric": sel.metric,
-        "mode": sel.mode,
-    }
-    if test in result.trials[0].final:
-        tests = [t.final[test] for t in result.trials]
-        record.update(
-            test_metric=test, test=_finite(tests), test_interval=_finite(t_interval(tests, conf))
-        )
-    return record
-
-
-_STAGES = {
-    "lr_range": _stage_lr_range,
-    "lr_batch": _stage_lr_batch,
-    "refine": _stage_refine,
-    "seeds": _stage_seeds,
-}
-
-
-def _best(result: SweepResult, stage: str) -> Any:
-    """The best trial on ``select.metric`` among those trained to the end (``ranked()[0]``)."""
-    best = result.ranked()[0]
-    if best.diverged or not math.isfinite(best.final.get(result.selection.metric, math.nan)):
-        raise ConfigError(
-            f"stage {stage}: every trial diverged or has no finite {result.selection.metric}; "
-            "narrow its search"
-        )
-    return best
 
 
 def run_tune(
@@ -413,7 +82,8 @@ def run_tune(
         ``optimizer.factory``, else the built-ins).
       resume: skip the stages ``tune.json`` records as done; resume an interrupted stage from
         its checkpoints (``checkpoint.every > 0``), else start it again.
-      callbacks: sweep callbacks for stages 2-4, or ``callbacks(stage)`` returning them.
+      callbacks: sweep callbacks for stages 2-4, or ``callbacks(stage)`` returning them,
+        called as each stage starts (stage 1's range test takes none).
       search_path: folders searched first for ``task.factory`` / ``optimizer.factory``.
       notes: JSON stored in ``tune.json`` beside the records (not part of the run's identity).
 
@@ -456,7 +126,7 @@ def run_tune(
     state = load_state(state_path, cfg, settings, resume)
     state.update(notes or {})
     per_stage = callbacks if callable(callbacks) else (lambda stage, cbs=tuple(callbacks): cbs)
-    run = _Run(cfg, settings, out, task, optimizer, resume, per_stage, search_path)
+    run = Run(cfg, settings, out, task, optimizer, resume, per_stage, search_path)
     run.band = settings["tune.lr_batch.band"]
     for stage in settings["tune.stages"]:
         record = state["stages"].get(stage)
@@ -464,7 +134,8 @@ def run_tune(
             state["stages"][stage] = {"status": "running", "folder": FOLDERS[stage]}
             save_state(state_path, state)
             t0 = time.perf_counter()
-            record = _STAGES[stage](run)
+            run.stage_callbacks = run.callbacks(stage)
+            record = STAGE_FUNCTIONS[stage](run)
             record.update(status="done", folder=FOLDERS[stage], wall_s=time.perf_counter() - t0)
             state["stages"][stage] = record
             save_state(state_path, state)

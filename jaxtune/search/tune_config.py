@@ -32,7 +32,16 @@ from jaxtune.config.schema import unknown
 from jaxtune.config.space import check_sweepable
 from jaxtune.errors import ConfigError
 
-__all__ = ["FOLDERS", "STAGES", "TUNE_KEYS", "TuneSettings", "load_tune_config", "tune_settings"]
+__all__ = [
+    "FOLDERS",
+    "STAGES",
+    "TUNE_KEYS",
+    "TuneSettings",
+    "load_tune_config",
+    "refine_grid",
+    "split_tune",
+    "tune_settings",
+]
 
 #: The stages, in the tuning order.
 STAGES = ("lr_range", "lr_batch", "refine", "seeds")
@@ -274,6 +283,19 @@ def _check_together(v: Mapping[str, Any], base: Mapping[str, Any]) -> None:
             "tune.refine.schedules is invalid with optimizer.factory: the factory builds its own "
             "chain and schedule; expected [] (vary your own keys with tune.refine.grid)"
         )
+
+
+def refine_grid(settings: TuneSettings, base: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Stage 3's values per key around ``base`` (the incumbent's value first), for the keys
+    that have a value other than the incumbent's."""
+    wanted = {REFINE_KEYS[k]: settings[k] for k in REFINE_KEYS}
+    wanted.update(settings["tune.refine.grid"])
+    grid = {}
+    for key, values in wanted.items():
+        values = list(dict.fromkeys([base[key], *values]))
+        if len(values) > 1:
+            grid[key] = values
+    return grid
 
 
 def split_tune(d: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,12 @@ from jaxtune.engine import SweepResult
 from jaxtune.errors import ConfigError
 from jaxtune.search.tune_config import FOLDERS, STAGES, TuneSettings
 
-__all__ = ["format_summary", "load_state", "rows_of", "save_state"]
+__all__ = ["finite", "format_summary", "load_state", "rows_of", "save_state", "trial_steps"]
 
 _TITLES = {
     "lr_range": "learning-rate range test",
     "lr_batch": "learning rate x batch size",
-    "refine": "schedule, clipping, weight decay",
+    "refine": "refine around the best",
     "seeds": "the chosen setting over seeds",
 }
 _TOP = 10
@@ -64,6 +64,17 @@ def save_state(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(state, indent=2, default=str))
     tmp.replace(path)
+
+
+def trial_steps(result: SweepResult) -> int:
+    """Trial-steps the sweep trained (each trial to where it stopped), resumed sessions included."""
+    steps = result.config.base["train.steps"]
+    return sum(steps if t.stopped_step is None else t.stopped_step for t in result.trials)
+
+
+def finite(values: Sequence[float]) -> list[float | None]:
+    """JSON-friendly numbers: None for NaN and infinities."""
+    return [float(v) if math.isfinite(v) else None for v in values]
 
 
 def _num(x: float | None) -> float | None:
