@@ -28,6 +28,7 @@ from jaxtune.engine.result import Selection, resolve_selection
 from jaxtune.errors import ConfigError
 
 __all__ = [
+    "DIRECT_TRIALS",
     "PROBE_TRIALS",
     "SPLITS",
     "Prepared",
@@ -40,7 +41,12 @@ __all__ = [
 #: The evaluated splits, in order (``test`` only where a task has one).
 SPLITS = ("valid", "test")
 
-#: Trials per device of the first compiled call of ``train.max_trials_per_call = "auto"``.
+#: ``train.max_trials_per_call = "auto"`` compiles a group of up to this many trials per device
+#: in one call first (most groups fit; then nothing compiles twice); larger groups are probed
+#: with calls of :data:`PROBE_TRIALS` per device, and the memory analysis decides the size.
+DIRECT_TRIALS = 64
+
+#: Trials per device of the probe call for groups larger than :data:`DIRECT_TRIALS`.
 PROBE_TRIALS = 8
 
 _CACHE_SIZE = 64
@@ -69,9 +75,19 @@ def _shapes(tree: Any) -> tuple:
 
 
 def compile_unit(
-    unit: Unit, plan: Plan, data: dict[str, Any], lengths: Sequence[int], n_train: int
+    unit: Unit,
+    plan: Plan,
+    data: dict[str, Any],
+    lengths: Sequence[int],
+    n_train: int,
+    *,
+    init: bool = True,
 ) -> float:
-    """Compile the unit's init and chunk programs (cached); returns the seconds spent."""
+    """Compile the unit's init and chunk programs (cached); returns the seconds spent.
+
+    With ``init=False`` the init program is compiled when first called (a population whose
+    states come from elsewhere never calls it).
+    """
     t0 = time.perf_counter()
     group = plan.groups[unit.group]
     mesh = plan.mesh
@@ -91,11 +107,18 @@ def compile_unit(
     entry = _COMPILED.entry(key, make)
     init_all, chunk_all = entry["fns"]
     trial_sh = trial_sharding(mesh)
-    if "init" not in entry:
-        entry["init"] = (
-            jax.jit(init_all, out_shardings=trial_sh).lower(unit.hp, unit.keys).compile()
-        )
-    unit.init = entry["init"]
+
+    def compiled_init(hp: Any, keys: Any) -> Any:
+        if "init" not in entry:
+            entry["init"] = jax.jit(init_all, out_shardings=trial_sh).lower(hp, keys).compile()
+        return entry["init"](hp, keys)
+
+    if init:
+        if "init" not in entry:
+            entry["init"] = (
+                jax.jit(init_all, out_shardings=trial_sh).lower(unit.hp, unit.keys).compile()
+            )
+    unit.init = compiled_init
     unit.state_shape = jax.eval_shape(init_all, unit.hp, unit.keys)
     state_shape = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=trial_sh), unit.state_shape
@@ -197,6 +220,7 @@ class Prepared(NamedTuple):
     selection: Selection
     compile_s: float
     choice: str  # what decided the trials per call
+    per_call: int | None = None  # the trials per call chosen (None: one call per group)
 
 
 def _mesh(setting: Any) -> jax.sharding.Mesh:
@@ -216,11 +240,15 @@ def prepare(
     *,
     compile_programs: bool = True,
     trials: Sequence[tuple[int, dict[str, Any]]] | None = None,
+    like: Prepared | None = None,
+    init: bool = True,
 ) -> Prepared:
     """Bind, check, plan and (optionally) compile a sweep; nothing is written.
 
     ``trials`` prepares an explicit population (``(sweep-wide id, overrides)`` pairs) instead
-    of the whole search space.
+    of the whole search space. ``like``: a population prepared before in the same sweep, whose
+    trials per call this one keeps (no probe compile: a strategy's later populations are
+    smaller). ``init=False`` compiles the init programs only when called.
     """
     base = cfg.base
     steps, eval_every = base["train.steps"], base["train.eval_every"]
@@ -229,7 +257,12 @@ def prepare(
     mtpc = base["train.max_trials_per_call"]
     probe = PROBE_TRIALS * mesh.size
     per_call = probe if mtpc == "auto" else mtpc
+    if like is not None:
+        mtpc = per_call = like.per_call
     plan = make_plan(cfg, binder, per_call, mesh, splits=SPLITS, trials=trials)
+    if mtpc == "auto" and max(len(g.members) for g in plan.groups) <= DIRECT_TRIALS * mesh.size:
+        probe = max(len(g.members) for g in plan.groups)
+        plan = make_plan(cfg, binder, probe, mesh, splits=SPLITS, trials=trials)
     selection = resolve_selection(cfg, binder.metric_names or [])
     for g in plan.groups:
         names = g.bound.metric_names
@@ -247,25 +280,31 @@ def prepare(
         for s in plan.data
     ]
     choice = "all trials of a group in one call" if mtpc == "auto" else f"fixed at {mtpc}"
+    if like is not None:
+        choice = like.choice
     compile_s = 0.0
     if compile_programs:
-        compile_s = _compile_all(plan, data, lengths)
+        compile_s = _compile_all(plan, data, lengths, init)
         if mtpc == "auto":
             want, choice = fit_memory(plan, lengths, probe)
             largest = max(len(g.members) for g in plan.groups)
             have = probe if largest > probe else None
+            per_call = want
             if want != have:
                 plan = make_plan(cfg, binder, want, mesh, splits=SPLITS, trials=trials)
-                compile_s += _compile_all(plan, data, lengths)
-    return Prepared(cfg, plan, data, selection, compile_s, choice)
+                compile_s += _compile_all(plan, data, lengths, init)
+    per_call = None if per_call == "auto" else per_call
+    return Prepared(cfg, plan, data, selection, compile_s, choice, per_call)
 
 
-def _compile_all(plan: Plan, data: list[dict[str, Any]], lengths: Sequence[int]) -> float:
+def _compile_all(
+    plan: Plan, data: list[dict[str, Any]], lengths: Sequence[int], init: bool = True
+) -> float:
     total = 0.0
     for unit in plan.units:
         group = plan.groups[unit.group]
         n_train = num_examples(plan.data[group.data_index].train)
-        total += compile_unit(unit, plan, data[group.data_index], lengths, n_train)
+        total += compile_unit(unit, plan, data[group.data_index], lengths, n_train, init=init)
     return total
 
 

@@ -29,7 +29,12 @@ class SweepCallback:
 
     def on_start(self, info: dict[str, Any]) -> None:
         """``info`` has ``names``, ``hparams``, ``steps``, ``num_trials``, ``out_dir``,
-        ``start_step``, ``selection``, ``groups``, ``devices``, ``backend``."""
+        ``start_step``, ``selection``, ``groups``, ``devices``, ``backend``, ``strategy``,
+        ``trial_steps`` (planned in all) and ``trial_steps_done``."""
+
+    def on_population(self, ids: list[int], start: int, stop: int) -> None:
+        """The trials ``ids`` (sweep-wide) train steps ``[start, stop)`` next (an adaptive
+        strategy trains fewer trials as it goes)."""
 
     def on_chunk(self, start: int, stop: int, history: dict[str, np.ndarray]) -> None:
         """Steps ``[start, stop)`` are done; ``history`` holds all metrics up to ``stop``."""

@@ -42,6 +42,8 @@ class Population:
       cfg: the sweep configuration.
       binder: binds each structure group to its task and optimizer.
       trials: the population; None is the whole search space with ids ``0 .. N-1``.
+      like: an earlier population of the sweep whose trials per call this one keeps.
+      fresh: compile the init programs now (False: the states will be loaded).
     """
 
     def __init__(
@@ -49,9 +51,12 @@ class Population:
         cfg: SweepConfig,
         binder: Binder,
         trials: Sequence[tuple[int, dict[str, Any]]] | None = None,
+        *,
+        like: Prepared | None = None,
+        fresh: bool = True,
     ) -> None:
         self.cfg, self.binder = cfg, binder
-        self.prep: Prepared = prepare(cfg, binder, trials=trials)
+        self.prep: Prepared = prepare(cfg, binder, trials=trials, like=like, init=fresh)
         self.plan = self.prep.plan
 
     @property

@@ -167,9 +167,7 @@ def summarize(
         last = stopped[i][0] if i in stopped else steps_done
         window = history["train.loss"][i, max(0, last - eval_every) : last]
         final = {"train.loss": float(np.mean(window)) if window.size else math.nan}
-        evaluated = (steps <= last) & (
-            np.isfinite(history[eval_keys[0]][i]) if eval_keys else True
-        )
+        evaluated = (steps <= last) & (np.isfinite(history[eval_keys[0]][i]) if eval_keys else True)
         seen = np.flatnonzero(evaluated)
         j_last = int(seen[-1]) if seen.size else None
         for k in eval_keys:

@@ -57,6 +57,7 @@ class Sweep:
         self.history: dict[str, np.ndarray] | None = None
         self.checkpoints: Checkpoints | None = None
         self.compile_s = 0.0
+        self.planned: int | None = None  # trial-steps a strategy plans (default: the grid's)
         self.prepared: list[Any] = []
         self.trial_steps = 0
         self._t0 = time.perf_counter()
@@ -86,12 +87,18 @@ class Sweep:
         ids: Sequence[int] | None = None,
         *,
         overrides: Mapping[int, Mapping[str, Any]] | None = None,
+        fresh: bool = True,
     ) -> Population:
-        """Plan and compile the trials ``ids`` (default all); ``overrides[id]`` changes keys."""
+        """Plan and compile the trials ``ids`` (default all); ``overrides[id]`` changes keys.
+
+        Populations after the first keep its trials per call (no probe compile); ``fresh=False``
+        for a population whose states will be loaded (its init programs compile only if called).
+        """
         ids = list(range(len(self.overrides))) if ids is None else list(ids)
         extra = overrides or {}
         trials = [(i, {**self.overrides[i], **extra.get(i, {})}) for i in ids]
-        pop = Population(self.cfg, self.binder, trials)
+        like = self.prepared[0] if self.prepared else None
+        pop = Population(self.cfg, self.binder, trials, like=like, fresh=fresh)
         self.compile_s += pop.prep.compile_s
         self.prepared.append(pop.prep)
         if self.history is None:
@@ -145,6 +152,10 @@ class Sweep:
             "devices": plan.mesh.size,
             "backend": jax.default_backend(),
             "strategy": self.cfg.strategy,
+            "trial_steps": self.planned or len(self.names) * self.steps,
+            "trial_steps_done": start_step * len(self.names)
+            if self.cfg.strategy == "all"
+            else int(np.isfinite(self.history["train.loss"]).sum()),
         }
         if self.verbose:
             print(describe(population.prep))
@@ -154,6 +165,10 @@ class Sweep:
 
     def train(self, population: Population, start: int, stop: int, **kw: Any) -> tuple[int, bool]:
         """Train a population over ``[start, stop)``; returns ``(step reached, interrupted)``."""
+        for cb in self.callbacks:
+            hook = getattr(cb, "on_population", None)  # callbacks need not subclass
+            if hook is not None:
+                hook(population.ids, start, stop)
         step, self.history, interrupted = population.run(
             start, stop, self.history, callbacks=self.callbacks, checkpoints=self.checkpoints, **kw
         )

@@ -5,7 +5,7 @@
   batch size), diverged trials marked ``x``.
 * :func:`plot_curves`: every trial's training loss (log y, gaps where it is not finite) and the
   selection metric over the evaluation steps.
-* :func:`write_plots`: both, into ``<out_dir>/plots/``.
+* :func:`write_plots`: both, into ``<out_dir>/plots/``, with the plot of an adaptive strategy.
 
 Figures are built as ``matplotlib.figure.Figure`` with a ``FigureCanvasAgg``, so importing this
 module neither selects a backend nor touches ``pyplot``.
@@ -277,12 +277,15 @@ def plot_curves(result: SweepResult, path: str | Path) -> Path:
 
 
 def write_plots(result: SweepResult, out_dir: str | Path) -> list[Path]:
-    """Write ``plots/lr_vs_metric.png`` and ``plots/curves.png`` under ``out_dir``.
+    """Write ``plots/lr_vs_metric.png`` and ``plots/curves.png`` under ``out_dir``, and the
+    plot of an adaptive strategy (:mod:`jaxtune.report.search_plots`).
 
     ``curves.png`` is skipped when the result carries no history.
     """
+    from jaxtune.report.search_plots import write_search_plots  # it builds on this module
+
     d = Path(out_dir) / "plots"
     paths = [plot_lr_vs_metric(result, d / "lr_vs_metric.png")]
     if "train.loss" in result.history:
         paths.append(plot_curves(result, d / "curves.png"))
-    return paths
+    return paths + write_search_plots(result, d)

@@ -1,7 +1,8 @@
 """Progress display and the ranked results table of a sweep.
 
 :class:`ProgressBar` is a :class:`~jaxtune.engine.SweepCallback` that drives a ``tqdm`` bar over
-``steps x trials`` trial-steps (elapsed time, ETA and rate come from tqdm) with the current step,
+the trial-steps the sweep plans to spend (``steps x trials``, less for an adaptive strategy
+that stops trials early; elapsed time, ETA and rate come from tqdm) with the current step,
 the best value of the selection metric so far and the number of diverged trials as its postfix.
 
 :func:`format_table` renders a :class:`~jaxtune.engine.SweepResult` (live or read back with
@@ -40,21 +41,25 @@ class ProgressBar(SweepCallback):
         self.bar: Any = None
         self.steps = 0
         self.num_trials = 0
+        self.active = 0  # trials of the population now training (adaptive strategies)
         self.selection: Any = None
         self.best = math.nan
         self.num_diverged = 0
+        self.diverged_ids: set[int] = set()
+        self.ids: list[int] | None = None  # the trials training now (None: all)
 
     def on_start(self, info: dict[str, Any]) -> None:
         from tqdm import tqdm
 
         self.steps = int(info["steps"])
-        self.num_trials = int(info["num_trials"])
+        self.num_trials = self.active = int(info["num_trials"])
         self.selection = info.get("selection")
         start = int(info.get("start_step", 0))
+        self.diverged_ids, self.ids = set(), None
         self.close()
         self.bar = tqdm(
-            total=self.steps * self.num_trials,
-            initial=start * self.num_trials,
+            total=int(info.get("trial_steps", self.steps * self.num_trials)),
+            initial=int(info.get("trial_steps_done", start * self.num_trials)),
             desc=f"sweep ({self.num_trials} trials)",
             unit="trial-step",
             file=self.file if self.file is not None else sys.stderr,
@@ -64,6 +69,9 @@ class ProgressBar(SweepCallback):
         )
         self.bar.set_postfix_str(f"step {start}/{self.steps}", refresh=False)
 
+    def on_population(self, ids: list[int], start: int, stop: int) -> None:
+        self.active, self.ids = len(ids), list(ids)
+
     def on_chunk(self, start: int, stop: int, history: dict[str, np.ndarray]) -> None:
         sel = self.selection
         if sel is not None and sel.metric in history:
@@ -71,9 +79,13 @@ class ProgressBar(SweepCallback):
             finite = values[np.isfinite(values)]
             if finite.size:
                 self.best = float(finite.max() if sel.mode == "max" else finite.min())
-        loss = np.asarray(history["train.loss"])[:, :stop]
-        # A diverged trial's loss is NaN from its divergence step on.
-        self.num_diverged = int(np.sum(np.isnan(loss[:, -1]))) if loss.size else 0
+        # A diverged trial's loss is NaN from its divergence step on (a trial an adaptive
+        # strategy stopped has NaN after its last step too: only the training ones count).
+        if stop > 0:
+            last = np.asarray(history["train.loss"])[:, stop - 1]
+            rows = self.ids if self.ids is not None else range(len(last))
+            self.diverged_ids.update(i for i in rows if np.isnan(last[i]))
+        self.num_diverged = len(self.diverged_ids)
         if self.bar is None:
             return
         parts = [f"step {stop}/{self.steps}"]
@@ -82,7 +94,7 @@ class ProgressBar(SweepCallback):
         if self.num_diverged:
             parts.append(f"diverged {self.num_diverged}")
         self.bar.set_postfix_str(", ".join(parts), refresh=False)
-        self.bar.update((stop - start) * self.num_trials)
+        self.bar.update((stop - start) * self.active)
 
     def on_end(self, result: SweepResult) -> None:
         self.close()
@@ -128,10 +140,15 @@ def summary_line(result: SweepResult) -> str:
     shown = f"{sel} {_fmt(best.final[sel])}"
     if test:
         shown += "; " + ", ".join(test) + " (reported, not used to choose)"
-    return (
+    line = (
         f"{n} trial{'s' if n != 1 else ''}, {diverged} diverged; best by {sel} "
         f"({result.selection.mode}): {best.name} ({shown})"
     )
+    spent, grid = result.timing.get("trial_steps"), result.timing.get("grid_trial_steps")
+    strategy = result.search.get("strategy")
+    if strategy and spent and grid:
+        line += f"; {strategy} spent {spent} of {grid} trial-steps ({spent / grid:.0%})"
+    return line
 
 
 def format_table(result: SweepResult, *, top: int | None = None) -> str:
@@ -149,6 +166,9 @@ def format_table(result: SweepResult, *, top: int | None = None) -> str:
     metrics = _metric_columns(result)
     target = result.selection.target is not None
     header = ["rank", "name", *[k.split(".")[-1] for k in keys], *metrics, "diverged_at"]
+    stopped = any(t.stopped_step is not None for t in result.trials)
+    if stopped:
+        header.append("stopped_at")
     if target:
         header.append("target_at")
     ranked = result.ranked()
@@ -158,6 +178,8 @@ def format_table(result: SweepResult, *, top: int | None = None) -> str:
         row = [str(rank), t.name, *[_fmt(t.hparams.get(k)) for k in keys]]
         row += [_fmt(t.final.get(k)) for k in metrics]
         row.append(_fmt(t.diverged_step) if t.diverged else "-")
+        if stopped:
+            row.append(_fmt(t.stopped_step))
         if target:
             row.append(_fmt(t.target_step))
         rows.append(row)

@@ -22,6 +22,14 @@ from jaxtune.errors import ConfigError
 __all__ = ["add_subcommands"]
 
 
+def _default_out() -> Path:
+    out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    candidate, i = out, 1
+    while candidate.exists():
+        candidate, i = out.with_name(f"{out.name}-{i}"), i + 1
+    return candidate
+
+
 def _resume_hint(args: argparse.Namespace, out: Path) -> str:
     config = f"{args.config} " if args.config else ""
     return f"jaxtune tune {config}--out {out} --resume"
@@ -35,11 +43,7 @@ def _tune_handler(args: argparse.Namespace) -> int:
 
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR: the folder of the tune run to continue")
-    out = (
-        Path(args.out)
-        if args.out is not None
-        else Path("runs") / time.strftime("tune-%Y%m%d-%H%M%S")
-    )
+    out = Path(args.out) if args.out is not None else _default_out()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
     search, document = search_path(args), None
@@ -49,6 +53,10 @@ def _tune_handler(args: argparse.Namespace) -> int:
         search = [Path(p) for p in stored.get("search_path", [])]
         document = {**stored["config"], **stored["tune"]}
     cfg, settings = load_tune_config(args.config, list(args.set or ()), document=document)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out} cannot be used: {e.strerror or e}") from None
     bar = ProgressBar()
 
     def callbacks(stage: str) -> list[Any]:

@@ -23,7 +23,14 @@ import numpy as np
 from jaxtune.engine.result import SweepResult
 from jaxtune.engine.run import Sweep
 
-__all__ = ["deal", "rung_steps", "run_halving", "run_hyperband", "select_survivors"]
+__all__ = [
+    "deal",
+    "planned_trial_steps",
+    "rung_steps",
+    "run_halving",
+    "run_hyperband",
+    "select_survivors",
+]
 
 
 def rung_steps(n: int, steps: int, eta: float, every: int, first: int | None = None) -> list[int]:
@@ -122,12 +129,29 @@ def _bracket(sweep, pop, live, step, rungs, eta, bracket, state) -> tuple[Any, i
             return pop, step, False
         states = pop.states()
         live = survivors
-        pop = sweep.population(live)
+        pop = sweep.population(live, fresh=False)
         pop.load({i: states[i] for i in live})
+
+
+def planned_trial_steps(brackets: Sequence[tuple[Sequence[int], Sequence[int]]], eta: float) -> int:
+    """Trial-steps the brackets spend when no trial diverges (``ceil(n / eta)`` survive).
+
+    Example:
+      >>> planned_trial_steps([(range(9), [10, 30, 90])], 3.0)
+      210
+    """
+    total = 0
+    for ids, rungs in brackets:
+        live, prev = len(ids), 0
+        for step in rungs:
+            total += (step - prev) * live
+            live, prev = max(1, math.ceil(live / eta)), step
+    return total
 
 
 def _run(sweep: Sweep, brackets: list[tuple[list[int], list[int]]], strategy: str) -> SweepResult:
     eta = sweep.cfg.base["halving.eta"]
+    sweep.planned = planned_trial_steps(brackets, eta)
     state: dict[str, Any] = {"stopped": {}, "diverged": {}, "rungs": []}
     # The first population compiles before anything is written; a resumed run rebuilds the
     # population its checkpoint names.
@@ -138,7 +162,7 @@ def _run(sweep: Sweep, brackets: list[tuple[list[int], list[int]]], strategy: st
     def expect(extra: dict) -> tuple[Any, Any]:
         live = tuple(extra.get("live", first))
         if live not in built:
-            built[live] = sweep.population(list(live))
+            built[live] = sweep.population(list(live), fresh=False)
         return built[live].templates(), built[live].members
 
     restored = sweep.restore(expect)
