@@ -113,11 +113,10 @@ def compile_unit(
             entry["init"] = jax.jit(init_all, out_shardings=trial_sh).lower(hp, keys).compile()
         return entry["init"](hp, keys)
 
-    if init:
-        if "init" not in entry:
-            entry["init"] = (
-                jax.jit(init_all, out_shardings=trial_sh).lower(unit.hp, unit.keys).compile()
-            )
+    if init and "init" not in entry:  # compile now, not at the first call
+        entry["init"] = (
+            jax.jit(init_all, out_shardings=trial_sh).lower(unit.hp, unit.keys).compile()
+        )
     unit.init = compiled_init
     unit.state_shape = jax.eval_shape(init_all, unit.hp, unit.keys)
     state_shape = jax.tree.map(
