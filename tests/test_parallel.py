@@ -43,14 +43,15 @@ SCRIPT = textwrap.dedent(
     if jax.process_index() != 0:
         raise SystemExit(0)  # process 0 reports for everyone
     params = {{t.id: [np.asarray(x).tolist() for x in jax.tree.leaves(r.trial_state(t.id).params)]
-              for t in r.trials}}
+              for t in r.trials if t.stopped_step is None}}
     print(json.dumps({{"devices": r.timing["devices"], "groups": r.timing["groups"],
-                      "local": len(jax.devices()), "params": params}}))
+                      "local": len(jax.devices()), "params": params,
+                      "rungs": r.search.get("rungs")}}))
     """
 )
 
 
-def _run(tmp_path, out, devices, *, resume=False, stop_at=-1, forced=4):
+def _run(tmp_path, out, devices, *, resume=False, stop_at=-1, forced=4, cfg=CFG):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format())
     # Forced host devices are CPU devices: JAX_PLATFORMS=cpu keeps a GPU or TPU out of the mesh.
@@ -67,7 +68,7 @@ def _run(tmp_path, out, devices, *, resume=False, stop_at=-1, forced=4):
             str(devices),
             "1" if resume else "0",
             str(stop_at),
-            json.dumps(CFG),
+            json.dumps(cfg),
         ],
         capture_output=True,
         text=True,
@@ -98,6 +99,26 @@ def test_sharded_sweep_equals_single_device_and_resumes_on_fewer_devices(tmp_pat
     assert _run(tmp_path, tmp_path / "elastic", 4, stop_at=20) is None
     two = _run(tmp_path, tmp_path / "elastic", 2, resume=True)
     assert two["devices"] == 2
+    _close(one, two)
+
+
+@pytest.mark.accelerator
+def test_halving_survivors_are_repadded_to_the_devices_and_resume(tmp_path):
+    """Rungs of 12 -> 4 -> 2 trials over 4 devices (then 1 trial padded to 4) equal one device,
+    and a sweep killed mid-rung on 4 devices resumes on 2."""
+    cfg = {
+        **CFG,
+        "halving": {"eta": 3.0, "min_steps": 10},
+        "sweep": {**CFG["sweep"], "strategy": "halving"},
+    }
+    one = _run(tmp_path, tmp_path / "one", 1, cfg=cfg)
+    four = _run(tmp_path, tmp_path / "four", 4, cfg=cfg)
+    assert four["devices"] == 4 and [len(r["trials"]) for r in four["rungs"]] == [12, 4]
+    assert four["rungs"] == one["rungs"]
+    _close(one, four)
+    assert _run(tmp_path, tmp_path / "elastic", 4, stop_at=20, cfg=cfg) is None
+    two = _run(tmp_path, tmp_path / "elastic", 2, resume=True, cfg=cfg)
+    assert two["rungs"] == one["rungs"]
     _close(one, two)
 
 
