@@ -242,11 +242,9 @@ def _sweep(config):
     return Sweep(cfg, binder, out_dir=None, resume=False, callbacks=(), verbose=False)
 
 
-def test_exploit_copies_the_whole_state_bit_for_bit_but_keeps_the_key():
-    cfg = jaxtune.SweepConfig.from_dict(_with(PBT, train={"steps": 40}))
-    sweep = Sweep(
-        cfg, Binder(cfg, task=TASK), out_dir=None, resume=False, callbacks=(), verbose=False
-    )
+@pytest.mark.parametrize("per_call", ["auto", 3])  # on the device / between calls
+def test_exploit_copies_the_whole_state_bit_for_bit_but_keeps_the_key(per_call):
+    sweep = _sweep(_with(PBT, train={"steps": 40, "max_trials_per_call": per_call}))
     pop = sweep.population()
     pop.init()
     sweep.train(pop, 0, 40)
@@ -266,8 +264,10 @@ def test_exploit_copies_the_whole_state_bit_for_bit_but_keeps_the_key():
         np.testing.assert_array_equal(np.asarray(after[i].key), np.asarray(before[i].key))
     # Explore changes hyperparameters without recompiling: the unit's arrays change in place.
     pop.set_hp({7: {"optimizer.learning_rate": 0.5}})
-    lrs = np.asarray(pop.plan.units[0].hp["optimizer.learning_rate"])
-    assert lrs[pop.plan.units[0].trial_ids.index(pop.ids.index(7))] == pytest.approx(0.5)
+    (unit,) = [u for u in pop.plan.units if pop.ids.index(7) in u.trial_ids]
+    lrs = np.asarray(unit.hp["optimizer.learning_rate"])
+    assert lrs[unit.trial_ids.index(pop.ids.index(7))] == pytest.approx(0.5)
+    assert len(pop.plan.units) == (1 if per_call == "auto" else 3)
 
 
 def test_exploit_explore_moves_the_bottom_quantile_to_the_top():

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxtune import parallel
@@ -98,6 +99,33 @@ class Population:
             stacked.append(jax.tree.map(lambda *xs: np.stack(xs), *parts))
         scatter_states(self.plan, stacked)
 
+    def copy(self, copies: Mapping[int, int], *, keep: tuple[str, ...] = ("key",)) -> None:
+        """Trial ``dst`` takes the state of trial ``copies[dst]`` (by id), bit for bit, except
+        the fields ``keep``. Within one compiled call the copy is a gather on the device; a
+        copy between calls or groups goes through the host."""
+        pos = {i: p for p, i in enumerate(self.plan.ids)}
+        where = {p: (u, j) for u in self.plan.units for j, p in enumerate(u.trial_ids)}
+        if not all(where[pos[d]][0] is where[pos[s]][0] for d, s in copies.items()):
+            states = self.states()
+            self.load(
+                {
+                    i: states[copies.get(i, i)]._replace(**{f: getattr(states[i], f) for f in keep})
+                    for i in self.ids
+                }
+            )
+            return
+        for unit in self.plan.units:
+            index = np.arange(unit.size)
+            for j, p in enumerate(unit.trial_ids):
+                src = copies.get(self.plan.ids[p])
+                if src is not None:
+                    index[j] = where[pos[src]][1]
+            if (index == np.arange(unit.size)).all():
+                continue
+            take = jax.jit(_take, out_shardings=trial_sharding(self.plan.mesh))
+            moved = take(unit.state, index)
+            unit.state = moved._replace(**{f: getattr(unit.state, f) for f in keep})
+
     def set_hp(self, values: Mapping[int, Mapping[str, float]]) -> None:
         """Change numeric hyperparameters of some trials (by id); nothing recompiles."""
         pos = {i: p for p, i in enumerate(self.plan.ids)}
@@ -139,3 +167,8 @@ class Population:
             )
             for u in self.plan.units
         ]
+
+
+def _take(state: Any, index: Any) -> Any:
+    """Rows ``index`` of every leaf of a stacked state."""
+    return jax.tree.map(lambda a: jnp.take(a, index, axis=0), state)

@@ -112,11 +112,11 @@ def exploit_explore(
 def copy_states(pop: Population, copies: Mapping[int, int]) -> None:
     """Exploit: trial ``dst`` takes the whole state of ``copies[dst]`` except its own key.
 
-    Parameters, optimizer and model state, step and divergence flags are copied bit for bit;
-    the key stays, so the copier keeps its own data order and dropout masks.
+    Parameters, optimizer and model state and divergence flags are copied bit for bit (on the
+    device when both trials are in one compiled call); the key stays, so the copier keeps its
+    own data order and dropout masks.
     """
-    states = pop.states()
-    pop.load({i: states[copies.get(i, i)]._replace(key=states[i].key) for i in pop.ids})
+    pop.copy(copies, keep=("key",))
 
 
 def winning_schedule(
