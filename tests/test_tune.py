@@ -249,15 +249,29 @@ def test_bad_default_config_settings_name_the_key(tmp_path, capsys):
     assert set(TUNE_KEYS) >= {"tune.stages", "tune.seeds.count", "tune.refine.grid"}
 
 
-def test_cli_on_the_user_task_prints_the_summary_and_resumes_from_tune_json(tmp_path, capsys):
+def test_cli_imports_the_user_task_and_resumes_from_tune_json(tmp_path, capsys):
+    # Stage 3 with nothing to vary trains nothing: the command's plumbing without a compile.
     out = tmp_path / "run"
-    argv = ["tune", CUSTOM, "--out", str(out), *(a for s in TINY for a in ("--set", s))]
-    assert main([*argv, "--set", 'tune.stages=["lr_range"]']) == 0
+    argv = ["tune", CUSTOM, "--out", str(out), "--set", 'tune.stages=["refine"]']
+    assert main([*argv, "--set", "tune.refine.grid={}"]) == 0
     printed = capsys.readouterr().out
     summary = (out / "summary.md").read_text()
-    assert summary in printed and "stage1-lr-range" in summary
-    assert main(["tune", "--out", str(out), "--resume"]) == 0  # nothing left to run
+    assert summary in printed and "nothing to compare" in summary
+    state = json.loads((out / "tune.json").read_text())
+    assert state["search_path"] == [str(EXAMPLES)]
+    assert main(["tune", "--out", str(out), "--resume"]) == 0  # the config from tune.json
     assert summary in capsys.readouterr().out
+    assert main(["tune", CUSTOM, "--out", str(out), "--resume"]) == 2  # its grid differs
+    assert "tune.refine.grid" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_on_the_user_task_runs_every_stage(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["tune", CUSTOM, "--out", str(out), *(a for s in TINY for a in ("--set", s))]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "summary.md").read_text() in printed
+    assert "**valid.mse** (min)" in printed and printed.count("test.mse") == 1
 
 
 def test_example_tune_toml_spells_out_the_defaults():
