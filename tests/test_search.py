@@ -107,6 +107,19 @@ def test_rungs_keep_exactly_the_best_third_of_a_grid_run(grid, halved):
     assert halved.best().id in finalists
 
 
+def test_best_is_a_finalist_even_when_a_stopped_trial_scored_better_early(halved):
+    import dataclasses
+
+    stopped = next(t for t in halved.trials if t.stopped_step is not None)
+    trials = [
+        dataclasses.replace(t, final={**t.final, "valid.loss": -1.0}) if t is stopped else t
+        for t in halved.trials
+    ]
+    result = dataclasses.replace(halved, trials=trials)
+    assert result.best().stopped_step is None
+    assert result.ranked()[0].stopped_step is None
+
+
 def test_every_trial_equals_the_grid_run_up_to_where_it_stopped(grid, halved):
     for t in halved.trials:
         stop = t.stopped_step or 90
@@ -223,6 +236,7 @@ def test_a_killed_adaptive_sweep_resumes_bit_identically(tmp_path, strategy, cut
     resumed = jaxtune.run_sweep(cfg, task=TASK, out_dir=tmp_path / "cut", resume=True)
     _assert_same(whole, resumed)
     assert jaxtune.SweepResult.load(tmp_path / "cut").search == whole.search
+    assert resumed.timing["trial_steps"] == whole.timing["trial_steps"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -148,6 +148,8 @@ def is_hparam(key: str) -> bool:
 def unknown(key: str, allowed: Sequence[str], where: str = "configuration key") -> ConfigError:
     close = difflib.get_close_matches(key, list(allowed), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
+    if key.startswith("tune."):
+        hint = " (the [tune] table is read by `jaxtune tune`, not by `jaxtune sweep`)"
     return ConfigError(f"unknown {where} {key!r}{hint} Allowed: {', '.join(allowed)}")
 
 

@@ -247,7 +247,9 @@ def prepare(
     ``trials`` prepares an explicit population (``(sweep-wide id, overrides)`` pairs) instead
     of the whole search space. ``like``: a population prepared before in the same sweep, whose
     trials per call this one keeps (no probe compile: a strategy's later populations are
-    smaller). ``init=False`` compiles the init programs only when called.
+    smaller); its calls are padded to a power of two trials per device, so that the populations
+    of a strategy share few compiled programs. ``init=False`` compiles the init programs only
+    when called.
     """
     base = cfg.base
     steps, eval_every = base["train.steps"], base["train.eval_every"]
@@ -258,7 +260,8 @@ def prepare(
     per_call = probe if mtpc == "auto" else mtpc
     if like is not None:
         mtpc = per_call = like.per_call
-    plan = make_plan(cfg, binder, per_call, mesh, splits=SPLITS, trials=trials)
+    bucket = like is not None
+    plan = make_plan(cfg, binder, per_call, mesh, splits=SPLITS, trials=trials, bucket=bucket)
     if mtpc == "auto" and max(len(g.members) for g in plan.groups) <= DIRECT_TRIALS * mesh.size:
         probe = max(len(g.members) for g in plan.groups)
         plan = make_plan(cfg, binder, probe, mesh, splits=SPLITS, trials=trials)

@@ -62,7 +62,10 @@ class Checkpoints:
         return step // self.every > self.last // self.every or step == end
 
     def save(self, step: int, population: Any, history: dict, extra: dict | None = None) -> None:
-        extra = {**(extra or {}), "step": int(step), "offset": int(self.offset)}
+        extra = dict(extra or {})
+        # What the sweep spent up to this checkpoint (a resumed run's timing includes it).
+        spent = extra.pop("trial_steps_base", 0) + step * len(population.ids)
+        extra.update(step=int(step), offset=int(self.offset), trial_steps=int(spent))
         self.checkpointer.save(
             self.offset + step, population.group_states(), history, population.members, extra=extra
         )

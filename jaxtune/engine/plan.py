@@ -161,13 +161,15 @@ def make_plan(
     *,
     splits: tuple[str, ...],
     trials: Sequence[tuple[int, dict[str, Any]]] | None = None,
+    bucket: bool = False,
 ) -> Plan:
     """Expand the trials, bind each structure to its task and cut groups into calls.
 
     ``bind(structure, trials)`` receives a group's structure (the flat configuration without
     numeric keys) and its trials, and returns the group's :class:`Bound`. ``trials`` plans an
     explicit population instead of the whole search space: ``(sweep-wide id, overrides)``
-    pairs (what adaptive strategies train at each stage).
+    pairs (what adaptive strategies train at each stage). ``bucket`` pads each call to a power
+    of two trials per device, so that populations of nearby sizes share compiled programs.
     """
     if trials is None:
         overrides = config_lib.expand_trials(cfg)
@@ -223,7 +225,7 @@ def make_plan(
             groups.append(
                 Group(prog, members, [trials[i] for i in members], bound, data_index, info)
             )
-    units = split_units(groups, max_per_call, mesh, numeric)
+    units = split_units(groups, max_per_call, mesh, numeric, bucket=bucket)
     return Plan(trials, hparams, names, groups, units, mesh, data, ids)
 
 
@@ -232,6 +234,8 @@ def split_units(
     max_per_call: int | None,
     mesh: jax.sharding.Mesh,
     numeric: Sequence[str],
+    *,
+    bucket: bool = False,
 ) -> list[Unit]:
     k = mesh.size
     sharding = trial_sharding(mesh)
@@ -241,7 +245,12 @@ def split_units(
         n = len(group.members)
         per_call = max_per_call or n
         n_calls = math.ceil(n / per_call)
-        size = math.ceil(math.ceil(n / n_calls) / k) * k
+        per_device = math.ceil(math.ceil(n / n_calls) / k)
+        if bucket:
+            per_device = 1 << (per_device - 1).bit_length()
+            if max_per_call:
+                per_device = min(per_device, max(1, max_per_call // k))
+        size = per_device * k
         n_calls = math.ceil(n / size)
         hp_all = hp_arrays(group.trials, numeric)
         keys_all = root_keys(group.trials)

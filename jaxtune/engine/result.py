@@ -296,7 +296,8 @@ class SweepResult:
         ]
         if not candidates:
             raise ValueError("no trial finished with a finite value of " + metric)
-        return min(candidates, key=lambda t: sel.sort_key(t.final[metric]))
+        finished = [t for t in candidates if t.stopped_step is None]
+        return min(finished or candidates, key=lambda t: sel.sort_key(t.final[metric]))
 
     def aggregate(self, over: str = "train.seed") -> list[dict[str, Any]]:
         """Mean, std and a 95% interval of each final metric per setting, across ``over``.

@@ -129,6 +129,7 @@ class Sweep:
         self.history = {**self.history, **saved}
         step = int(extra.get("step", number))
         self.checkpoints.offset, self.checkpoints.last = int(extra.get("offset", 0)), step
+        self.trial_steps = int(extra.get("trial_steps", step * len(self.overrides)))
         return step, extra
 
     def restored_states(self) -> list[Any]:
@@ -169,6 +170,8 @@ class Sweep:
             hook = getattr(cb, "on_population", None)  # callbacks need not subclass
             if hook is not None:
                 hook(population.ids, start, stop)
+        base = self.trial_steps - start * len(population.ids)
+        kw["extra"] = {**(kw.get("extra") or {}), "trial_steps_base": base}
         step, self.history, interrupted = population.run(
             start, stop, self.history, callbacks=self.callbacks, checkpoints=self.checkpoints, **kw
         )

@@ -12,3 +12,8 @@ the validation metric (``select.metric``) and works for user tasks:
 
 ``jaxtune tune`` (:mod:`~jaxtune.search.tune`) runs the tuning order as staged sweeps.
 """
+
+from jaxtune.search.tune import TuneResult as TuneResult
+from jaxtune.search.tune import run_tune as run_tune
+
+__all__ = ["TuneResult", "run_tune"]

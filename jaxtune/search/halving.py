@@ -257,6 +257,6 @@ def run_hyperband(sweep: Sweep) -> SweepResult:
         if not ids:
             continue
         first = max(every, int(steps / eta**s) // every * every)
-        rungs = rung_steps(len(ids), steps, eta, every, first if first < steps else None)
+        rungs = rung_steps(len(ids), steps, eta, every, first) if first < steps else [steps]
         brackets.append((ids, rungs))
     return _run(sweep, brackets, "hyperband")
