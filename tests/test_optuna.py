@@ -103,7 +103,16 @@ def test_a_killed_study_resumes_to_the_same_result(tmp_path, study_run):
     assert [t.hparams for t in resumed.trials] == [t.hparams for t in whole.trials]
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "cmaes", "qmc", "random", "gp"])
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        "tpe",
+        "qmc",
+        pytest.param("cmaes", marks=pytest.mark.slow),
+        pytest.param("random", marks=pytest.mark.slow),
+        pytest.param("gp", marks=pytest.mark.slow),
+    ],
+)
 def test_each_sampler_proposes_in_the_space(sampler):
     if sampler == "gp":
         pytest.importorskip("torch")

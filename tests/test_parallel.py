@@ -102,6 +102,7 @@ def test_sharded_sweep_equals_single_device_and_resumes_on_fewer_devices(tmp_pat
     _close(one, two)
 
 
+@pytest.mark.slow
 @pytest.mark.accelerator
 def test_halving_survivors_are_repadded_to_the_devices_and_resume(tmp_path):
     """Rungs of 12 -> 4 -> 2 trials over 4 devices (then 1 trial padded to 4) equal one device,

@@ -221,7 +221,13 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize(
-    ("strategy", "cut"), [("halving", 50), ("hyperband", 30), ("pbt", 40), ("pbt", 50)]
+    ("strategy", "cut"),
+    [
+        ("halving", 50),  # mid-rung
+        ("pbt", 40),  # at an exploit boundary
+        pytest.param("hyperband", 30, marks=pytest.mark.slow),  # at a rung, first bracket
+        pytest.param("pbt", 50, marks=pytest.mark.slow),  # mid-interval
+    ],
 )
 def test_a_killed_adaptive_sweep_resumes_bit_identically(tmp_path, strategy, cut):
     cfg = _with(
