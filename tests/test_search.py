@@ -361,3 +361,28 @@ def test_bad_strategy_settings_exit_2_naming_the_key(tmp_path, capsys, section, 
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_plain_sweeps_are_not_padded_and_strategy_populations_pad_to_powers_of_two():
+    from jaxtune.engine.compile import prepare
+
+    cfg = jaxtune.SweepConfig.from_dict(
+        _with(
+            HALVING,
+            train={"max_trials_per_call": 16},
+            sweep={"grid": {"train.seed": list(range(20))}},
+        )
+    )
+    binder = Binder(cfg, task=TASK)
+    first = prepare(cfg, binder, compile_programs=False)
+    (info,) = first.plan.group_info
+    assert (info["calls"], info["trials_per_call"], info["padding_trials"]) == (2, 10, 0)
+    later = prepare(
+        cfg,
+        binder,
+        compile_programs=False,
+        trials=[(i, {"train.seed": i}) for i in range(5)],
+        like=first,
+    )
+    (info,) = later.plan.group_info
+    assert (info["calls"], info["trials_per_call"], info["padding_trials"]) == (1, 8, 3)

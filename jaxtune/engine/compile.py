@@ -260,8 +260,8 @@ def prepare(
     per_call = probe if mtpc == "auto" else mtpc
     if like is not None:
         mtpc = per_call = like.per_call
-    bucket = like is not None
-    plan = make_plan(cfg, binder, per_call, mesh, splits=SPLITS, trials=trials, bucket=bucket)
+    pad_pow2 = like is not None
+    plan = make_plan(cfg, binder, per_call, mesh, splits=SPLITS, trials=trials, pad_pow2=pad_pow2)
     if mtpc == "auto" and max(len(g.members) for g in plan.groups) <= DIRECT_TRIALS * mesh.size:
         probe = max(len(g.members) for g in plan.groups)
         plan = make_plan(cfg, binder, probe, mesh, splits=SPLITS, trials=trials)
@@ -292,7 +292,12 @@ def prepare(
             largest = max(len(g.members) for g in plan.groups)
             have = probe if largest > probe else None
             per_call = want
-            if want != have:
+            if have is not None and want is not None and have <= want <= 2 * have:
+                # Within a factor of two of what fits, the probe's calls run about as fast
+                # (benchmarks/sweep_throughput.py): keep them rather than compile again.
+                per_call = have
+                choice += f"; kept the compiled calls of {have}"
+            elif want != have:
                 plan = make_plan(cfg, binder, want, mesh, splits=SPLITS, trials=trials)
                 compile_s += _compile_all(plan, data, lengths, init)
     per_call = None if per_call == "auto" else per_call

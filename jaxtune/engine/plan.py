@@ -161,14 +161,14 @@ def make_plan(
     *,
     splits: tuple[str, ...],
     trials: Sequence[tuple[int, dict[str, Any]]] | None = None,
-    bucket: bool = False,
+    pad_pow2: bool = False,
 ) -> Plan:
     """Expand the trials, bind each structure to its task and cut groups into calls.
 
     ``bind(structure, trials)`` receives a group's structure (the flat configuration without
     numeric keys) and its trials, and returns the group's :class:`Bound`. ``trials`` plans an
     explicit population instead of the whole search space: ``(sweep-wide id, overrides)``
-    pairs (what adaptive strategies train at each stage). ``bucket`` pads each call to a power
+    pairs (what adaptive strategies train at each stage). ``pad_pow2`` pads each call to a power
     of two trials per device, so that populations of nearby sizes share compiled programs.
     """
     if trials is None:
@@ -225,7 +225,7 @@ def make_plan(
             groups.append(
                 Group(prog, members, [trials[i] for i in members], bound, data_index, info)
             )
-    units = split_units(groups, max_per_call, mesh, numeric, bucket=bucket)
+    units = split_units(groups, max_per_call, mesh, numeric, pad_pow2=pad_pow2)
     return Plan(trials, hparams, names, groups, units, mesh, data, ids)
 
 
@@ -235,7 +235,7 @@ def split_units(
     mesh: jax.sharding.Mesh,
     numeric: Sequence[str],
     *,
-    bucket: bool = False,
+    pad_pow2: bool = False,
 ) -> list[Unit]:
     k = mesh.size
     sharding = trial_sharding(mesh)
@@ -246,7 +246,7 @@ def split_units(
         per_call = max_per_call or n
         n_calls = math.ceil(n / per_call)
         per_device = math.ceil(math.ceil(n / n_calls) / k)
-        if bucket:
+        if pad_pow2:
             per_device = 1 << (per_device - 1).bit_length()
             if max_per_call:
                 per_device = min(per_device, max(1, max_per_call // k))

@@ -241,7 +241,8 @@ def run_hyperband(sweep: Sweep) -> SweepResult:
     With ``R = train.steps``, ``eta`` and a smallest budget ``r = halving.min_steps`` (default
     ``train.eval_every``), bracket ``s = s_max .. 0`` (``s_max = floor(log_eta(R / r))``) starts
     ``n_s ~ (s_max + 1) / (s + 1) * eta**s`` trials at ``R / eta**s`` steps. The trials of the
-    search space are dealt to the brackets in that proportion, in order.
+    search space are dealt to the brackets in that proportion, in a random order seeded by
+    ``sweep.seed``.
     """
     base = sweep.cfg.base
     eta, every, steps = base["halving.eta"], base["train.eval_every"], sweep.steps
@@ -250,9 +251,12 @@ def run_hyperband(sweep: Sweep) -> SweepResult:
     want = [math.ceil((s_max + 1) / (s + 1) * eta**s) for s in range(s_max, -1, -1)]
     n = len(sweep.overrides)
     counts = deal(n, want)
+    # Trials are dealt in a seeded random order: a grid listed in order would otherwise give
+    # each bracket a slice of one key's values.
+    order = np.random.default_rng([sweep.cfg.seed, n]).permutation(n).tolist()
     brackets, start = [], 0
     for s, count in zip(range(s_max, -1, -1), counts, strict=True):
-        ids = list(range(start, min(start + count, n)))
+        ids = sorted(order[start : start + count])
         start += count
         if not ids:
             continue
