@@ -20,7 +20,14 @@ from jaxtune.config.schema import KEYS, is_hparam, unknown
 from jaxtune.config.sweep_config import SweepConfig
 from jaxtune.errors import ConfigError
 
-__all__ = ["default_config", "default_config_dict", "load_config", "parse_override", "to_toml"]
+__all__ = [
+    "default_config",
+    "default_config_dict",
+    "load_config",
+    "parse_override",
+    "read_toml",
+    "to_toml",
+]
 
 
 def load_config(
@@ -39,16 +46,7 @@ def load_config(
     Raises:
       ConfigError: a missing file, a TOML syntax error (with its line), or an invalid key/value.
     """
-    if path is None:
-        d = default_config_dict()
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            d = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: TOML syntax error: {e}") from None
+    d = default_config_dict() if path is None else read_toml(path)
     cfg = SweepConfig.from_dict(d)
     if isinstance(overrides, Mapping):
         parsed = dict(overrides)
@@ -150,6 +148,17 @@ def _toml_value(v: Any) -> str:
     if v is None:
         raise TypeError("TOML has no null value; leave the key out instead")
     raise TypeError(f"cannot write a {type(v).__name__} as TOML: {v!r}")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing file or a syntax error raises ``ConfigError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: TOML syntax error: {e}") from None
 
 
 def to_toml(data: Mapping[str, Any]) -> str:

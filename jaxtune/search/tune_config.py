@@ -30,6 +30,7 @@ from typing import Any
 from jaxtune.config import SweepConfig, check_value, default_config_dict, parse_override
 from jaxtune.config.schema import unknown
 from jaxtune.config.space import check_sweepable
+from jaxtune.config.toml_io import read_toml
 from jaxtune.errors import ConfigError
 
 __all__ = [
@@ -335,13 +336,7 @@ def load_tune_config(
     elif path is None:
         d = default_config_dict()
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            d = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: TOML syntax error: {e}") from None
+        d = read_toml(path)
     rest, table = split_tune(d)
     cfg = SweepConfig.from_dict(rest)
     tune_over, cfg_over = {}, {}
