@@ -386,3 +386,10 @@ def test_plain_sweeps_are_not_padded_and_strategy_populations_pad_to_powers_of_t
     )
     (info,) = later.plan.group_info
     assert (info["calls"], info["trials_per_call"], info["padding_trials"]) == (1, 8, 3)
+    # A call runs in the smallest compiled size that holds it, up to twice its own size.
+    (group,) = later.plan.groups
+    three = [(i, {"train.seed": i}) for i in range(3)]
+    for compiled, size in [([8], 8), ([16], 4), ([10, 8], 8), ([], 4), ([3, 8], 3), ([2], 4)]:
+        prefer = {group.signature: compiled}
+        prep = prepare(cfg, binder, compile_programs=False, trials=three, like=first, prefer=prefer)
+        assert prep.plan.group_info[0]["trials_per_call"] == size, compiled

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -241,6 +241,7 @@ def prepare(
     trials: Sequence[tuple[int, dict[str, Any]]] | None = None,
     like: Prepared | None = None,
     init: bool = True,
+    prefer: Mapping[str, Sequence[int]] | None = None,
 ) -> Prepared:
     """Bind, check, plan and (optionally) compile a sweep; nothing is written.
 
@@ -248,8 +249,9 @@ def prepare(
     of the whole search space. ``like``: a population prepared before in the same sweep, whose
     trials per call this one keeps (no probe compile: a strategy's later populations are
     smaller); its calls are padded to a power of two trials per device, so that the populations
-    of a strategy share few compiled programs. ``init=False`` compiles the init programs only
-    when called.
+    of a strategy share few compiled programs, and ``prefer`` (see :func:`make_plan`) lets a
+    call run in a program the sweep already compiled. ``init=False`` compiles the init programs
+    only when called.
     """
     base = cfg.base
     steps, eval_every = base["train.steps"], base["train.eval_every"]
@@ -261,7 +263,9 @@ def prepare(
     if like is not None:
         mtpc = per_call = like.per_call
     pad_pow2 = like is not None
-    plan = make_plan(cfg, binder, per_call, mesh, splits=SPLITS, trials=trials, pad_pow2=pad_pow2)
+    plan = make_plan(
+        cfg, binder, per_call, mesh, splits=SPLITS, trials=trials, pad_pow2=pad_pow2, prefer=prefer
+    )
     if mtpc == "auto" and max(len(g.members) for g in plan.groups) <= DIRECT_TRIALS * mesh.size:
         probe = max(len(g.members) for g in plan.groups)
         plan = make_plan(cfg, binder, probe, mesh, splits=SPLITS, trials=trials)

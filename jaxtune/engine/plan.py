@@ -61,6 +61,12 @@ class Group:
     bound: Bound
     data_index: int  # which entry of Plan.data holds this group's splits
     info: dict[str, Any]
+    structure: tuple = ()  # the configuration without numeric keys
+
+    @property
+    def signature(self) -> str:
+        """Names the group's compiled program within a sweep (program and structure)."""
+        return repr((self.program, self.structure))
 
 
 @dataclasses.dataclass
@@ -162,6 +168,7 @@ def make_plan(
     splits: tuple[str, ...],
     trials: Sequence[tuple[int, dict[str, Any]]] | None = None,
     pad_pow2: bool = False,
+    prefer: Mapping[str, Sequence[int]] | None = None,
 ) -> Plan:
     """Expand the trials, bind each structure to its task and cut groups into calls.
 
@@ -169,7 +176,10 @@ def make_plan(
     numeric keys) and its trials, and returns the group's :class:`Bound`. ``trials`` plans an
     explicit population instead of the whole search space: ``(sweep-wide id, overrides)``
     pairs (what adaptive strategies train at each stage). ``pad_pow2`` pads each call to a power
-    of two trials per device, so that populations of nearby sizes share compiled programs.
+    of two trials per device, so that populations of nearby sizes share compiled programs;
+    ``prefer`` maps a group's :attr:`Group.signature` to call sizes already compiled in the
+    sweep: a call runs in the smallest compiled size that holds it and is at most twice the
+    size it would otherwise get.
     """
     if trials is None:
         overrides = config_lib.expand_trials(cfg)
@@ -223,9 +233,11 @@ def make_plan(
                 },
             }
             groups.append(
-                Group(prog, members, [trials[i] for i in members], bound, data_index, info)
+                Group(
+                    prog, members, [trials[i] for i in members], bound, data_index, info, structure
+                )
             )
-    units = split_units(groups, max_per_call, mesh, numeric, pad_pow2=pad_pow2)
+    units = split_units(groups, max_per_call, mesh, numeric, pad_pow2=pad_pow2, prefer=prefer)
     return Plan(trials, hparams, names, groups, units, mesh, data, ids)
 
 
@@ -236,6 +248,7 @@ def split_units(
     numeric: Sequence[str],
     *,
     pad_pow2: bool = False,
+    prefer: Mapping[str, Sequence[int]] | None = None,
 ) -> list[Unit]:
     k = mesh.size
     sharding = trial_sharding(mesh)
@@ -246,11 +259,20 @@ def split_units(
         per_call = max_per_call or n
         n_calls = math.ceil(n / per_call)
         per_device = math.ceil(math.ceil(n / n_calls) / k)
+        exact = per_device * k
         if pad_pow2:
             per_device = 1 << (per_device - 1).bit_length()
             if max_per_call:
                 per_device = min(per_device, max(1, max_per_call // k))
         size = per_device * k
+        compiled = (prefer or {}).get(group.signature, ())
+        fits = [
+            c
+            for c in compiled
+            if exact <= c <= 2 * size and c % k == 0 and (not max_per_call or c <= max_per_call)
+        ]
+        if fits:
+            size = min(fits)  # a program the sweep already compiled, at most twice as wide
         n_calls = math.ceil(n / size)
         hp_all = hp_arrays(group.trials, numeric)
         keys_all = root_keys(group.trials)

@@ -45,6 +45,7 @@ class Population:
       trials: the population; None is the whole search space with ids ``0 .. N-1``.
       like: an earlier population of the sweep whose trials per call this one keeps.
       fresh: compile the init programs now (False: the states will be loaded).
+      prefer: call sizes the sweep already compiled, by group signature (see ``make_plan``).
     """
 
     def __init__(
@@ -55,14 +56,26 @@ class Population:
         *,
         like: Prepared | None = None,
         fresh: bool = True,
+        prefer: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.cfg, self.binder = cfg, binder
-        self.prep: Prepared = prepare(cfg, binder, trials=trials, like=like, init=fresh)
+        self.prep: Prepared = prepare(
+            cfg, binder, trials=trials, like=like, init=fresh, prefer=prefer
+        )
         self.plan = self.prep.plan
 
     @property
     def ids(self) -> list[int]:
         return list(self.plan.ids)
+
+    def call_sizes(self) -> dict[str, list[int]]:
+        """The call sizes of this population's programs, by group signature."""
+        out: dict[str, list[int]] = {}
+        for unit in self.plan.units:
+            sizes = out.setdefault(self.plan.groups[unit.group].signature, [])
+            if unit.size not in sizes:
+                sizes.append(unit.size)
+        return out
 
     @property
     def members(self) -> list[list[int]]:

@@ -58,6 +58,9 @@ class Sweep:
         self.checkpoints: Checkpoints | None = None
         self.compile_s = 0.0
         self.planned: int | None = None  # trial-steps a strategy plans (default: the grid's)
+        # Call sizes compiled so far, by group signature: later populations run in them when
+        # that needs at most twice the trials (saved with checkpoints: a resume plans the same).
+        self.call_sizes: dict[str, list[int]] = {}
         self.prepared: list[Any] = []
         self.trial_steps = 0
         self._t0 = time.perf_counter()
@@ -98,7 +101,12 @@ class Sweep:
         extra = overrides or {}
         trials = [(i, {**self.overrides[i], **extra.get(i, {})}) for i in ids]
         like = self.prepared[0] if self.prepared else None
-        pop = Population(self.cfg, self.binder, trials, like=like, fresh=fresh)
+        pop = Population(
+            self.cfg, self.binder, trials, like=like, fresh=fresh, prefer=self.call_sizes
+        )
+        for sig, sizes in pop.call_sizes().items():
+            known = self.call_sizes.setdefault(sig, [])
+            known.extend(s for s in sizes if s not in known)
         self.compile_s += pop.prep.compile_s
         self.prepared.append(pop.prep)
         if self.history is None:
@@ -121,7 +129,14 @@ class Sweep:
         """The latest checkpoint's step and notes (states put where ``expect`` said), or None."""
         if self.checkpoints is None or not self.resume:
             return None
-        restored = self.checkpoints.checkpointer.restore_latest(expect)
+
+        def planned_as_saved(extra: dict) -> tuple[Any, Any]:
+            for sig, sizes in extra.get("call_sizes", {}).items():
+                known = self.call_sizes.setdefault(sig, [])
+                known.extend(s for s in sizes if s not in known)
+            return expect(extra)
+
+        restored = self.checkpoints.checkpointer.restore_latest(planned_as_saved)
         if restored is None:
             return None
         number, states, saved, extra = restored
@@ -171,7 +186,11 @@ class Sweep:
             if hook is not None:
                 hook(population.ids, start, stop)
         base = self.trial_steps - start * len(population.ids)
-        kw["extra"] = {**(kw.get("extra") or {}), "trial_steps_base": base}
+        kw["extra"] = {
+            **(kw.get("extra") or {}),
+            "trial_steps_base": base,
+            "call_sizes": self.call_sizes,
+        }
         step, self.history, interrupted = population.run(
             start, stop, self.history, callbacks=self.callbacks, checkpoints=self.checkpoints, **kw
         )
