@@ -91,6 +91,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference):
     _assert_same_run(out, reference, 4)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_at_a_chunk_boundary_with_a_final_checkpoint(tmp_path, reference):
     proc, script, out = _start(tmp_path)
     with proc:

@@ -215,6 +215,7 @@ def test_data_checks_on_regression_and_pytree_inputs():
 # Signal propagation at init.
 
 
+@pytest.mark.slow
 def test_init_report_he_propagates_normal_explodes_or_vanishes(tmp_path):
     presets = ("he_normal", "normal(1.0)", "normal(0.01)")
     r = D.init_report(depth=20, width=128, batch=64, presets=presets, out_dir=tmp_path)
@@ -422,6 +423,7 @@ def test_check_all_on_the_user_task_from_examples_passes_and_catches_a_planted_f
     assert "too large" in overfit or "diverged" in overfit, overfit
 
 
+@pytest.mark.slow
 def test_debug_checklist_example_fast(tmp_path):
     script = REPO / "examples" / "debug_checklist.py"
     proc = subprocess.run(

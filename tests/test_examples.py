@@ -1,8 +1,8 @@
 """Runs every example in ``--fast`` mode as a subprocess and checks what it prints.
 
-compose_optimizer, lr_sweep and custom_task (also through ``jaxtune sweep`` with its TOML) run by
-default; init_and_norm and batch_size_sweep compile several
-programs (one per normalization / batch-size group) and are marked slow (``pytest -m slow``).
+compose_optimizer and custom_task's TOML through ``jaxtune sweep`` run by default; lr_sweep,
+custom_task.py, init_and_norm and batch_size_sweep (several programs each) are marked slow
+(``pytest -m slow``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def test_compose_optimizer() -> None:
     assert 0.3 < accuracy <= 1.0, out
 
 
+@pytest.mark.slow
 def test_lr_sweep() -> None:
     out = run_example("lr_sweep.py", "--num-lrs", "4")
     assert "8 trials x 20 steps" in out
@@ -92,6 +93,7 @@ def test_batch_size_sweep() -> None:
     assert "best: " in out
 
 
+@pytest.mark.slow
 def test_custom_task() -> None:
     out = run_example("custom_task.py")
     assert "12 trials x 30 steps in 1 compiled group(s)" in out, out

@@ -106,8 +106,8 @@ def test_a_killed_study_resumes_to_the_same_result(tmp_path, study_run):
 @pytest.mark.parametrize(
     "sampler",
     [
-        "tpe",
         "qmc",
+        pytest.param("tpe", marks=pytest.mark.slow),  # TPE is the study fixture's sampler
         pytest.param("cmaes", marks=pytest.mark.slow),
         pytest.param("random", marks=pytest.mark.slow),
         pytest.param("gp", marks=pytest.mark.slow),

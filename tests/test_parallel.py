@@ -131,6 +131,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_on_localhost_equal_one_process(tmp_path):
     one = _run(tmp_path, tmp_path / "one", 1, forced=1)
     script = tmp_path / "run.py"

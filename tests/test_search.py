@@ -224,7 +224,7 @@ def _assert_same(a, b):
     ("strategy", "cut"),
     [
         ("halving", 50),  # mid-rung
-        ("hyperband", 30),  # at a rung of the first bracket
+        pytest.param("hyperband", 30, marks=pytest.mark.slow),  # at a rung, first bracket
         ("pbt", 50),  # mid-interval
         pytest.param("pbt", 40, marks=pytest.mark.slow),  # at an exploit boundary
     ],

@@ -192,6 +192,7 @@ def test_structural_keys_form_groups_equal_to_solo_runs():
         _assert_tree_close(result.trial_state(trial.id).params, solo.trial_state(0).params)
 
 
+@pytest.mark.slow
 @pytest.mark.accelerator
 def test_split_batch_grouping_and_max_trials_per_call_give_the_same_results(mixed_sweep):
     cfg, padded = mixed_sweep
