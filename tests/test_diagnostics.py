@@ -410,6 +410,7 @@ def _check_all(*extra):
     return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=900, cwd=REPO)
 
 
+@pytest.mark.slow  # 90 s: `jaxtune check all` twice on the user task (pytest -m slow)
 def test_check_all_on_the_user_task_from_examples_passes_and_catches_a_planted_fault():
     ok = _check_all()
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
