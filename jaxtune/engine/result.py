@@ -20,9 +20,8 @@ import numpy as np
 
 from jaxtune.config import SweepConfig
 from jaxtune.config.space import freeze
+from jaxtune.engine.selection import Selection, mode_of, resolve_selection
 from jaxtune.engine.step import TrainState
-from jaxtune.errors import ConfigError
-from jaxtune.tasks import METRIC_MODES, default_selection
 
 __all__ = [
     "Selection",
@@ -37,28 +36,6 @@ __all__ = [
 STEP_KEYS = ("train.loss", "grad_norm", "clipped", "learning_rate")
 
 
-@dataclasses.dataclass(frozen=True)
-class Selection:
-    """How trials are ranked: a validation metric, ``max`` or ``min``, an optional target."""
-
-    metric: str
-    mode: str
-    target: float | None = None
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.mode == "max" else a < b
-
-    def reached(self, values: np.ndarray) -> np.ndarray:
-        if self.target is None:
-            return np.zeros(values.shape, bool)
-        return values >= self.target if self.mode == "max" else values <= self.target
-
-    def sort_key(self, value: float) -> float:
-        if not math.isfinite(value):
-            return math.inf
-        return -value if self.mode == "max" else value
-
-
 class TrainedUnit(NamedTuple):
     """The trained state of one compiled call (leading trial axis, padding included)."""
 
@@ -66,23 +43,6 @@ class TrainedUnit(NamedTuple):
     state: TrainState
     hp: dict[str, Any]
     task: Any  # the jaxtune.Task the call trained
-
-
-def resolve_selection(cfg: SweepConfig, metric_names: Sequence[str]) -> Selection:
-    """``select.*`` of a config, completed from the task's metrics (defaults, known modes)."""
-    base = cfg.base
-    metric = base["select.metric"] or default_selection(metric_names)
-    allowed = ["valid.loss", *(f"valid.{m}" for m in metric_names)]
-    if metric not in allowed:
-        raise ConfigError(
-            f"select.metric = {metric!r} is invalid: the task reports {', '.join(allowed)}"
-        )
-    mode = base["select.mode"] or METRIC_MODES.get(metric.split(".", 1)[1])
-    if mode is None:
-        raise ConfigError(
-            f"select.mode is needed for select.metric = {metric!r}: expected 'max' or 'min'"
-        )
-    return Selection(metric, mode, base["select.target"])
 
 
 @dataclasses.dataclass
@@ -277,7 +237,7 @@ class SweepResult:
         """
         metric = metric or self.selection.metric
         if mode is None:
-            mode = self.selection.mode if metric == self.selection.metric else _mode_of(metric)
+            mode = self.selection.mode if metric == self.selection.metric else mode_of(metric)
         if metric.startswith("test."):
             raise ValueError(
                 f"metric = {metric!r} is refused: hyperparameters are chosen on the validation "
@@ -396,13 +356,6 @@ class SweepResult:
                 history = {k: z[k] for k in z.files}
         selection = Selection(**blob["select"])
         return cls(cfg, trials, history, blob.get("timing", {}), selection, blob.get("search", {}))
-
-
-def _mode_of(metric: str) -> str:
-    mode = METRIC_MODES.get(metric.split(".")[-1])
-    if mode is None:
-        raise ValueError(f"mode is needed for metric = {metric!r}: pass mode='max' or 'min'")
-    return mode
 
 
 def _atomic_write(path: Path, text: str) -> None:
