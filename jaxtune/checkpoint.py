@@ -1,25 +1,28 @@
 """Orbax checkpoints of a whole sweep, resume, and export of one trial.
 
 A checkpoint holds one state per group (stacked over the group's trials: a device-independent
-layout, so a sweep saved on 4 devices resumes on 2) and the metric histories so far. This module
-stores *what it is given* and never imports the engine: each checkpoint records the structure of
-what it holds (every leaf's path, shape and dtype, and which trials each group stacks), so
-:func:`export_trial` reads a trial of any model or task back without rebuilding it, and a restore
-whose caller expects another structure fails with :class:`~jaxtune.errors.CheckpointMismatchError`
-(the checkpoint itself is left untouched).
+layout, so a sweep saved on 4 devices resumes on 2) and the metric histories so far, as Orbax
+pytree saves. It is restored against an abstract target (the states the resuming run expects),
+so a run that builds another model, optimizer or task gets a
+:class:`~jaxtune.errors.CheckpointMismatchError` naming the first difference (the checkpoint
+itself is left untouched). This module stores *what it is given* and never imports the engine.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash never
-leaves a half-written checkpoint under a final name. Each checkpoint also stores a SHA-256 digest
-of its arrays and a hash of its files; a checkpoint that fails either check, or cannot be read, is
-moved aside (``corrupt-step-N-<time>``, nothing deleted) and the previous one is used. The
-configuration and its hash are saved beside the checkpoints (``sweep.json``); resuming with a
-different configuration is refused with the keys that differ.
+leaves a half-written checkpoint under a final name. Each step's custom metadata holds the
+trials each group stacks, the caller's notes and a SHA-256 digest of every array; a checkpoint
+whose arrays do not match their digest, or that cannot be read, is moved aside
+(``corrupt-step-N-<time>``, nothing deleted) and the previous one is used. The configuration and
+its hash are the manager's root metadata; resuming with a different configuration is refused
+with the keys that differ.
+
+Checkpoints of format 1 (jaxtune 0.2: leaf lists beside a ``meta`` item) are refused with a
+message that names the format.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,69 +37,123 @@ from jaxtune import config as config_lib
 from jaxtune.config import SweepConfig
 from jaxtune.errors import CheckpointMismatchError, ConfigError
 
-__all__ = ["CheckpointWarning", "SweepCheckpointer", "export_trial"]
+__all__ = [
+    "CheckpointWarning",
+    "SweepCheckpointer",
+    "export_trial",
+    "holds_checkpoints",
+    "latest_notes",
+    "stored_config",
+]
+
+#: The layout this module writes (step metadata ``format``).
+FORMAT = 2
 
 
 class CheckpointWarning(UserWarning):
     """A checkpoint was skipped because it is corrupt or incomplete."""
 
 
-_MANIFEST = "jaxtune_files.json"
+def _size(a: Any) -> int:
+    return int(np.prod(a.shape)) if hasattr(a, "shape") else int(np.size(a))
 
 
-def _path_entry(k: Any) -> list:
-    if isinstance(k, jax.tree_util.DictKey):
-        return ["d", k.key if isinstance(k.key, int | str) else str(k.key)]
-    if isinstance(k, jax.tree_util.SequenceKey):
-        return ["s", k.idx]
-    if isinstance(k, jax.tree_util.GetAttrKey):
-        return ["a", k.name]
-    return ["i", getattr(k, "key", str(k))]
+def _stored(tree: Any) -> Any:
+    """``tree`` with zero-size arrays replaced by None (Orbax cannot save them)."""
+    return jax.tree.map(lambda a: None if _size(a) == 0 else a, tree)
 
 
-def layout(tree: Any) -> list[dict[str, Any]]:
-    """Every leaf of ``tree``: its key path, shape and dtype (what a checkpoint records)."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [
-        {
-            "path": [_path_entry(k) for k in path],
-            "shape": [int(d) for d in np.shape(leaf)],
-            "dtype": np.dtype(leaf.dtype).name,
-        }
-        for path, leaf in leaves
-    ]
+def _filled(restored: Any, target: Any) -> Any:
+    """Put the zero-size arrays :func:`_stored` dropped back, from the abstract target."""
+    leaves, treedef = jax.tree.flatten(target)
+    it = iter(jax.tree.leaves(restored))
+    return jax.tree.unflatten(
+        treedef, [np.zeros(a.shape, a.dtype) if _size(a) == 0 else next(it) for a in leaves]
+    )
 
 
-def _stored(entry: dict[str, Any]) -> bool:
-    return int(np.prod(entry["shape"])) > 0  # Orbax cannot save zero-size arrays
+def _path_name(path: tuple) -> str:
+    """A key path as ``a/0/b``, the same for a NamedTuple field and the dict Orbax reads."""
+
+    def name(k: Any) -> str:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
+    return "/".join(map(name, path))
 
 
-def _digest(groups: Sequence[Sequence[np.ndarray]], history: dict[str, np.ndarray]) -> str:
+def _digest(*trees: Any) -> str:
+    """SHA-256 of every array of ``trees`` in path order (independent of container types)."""
     h = hashlib.sha256()
-    arrays = [a for g in groups for a in g] + [history[k] for k in sorted(history)]
-    for a in arrays:
-        a = np.asarray(a)
-        h.update(str((a.shape, a.dtype.str)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+    for tree in trees:
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        for path, a in sorted(leaves, key=lambda pa: _path_name(pa[0])):
+            a = np.asarray(a)
+            h.update(f"{_path_name(path)}:{a.shape}:{a.dtype.str}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
 
-def _describe_path(path: list) -> str:
-    return "".join(f".{k}" if kind == "a" else f"[{k!r}]" for kind, k in path) or "<root>"
+def _manager(directory: Path, max_to_keep: int = 1, *, read_only: bool = False, root=None) -> Any:
+    return ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=False,
+        ),
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "history": ocp.StandardCheckpointHandler(),
+        },
+        metadata=root,
+    )
 
 
-def _first_difference(want: list, have: list) -> str:
-    for g, (a, b) in enumerate(zip(want, have, strict=False)):
-        for x, y in zip(a, b, strict=False):
-            if x != y:
-                return (
-                    f"group {g}, leaf {_describe_path(y['path'])}: checkpoint has shape "
-                    f"{y['shape']} {y['dtype']}, this run expects {_describe_path(x['path'])} "
-                    f"shape {x['shape']} {x['dtype']}"
-                )
-        if len(a) != len(b):
-            return f"group {g}: checkpoint has {len(b)} leaves, this run expects {len(a)}"
-    return f"checkpoint has {len(have)} groups, this run expects {len(want)}"
+def _step_meta(manager: Any, step: int, directory: Path) -> dict[str, Any]:
+    """A step's custom metadata; refuses another format with a message naming it."""
+    if (directory / str(step) / "meta").is_dir():
+        raise CheckpointMismatchError(
+            f"checkpoint at step {step} in {directory} has format 1 (jaxtune 0.2: leaf lists "
+            f"beside a 'meta' item); this version reads format {FORMAT}. Resume it with jaxtune "
+            "0.2, or start this sweep in a new output directory"
+        )
+    meta = dict(manager.metadata(step).custom_metadata or {})
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"its metadata has no format {FORMAT} record")
+    return meta
+
+
+def _intact(manager: Any, directory: Path, read: Callable[[int, dict], Any], warn: Callable) -> Any:
+    """``read(step, meta)`` of the newest checkpoint that reads back intact, or None.
+
+    A checkpoint that fails to read (any error but a mismatch) is handed to ``warn`` and the
+    previous one is tried.
+    """
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            meta = _step_meta(manager, step, directory)
+            return read(step, meta)
+        except ConfigError:  # a mismatch or a bad request, not a damaged checkpoint
+            raise
+        except Exception as e:
+            warn(step, e)
+    return None
+
+
+def _restore(manager: Any, step: int, meta: dict, target: Any) -> tuple[Any, dict]:
+    """The states (in ``target``'s structure; None: as saved) and histories of a step."""
+    state_args = ocp.args.StandardRestore(None if target is None else _stored(target))
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=state_args, history=ocp.args.StandardRestore())
+    )
+    states, history = restored["state"], dict(restored["history"])
+    if meta["digest"] != _digest(states, history):
+        raise ValueError("the digest of the restored arrays does not match")
+    return (states if target is None else _filled(states, target)), history
 
 
 class SweepCheckpointer:
@@ -104,7 +161,7 @@ class SweepCheckpointer:
 
     Args:
       directory: the checkpoint folder (``<out>/checkpoints``).
-      config: the sweep's configuration; stored beside the checkpoints and checked on resume.
+      config: the sweep's configuration; stored as root metadata and checked on resume.
       max_to_keep: how many checkpoints to keep (defaults to ``checkpoint.max_to_keep``).
       resume: whether the caller intends to resume. A fresh run into a folder that already holds
         checkpoints is refused so that nothing written before is overwritten.
@@ -120,30 +177,26 @@ class SweepCheckpointer:
     ) -> None:
         self.directory = Path(directory).absolute()
         self.config = config
-        meta_path = self.directory / "sweep.json"
-        if meta_path.exists():
-            stored = json.loads(meta_path.read_text())
-            if not resume and _has_steps(self.directory):
-                raise ConfigError(
-                    f"{self.directory} already holds checkpoints of a sweep; resume it "
-                    "(--resume / resume=True) or choose another output directory"
-                )
-            if resume and stored.get("hash") != config_lib.config_hash(config):
+        digest = config_lib.config_hash(config)
+        has_steps = holds_checkpoints(self.directory)
+        if has_steps and not resume:
+            raise ConfigError(
+                f"{self.directory} already holds checkpoints of a sweep; resume it "
+                "(--resume / resume=True) or choose another output directory"
+            )
+        if has_steps:
+            stored = _manager(self.directory, read_only=True).metadata().custom_metadata or {}
+            if stored.get("hash") != digest and "config" in stored:
                 keys = config_lib.diff_configs(SweepConfig.from_dict(stored["config"]), config)
                 raise ConfigError(
                     "cannot resume: the configuration differs from the checkpointed sweep in "
                     + (", ".join(keys) if keys else "its search space")
                 )
-        self.primary = jax.process_index() == 0
-        if self.primary:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            blob = {"config": config.to_dict(), "hash": config_lib.config_hash(config)}
-            tmp = meta_path.with_name("sweep.json.tmp")
-            tmp.write_text(json.dumps(blob, indent=2))
-            tmp.replace(meta_path)
-        self.manager = _manager(
-            self.directory, max_to_keep or config.base["checkpoint.max_to_keep"]
-        )
+        elif (self.directory / "metadata").is_dir() and jax.process_index() == 0:
+            shutil.rmtree(self.directory / "metadata")  # a run that never checkpointed
+        root = {"config": config.to_dict(), "hash": digest, "format": FORMAT}
+        keep = max_to_keep or config.base["checkpoint.max_to_keep"]
+        self.manager = _manager(self.directory, keep, root=root)
 
     def save(
         self,
@@ -157,47 +210,30 @@ class SweepCheckpointer:
         """Save the sweep at ``step`` (blocking; the write is atomic).
 
         Args:
-          step: the number of steps the saved trials have taken.
+          step: the checkpoint's number.
           states: one state pytree per group, stacked over the group's trials.
           history: the metric histories so far.
           members: the trials each group stacks, in order.
           extra: JSON-able notes stored with the checkpoint (e.g. what an adaptive strategy
             needs to rebuild the population it was training).
         """
-        states = jax.device_get(list(states))
-        layouts = [layout(s) for s in states]
-        groups = [
-            [
-                np.asarray(leaf)
-                for leaf, e in zip(jax.tree.leaves(s), lay, strict=True)
-                if _stored(e)
-            ]
-            for s, lay in zip(states, layouts, strict=True)
-        ]
+        states = _stored(jax.device_get(list(states)))
         history = {k: np.asarray(v) for k, v in history.items() if np.size(v)}
         meta = {
-            "step": int(step),
-            "digest": _digest(groups, history),
+            "format": FORMAT,
+            "digest": _digest(states, history),
             "members": [list(map(int, m)) for m in members],
-            "layout": layouts,
             "extra": extra or {},
         }
         self.manager.save(
             int(step),
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(groups),
-                history=ocp.args.StandardSave(history),
-                meta=ocp.args.JsonSave(meta),
+                state=ocp.args.StandardSave(states), history=ocp.args.StandardSave(history)
             ),
+            custom_metadata=meta,
             force=True,
         )
         self.manager.wait_until_finished()
-        if not self.primary:
-            return
-        step_dir = self.directory / str(int(step))
-        tmp = step_dir / (_MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(_file_hashes(step_dir), indent=1))
-        tmp.replace(step_dir / _MANIFEST)
 
     def restore_latest(
         self, expect: Callable[[dict[str, Any]], tuple[Sequence[Any], Sequence[Sequence[int]]]]
@@ -217,40 +253,38 @@ class SweepCheckpointer:
             structure than expected (left in place: nothing is moved or deleted).
         """
         self.manager.reload()
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                meta = _read_meta(self.manager, step)
-            except Exception as e:
-                self._move_aside(step, e)
-                continue
+
+        def read(step: int, meta: dict) -> Any:
             extra = meta.get("extra", {})
-            template_states, members = expect(extra)
-            want = [layout(t) for t in template_states]
-            want_members = [list(map(int, m)) for m in members]
-            if meta.get("members") != want_members:
+            templates, members = expect(extra)
+            want = [list(map(int, m)) for m in members]
+            if meta["members"] != want:
                 raise CheckpointMismatchError(
                     f"checkpoint at step {step} in {self.directory} holds other trial groups "
-                    f"({meta.get('members')}) than this run ({want_members})"
+                    f"({meta['members']}) than this run ({want})"
                 )
-            if meta.get("layout") != want:
+            self._check_structure(step, list(templates))
+            states, history = _restore(self.manager, step, meta, list(templates))
+            return step, list(states), history, extra
+
+        return _intact(self.manager, self.directory, read, self._move_aside)
+
+    def _check_structure(self, step: int, templates: list[Any]) -> None:
+        """Compare what a checkpoint holds (Orbax's tree metadata) with what this run builds."""
+        saved = self.manager.item_metadata(step)["state"]
+        have, want = _leaves(saved), _leaves(_stored(templates))
+        if have == want:
+            return
+        for path in sorted(want.keys() | have.keys()):
+            if want.get(path) != have.get(path):
                 raise CheckpointMismatchError(
                     f"checkpoint at step {step} in {self.directory} was written by a different "
-                    "model, optimizer or task than this run builds; "
-                    + _first_difference(want, meta.get("layout", []))
+                    f"model, optimizer or task than this run builds; leaf {path}: checkpoint "
+                    f"has {have.get(path, 'nothing')}, this run expects {want.get(path, 'nothing')}"
                 )
-            try:
-                groups, history = _read_arrays(self.directory, self.manager, step, meta)
-            except Exception as e:
-                self._move_aside(step, e)
-                continue
-            states = [
-                jax.tree.unflatten(jax.tree.structure(t), _full(g, lay))
-                for t, g, lay in zip(template_states, groups, want, strict=True)
-            ]
-            return step, states, history, extra
-        return None
 
     def _move_aside(self, step: int, error: Exception) -> None:
+        """Move a damaged checkpoint out of the way (nothing is deleted) and say so."""
         aside = self.directory / f"corrupt-step-{step}-{int(time.time())}"
         (self.directory / str(step)).rename(aside)
         self.manager.reload()
@@ -259,108 +293,62 @@ class SweepCheckpointer:
             f"({type(error).__name__}: {str(error)[:200]}); moved it to {aside.name} and falling "
             "back to the previous one",
             CheckpointWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
     def close(self) -> None:
         self.manager.close()
 
 
-def _manager(directory: Path, max_to_keep: int, *, read_only: bool = False) -> Any:
-    return ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
-            create=not read_only,
-            read_only=read_only,
-            enable_async_checkpointing=False,
-        ),
-        item_names=("state", "history", "meta"),
-    )
+def _leaves(tree: Any) -> dict[str, tuple]:
+    """``path -> (shape, dtype)`` of every array of a tree or of Orbax's metadata of one."""
+    return {
+        _path_name(path): (tuple(a.shape), np.dtype(a.dtype).name)
+        for path, a in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
-def _read_meta(manager: Any, step: int) -> dict[str, Any]:
-    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    meta = restored["meta"]
-    if not isinstance(meta, dict) or "layout" not in meta or "members" not in meta:
-        raise ValueError("its metadata has no layout")
-    return meta
+def _read_only(directory: Path) -> Any:
+    if not (directory / "metadata").is_dir():
+        raise FileNotFoundError(f"no sweep checkpoints in {directory.parent} (missing metadata)")
+    return _manager(directory, read_only=True)
 
 
-def _read_arrays(
-    directory: Path, manager: Any, step: int, meta: dict[str, Any]
-) -> tuple[list[list[np.ndarray]], dict[str, np.ndarray]]:
-    _verify_files(directory / str(step))
-    abstract = [
-        [np.zeros(e["shape"], e["dtype"]) for e in lay if _stored(e)] for lay in meta["layout"]
-    ]
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), history=ocp.args.StandardRestore()
-        ),
-    )
-    groups = [[np.asarray(a) for a in g] for g in restored["state"]]
-    history = {k: np.asarray(v) for k, v in restored["history"].items()}
-    if meta["digest"] != _digest(groups, history):
-        raise ValueError("the digest of the restored arrays does not match")
-    return groups, history
+def holds_checkpoints(directory: str | Path) -> bool:
+    """Whether ``directory`` (a sweep's ``checkpoints/``) holds any finished checkpoint."""
+    directory = Path(directory)
+    return directory.is_dir() and any(p.is_dir() and p.name.isdigit() for p in directory.iterdir())
 
 
-def _full(stored: list[np.ndarray], lay: list[dict[str, Any]]) -> list[np.ndarray]:
-    """The leaves of a group in order, with the zero-size ones (not stored) filled back in."""
-    it = iter(stored)
-    return [next(it) if _stored(e) else np.zeros(e["shape"], e["dtype"]) for e in lay]
+def stored_config(directory: str | Path) -> SweepConfig | None:
+    """The configuration a sweep's checkpoints were written with (None: no checkpoints)."""
+    directory = Path(directory).absolute()
+    if not holds_checkpoints(directory) or not (directory / "metadata").is_dir():
+        return None
+    root = _read_only(directory).metadata().custom_metadata or {}
+    return SweepConfig.from_dict(root["config"]) if "config" in root else None
 
 
-def _file_hashes(step_dir: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(step_dir.rglob("*")):
-        if p.is_file() and not p.name.startswith(_MANIFEST):
-            out[str(p.relative_to(step_dir))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def _verify_files(step_dir: Path) -> None:
-    """Compare a checkpoint's files with the hashes written after it was saved."""
-    manifest = step_dir / _MANIFEST
-    if not manifest.exists():
-        return  # saved, but the process died before the manifest: the digest check decides
-    expected = json.loads(manifest.read_text())
-    actual = _file_hashes(step_dir)
-    bad = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
-    if bad:
-        raise ValueError(f"files changed since they were written: {', '.join(bad[:3])}")
-
-
-def _has_steps(directory: Path) -> bool:
-    return any(p.is_dir() and p.name.isdigit() for p in directory.iterdir())
-
-
-def _nest(entries: Sequence[tuple[list, np.ndarray]]) -> Any:
-    """Rebuild nested dicts (and lists, for sequence keys) from recorded key paths."""
-    root: dict = {}
-    for path, value in entries:
-        node = root
-        for entry in path[:-1]:
-            node = node.setdefault(tuple(entry), {})
-        node[tuple(path[-1])] = value
-
-    def convert(node: Any) -> Any:
-        if not isinstance(node, dict):
-            return node
-        if node and all(kind == "s" for kind, _ in node):
-            return [convert(node[k]) for k in sorted(node, key=lambda kk: kk[1])]
-        return {key: convert(v) for (_, key), v in node.items()}
-
-    return convert(root)
+def latest_notes(directory: str | Path) -> dict[str, Any] | None:
+    """The notes (``extra``) of the newest checkpoint whose metadata reads, without reading
+    its arrays; None when there is none (what a resumed run plans from before compiling)."""
+    directory = Path(directory).absolute()
+    if not (directory / "metadata").is_dir():
+        return None
+    manager = _read_only(directory)
+    try:
+        return _intact(
+            manager, directory, lambda step, meta: meta.get("extra", {}), lambda *a: None
+        )
+    finally:
+        manager.close()
 
 
 def export_trial(run_dir: str | Path, trial_id: int) -> dict[str, Any]:
     """One trial's trained variables from a sweep's latest intact checkpoint.
 
-    Works for any model or task: the checkpoint records the structure it holds. Nothing is
-    moved or written; a corrupt checkpoint is skipped with a :class:`CheckpointWarning`.
+    Works for any model or task: Orbax restores the saved structure. Nothing is moved or
+    written; a corrupt checkpoint is skipped with a :class:`CheckpointWarning`.
 
     Args:
       run_dir: a sweep's output directory (with ``checkpoints/``).
@@ -370,39 +358,31 @@ def export_trial(run_dir: str | Path, trial_id: int) -> dict[str, Any]:
       ``{"params": ..., **model_state}`` (e.g. ``batch_stats``) as nested dicts of NumPy arrays,
       ready for a Flax ``module.apply(variables, x, ...)``.
     """
-    ckpt_dir = Path(run_dir).absolute() / "checkpoints"
-    if not (ckpt_dir / "sweep.json").exists():
-        raise FileNotFoundError(f"no sweep checkpoints in {run_dir} (missing sweep.json)")
-    manager = _manager(ckpt_dir, 1, read_only=True)
-    try:
-        for step in sorted(manager.all_steps(), reverse=True):
-            try:
-                meta = _read_meta(manager, step)
-                groups, _ = _read_arrays(ckpt_dir, manager, step, meta)
-            except Exception as e:
-                warnings.warn(
-                    f"checkpoint at step {step} in {ckpt_dir} is unreadable "
-                    f"({type(e).__name__}: {str(e)[:200]}); trying the previous one",
-                    CheckpointWarning,
-                    stacklevel=2,
-                )
-                continue
-            for members, stored, lay in zip(meta["members"], groups, meta["layout"], strict=True):
-                if trial_id not in members:
-                    continue
+    directory = Path(run_dir).absolute() / "checkpoints"
+    manager = _read_only(directory)
+
+    def warn(step: int, e: Exception) -> None:
+        warnings.warn(
+            f"checkpoint at step {step} in {directory} is unreadable "
+            f"({type(e).__name__}: {str(e)[:200]}); trying the previous one",
+            CheckpointWarning,
+            stacklevel=4,
+        )
+
+    def read(step: int, meta: dict) -> dict[str, Any]:
+        states, _ = _restore(manager, step, meta, None)
+        for members, state in zip(meta["members"], states, strict=True):
+            if trial_id in members:
                 j = members.index(trial_id)
-                leaves = _full(stored, lay)
-                parts: dict[str, list] = {"params": [], "model_state": []}
-                for e, leaf in zip(lay, leaves, strict=True):
-                    head = e["path"][0][1] if e["path"] else None
-                    if head in parts:
-                        parts[head].append((e["path"][1:], np.asarray(leaf[j])))
-                model_state = _nest(parts["model_state"]) if parts["model_state"] else {}
-                return {"params": _nest(parts["params"]), **dict(model_state)}
-            total = sum(map(len, meta["members"]))
-            raise ValueError(
-                f"trial_id = {trial_id} is invalid: expected an integer in [0, {total})"
-            )
+                take = lambda tree: jax.tree.map(lambda a: np.asarray(a)[j], tree or {})
+                return {"params": take(state["params"]), **take(state.get("model_state"))}
+        total = sum(map(len, meta["members"]))
+        raise ConfigError(f"trial_id = {trial_id} is invalid: expected an integer in [0, {total})")
+
+    try:
+        out = _intact(manager, directory, read, warn)
     finally:
         manager.close()
-    raise FileNotFoundError(f"no intact checkpoint in {ckpt_dir}")
+    if out is None:
+        raise FileNotFoundError(f"no intact checkpoint in {directory}")
+    return out

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxtune import checkpoint
 from jaxtune import config as config_lib
 from jaxtune.config import ConfigError, SweepConfig
 
@@ -185,15 +186,13 @@ def _check_output_dir(out: Path, *, resume: bool) -> None:
 def _check_resume(cfg: SweepConfig, out: Path) -> None:
     if cfg.base["checkpoint.every"] <= 0:
         raise ConfigError("--resume needs checkpoints: set checkpoint.every to a positive number")
-    meta = out / "checkpoints" / "sweep.json"
-    if meta.is_file():
-        stored = SweepConfig.from_dict(json.loads(meta.read_text())["config"])
-        if config_lib.config_hash(stored) != config_lib.config_hash(cfg):
-            keys = config_lib.diff_configs(stored, cfg)
-            raise ConfigError(
-                f"cannot resume {out}: the configuration differs from the checkpointed sweep in "
-                + (", ".join(keys) if keys else "its search space")
-            )
+    stored = checkpoint.stored_config(out / "checkpoints")
+    if stored is not None and config_lib.config_hash(stored) != config_lib.config_hash(cfg):
+        keys = config_lib.diff_configs(stored, cfg)
+        raise ConfigError(
+            f"cannot resume {out}: the configuration differs from the checkpointed sweep in "
+            + (", ".join(keys) if keys else "its search space")
+        )
 
 
 def _default_out() -> Path:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from reference import mlp_forward
+from reference import mlp_forward, optax_loop
 
 import jaxtune
 from jaxtune import data as data_lib
@@ -61,27 +61,19 @@ def test_each_trial_gets_the_augmentation_of_its_own_key():
         }
     )
     assert result.trial_task(0)[0].augment is image_augment
-    x_all, y_all = (jnp.asarray(a) for a in data_lib.make_classification().train)
-    n = x_all.shape[0]
+    train = data_lib.make_classification().train
     model = jaxtune.mlp(num_outputs=4, input_shape=(16,), widths=(16,))
     for t in result.trials:
-        init_key, data_key, _, aug_key = jax.random.split(
-            jax.random.PRNGKey(t.hparams["train.seed"]), 4
+        params, _, _ = optax_loop(
+            model,
+            train,
+            optax.sgd(lr),
+            steps=steps,
+            batch_size=bs,
+            seed=t.hparams["train.seed"],
+            forward=mlp_forward,
+            augment=lambda key, x: image_augment(key, x, hp),
         )
-        params, _ = model.init(init_key)
-        tx = optax.sgd(lr)
-        opt_state = tx.init(params)
-        for step in range(steps):
-            idx = jaxtune.batch_indices(data_key, step, bs, n)
-            x = image_augment(jax.random.fold_in(aug_key, step), x_all[idx], hp)
-
-            def loss_fn(p, x=x, idx=idx):
-                logits = mlp_forward(p, x)
-                return optax.softmax_cross_entropy_with_integer_labels(logits, y_all[idx]).mean()
-
-            grads = jax.grad(loss_fn)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
         mine = result.trial_state(t.id).params
         for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(params), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)

@@ -284,10 +284,10 @@ def test_exploit_copies_the_whole_state_bit_for_bit_but_keeps_the_key(per_call):
         np.testing.assert_array_equal(np.asarray(after[i].key), np.asarray(before[i].key))
     # Explore changes hyperparameters without recompiling: the unit's arrays change in place.
     pop.set_hp({7: {"optimizer.learning_rate": 0.5}})
-    (unit,) = [u for u in pop.plan.units if pop.ids.index(7) in u.trial_ids]
-    lrs = np.asarray(unit.hp["optimizer.learning_rate"])
-    assert lrs[unit.trial_ids.index(pop.ids.index(7))] == pytest.approx(0.5)
-    assert len(pop.plan.units) == (1 if per_call == "auto" else 3)
+    (call,) = [c for c in pop.calls if pop.ids.index(7) in c.spec.positions]
+    lrs = np.asarray(call.hp["optimizer.learning_rate"])
+    assert lrs[call.spec.positions.index(pop.ids.index(7))] == pytest.approx(0.5)
+    assert len(pop.calls) == (1 if per_call == "auto" else 3)
 
 
 def test_exploit_explore_moves_the_bottom_quantile_to_the_top():
@@ -364,32 +364,26 @@ def test_bad_strategy_settings_exit_2_naming_the_key(tmp_path, capsys, section, 
 
 
 def test_plain_sweeps_are_not_padded_and_strategy_populations_pad_to_powers_of_two():
-    from jaxtune.engine.compile import prepare
+    from jaxtune.engine import plan as plan_lib
+    from jaxtune.engine.prepare import SPLITS
 
     cfg = jaxtune.SweepConfig.from_dict(
-        _with(
-            HALVING,
-            train={"max_trials_per_call": 16},
-            sweep={"grid": {"train.seed": list(range(20))}},
-        )
+        _with(HALVING, sweep={"grid": {"train.seed": list(range(20))}})
     )
     binder = Binder(cfg, task=TASK)
-    first = prepare(cfg, binder, compile_programs=False)
-    (info,) = first.plan.group_info
-    assert (info["calls"], info["trials_per_call"], info["padding_trials"]) == (2, 10, 0)
-    later = prepare(
-        cfg,
-        binder,
-        compile_programs=False,
-        trials=[(i, {"train.seed": i}) for i in range(5)],
-        like=first,
-    )
-    (info,) = later.plan.group_info
-    assert (info["calls"], info["trials_per_call"], info["padding_trials"]) == (1, 8, 3)
+
+    def info(trials, **kw):
+        grouped = plan_lib.group(cfg, binder, trials, splits=SPLITS)
+        (out,) = plan_lib.cut_calls(grouped, 16, 1, **kw).group_info
+        return out
+
+    everyone = [(i, {"train.seed": i}) for i in range(20)]
+    first = info(everyone)
+    assert (first["calls"], first["trials_per_call"], first["padding_trials"]) == (2, 10, 0)
+    later = info(everyone[:5], pow2=True)
+    assert (later["calls"], later["trials_per_call"], later["padding_trials"]) == (1, 8, 3)
     # A call runs in the smallest compiled size that holds it, up to twice its own size.
-    (group,) = later.plan.groups
-    three = [(i, {"train.seed": i}) for i in range(3)]
+    signature = plan_lib.group(cfg, binder, everyone[:3], splits=SPLITS).groups[0].signature
     for compiled, size in [([8], 8), ([16], 4), ([10, 8], 8), ([], 4), ([3, 8], 3), ([2], 4)]:
-        prefer = {group.signature: compiled}
-        prep = prepare(cfg, binder, compile_programs=False, trials=three, like=first, prefer=prefer)
-        assert prep.plan.group_info[0]["trials_per_call"] == size, compiled
+        got = info(everyone[:3], pow2=True, compiled={signature: compiled})
+        assert got["trials_per_call"] == size, compiled

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from reference import count_compiles, mlp_forward
+from reference import assert_tree_close, count_compiles, mlp_forward, optax_loop
 from scipy import stats
 
 import jaxtune
@@ -27,11 +27,6 @@ def _solo(cfg: SweepConfig, hparams: dict) -> SweepConfig:
     flat = {k: v for k, v in cfg.base.items() if v is not None}
     flat.update(hparams)
     return SweepConfig.from_dict(flat)
-
-
-def _assert_tree_close(a, b, rtol=2e-5, atol=2e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +59,8 @@ def test_every_trial_equals_its_solo_run(mixed_sweep):
         # Batched and single matrix products sum in different orders; over 30 steps a ReLU
         # kink can amplify those last-bit differences to ~1e-4 (a wrong batch, mask or
         # statistic gives differences of order 1e-1).
-        _assert_tree_close(mine.params, theirs.params, rtol=1e-3, atol=1e-4)
-        _assert_tree_close(mine.model_state, theirs.model_state, rtol=1e-3, atol=1e-4)
+        assert_tree_close(mine.params, theirs.params, rtol=1e-3, atol=1e-4)
+        assert_tree_close(mine.model_state, theirs.model_state, rtol=1e-3, atol=1e-4)
         for k in ("train.loss", "valid.loss", "valid.accuracy", "test.accuracy"):
             assert trial.final[k] == pytest.approx(solo.trials[0].final[k], rel=1e-4, abs=1e-5)
         np.testing.assert_allclose(
@@ -84,40 +79,18 @@ def test_matches_a_hand_written_optax_loop():
     )
     result = jaxtune.run_sweep(cfg)
     ds = data_lib.make_classification(flat=True)
-    x_train, y_train = (jnp.asarray(a) for a in ds.train)
-    x_test, y_test = (jnp.asarray(a) for a in ds.test)
     lr = 0.05
     # Independent loop: same documented key convention and data order, plain optax chain.
-    init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(0), 3)
     model = jaxtune.models.mlp(num_outputs=4, input_shape=(16,), widths=(32, 32))
-    params, _ = model.init(init_key)
     tx = optax.chain(
         optax.clip_by_global_norm(0.5),
         optax.sgd(optax.exponential_decay(lr, 10, 0.5, staircase=True), momentum=0.9),
     )
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, t):
-        n = x_train.shape[0]
-        perm = jax.random.permutation(jax.random.fold_in(data_key, t // (n // 32)), n)
-        idx = jax.lax.dynamic_slice(perm, ((t % (n // 32)) * 32,), (32,))
-        x, y = x_train[idx], y_train[idx]
-
-        def loss_fn(p):
-            return optax.softmax_cross_entropy_with_integer_labels(mlp_forward(p, x), y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    losses = []
-    for t in range(30):
-        params, opt_state, loss = step(params, opt_state, t)
-        losses.append(float(loss))
+    params, _, ref = optax_loop(model, ds.train, tx, steps=30, batch_size=32, forward=mlp_forward)
     mine = result.trial_state(0)
-    _assert_tree_close(mine.params, params)
-    np.testing.assert_allclose(result.history["train.loss"][0], losses, rtol=1e-4)
+    assert_tree_close(mine.params, params)
+    np.testing.assert_allclose(result.history["train.loss"][0], ref["loss"], rtol=1e-4)
+    x_test, y_test = (jnp.asarray(a) for a in ds.test)
     logits = mlp_forward(params, x_test)
     acc = float(jnp.mean(jnp.argmax(logits, -1) == y_test))
     assert result.trials[0].final["test.accuracy"] == pytest.approx(acc, abs=1e-6)
@@ -189,7 +162,7 @@ def test_structural_keys_form_groups_equal_to_solo_runs():
     assert len(result.timing["groups"]) == 2
     for trial in result.trials:
         solo = jaxtune.run_sweep(_solo(cfg, trial.hparams))
-        _assert_tree_close(result.trial_state(trial.id).params, solo.trial_state(0).params)
+        assert_tree_close(result.trial_state(trial.id).params, solo.trial_state(0).params)
 
 
 @pytest.mark.slow
@@ -203,7 +176,7 @@ def test_split_batch_grouping_and_max_trials_per_call_give_the_same_results(mixe
     assert all(g["batch_utilization"] == 1.0 for g in split.timing["groups"])
     assert all(g["trials_per_call"] <= 3 for g in split.timing["groups"])
     for t in padded.trials:
-        _assert_tree_close(padded.trial_state(t.id).params, split.trial_state(t.id).params)
+        assert_tree_close(padded.trial_state(t.id).params, split.trial_state(t.id).params)
 
 
 def test_result_table_best_aggregate_and_save(mixed_sweep, tmp_path):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from reference import count_compiles, mlp_forward
+from reference import count_compiles, mlp_forward, optax_loop
 
 import jaxtune
 from jaxtune import data as data_lib
@@ -70,27 +70,20 @@ def test_each_regression_trial_equals_a_plain_optax_loop():
     )
     assert result.selection.metric == "valid.loss" and result.selection.mode == "min"
     splits = data_lib.load_diabetes()
-    (x_tr, y_tr), (x_va, y_va) = splits.train, splits.valid
-    n = len(y_tr)
-    init_key, data_key, _ = jax.random.split(jax.random.PRNGKey(0), 3)
-    params0, _ = jaxtune.mlp(num_outputs=1, input_shape=(10,), widths=(16,)).init(init_key)
+    x_va, y_va = splits.valid
+    model = jaxtune.mlp(num_outputs=1, input_shape=(10,), widths=(16,))
     for t in result.trials:
         tx = optax.adam(t.hparams["optimizer.learning_rate"], b2=t.hparams["hparams.beta2"])
-        params, opt_state, losses = params0, tx.init(params0), []
-        for step in range(25):
-            perm = np.asarray(
-                jax.random.permutation(jax.random.fold_in(data_key, step // (n // 16)), n)
-            )
-            idx = perm[(step % (n // 16)) * 16 :][:16]
-
-            def loss_fn(p, idx=idx):
-                return jnp.mean((mlp_forward(p, x_tr[idx])[:, 0] - y_tr[idx]) ** 2)
-
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            losses.append(float(loss))
-        np.testing.assert_allclose(result.history["train.loss"][t.id], losses, rtol=1e-4)
+        params, _, ref = optax_loop(
+            model,
+            splits.train,
+            tx,
+            steps=25,
+            batch_size=16,
+            forward=mlp_forward,
+            loss=lambda out, y: (out[:, 0] - y) ** 2,
+        )
+        np.testing.assert_allclose(result.history["train.loss"][t.id], ref["loss"], rtol=1e-4)
         err = np.asarray(mlp_forward(params, x_va)[:, 0], np.float64) - y_va
         assert t.final["valid.mse"] == pytest.approx(np.mean(err**2), rel=1e-4)
         assert t.final["valid.mae"] == pytest.approx(np.mean(np.abs(err)), rel=1e-4)

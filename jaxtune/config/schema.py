@@ -91,6 +91,10 @@ KEYS: dict[str, _Key] = {
     "train.seed": _Key(0, "int", low=0),
     "train.batch_grouping": _Key("auto", "choice", ("auto", "pad", "split")),
     "train.max_trials_per_call": _Key("auto", "auto_int"),
+    "train.execution": _Key("auto", "execution"),
+    "train.precision": _Key(
+        "float32", "choice", ("float32", "tensorfloat32", "bfloat16", "default")
+    ),
     "augment.shift": _Key(0.0, "float", low=0.0),
     "augment.noise": _Key(0.0, "float", low=0.0),
     "augment.cutout": _Key(0.0, "float", low=0.0),
@@ -209,6 +213,12 @@ def check_value(key: str, value: Any) -> Any:
             initializers.get_initializer(value)
         except ValueError as e:
             raise ConfigError(f"{key} = {value!r} is invalid: {e}") from None
+        return value
+    if spec.kind == "execution":
+        from jaxtune.engine.execution import parse_form
+
+        if value != "auto":
+            parse_form(value, key)
         return value
     if spec.kind == "auto_int":
         if value in ("auto", "all"):

@@ -29,6 +29,8 @@ UNSWEEPABLE = (
     "train.log_every",
     "train.max_trials_per_call",
     "train.batch_grouping",
+    "train.execution",
+    "train.precision",
     "task.factory",
     "task.dataset",
     "task.subset",

@@ -22,8 +22,8 @@ from jaxtune import config as config_lib
 from jaxtune import data as data_lib
 from jaxtune.config import SweepConfig
 from jaxtune.engine.bind import Binder
-from jaxtune.engine.plan import hp_arrays, structure_of
 from jaxtune.engine.step import TrainStep, make_train_step, trial_keys
+from jaxtune.engine.trials import hp_arrays, structure_of
 from jaxtune.tasks import Task
 
 __all__ = ["Check", "Subject", "make_subject"]
@@ -159,7 +159,7 @@ def make_subject(
     if check:
         bound = binder(structure, [trial])
         bound_task, names = bound.task, tuple(binder.names_of(bound.task))
-        opt, sched, rng, fns = bound.optimizer, bound.schedule, bound.rng, bound.fns
+        opt, sched, rng, fns = bound.optimizer, bound.schedule, bound.rng, bound.step
     else:
         bound_task, task_id = binder.task_for(structure, [trial])
         opt, sched, _ = binder.optimizer_for(structure, [trial])

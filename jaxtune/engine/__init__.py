@@ -1,10 +1,14 @@
-"""The sweep engine: config -> trials -> groups -> call units -> compiled programs -> results.
+"""The sweep engine: config -> trials -> groups -> calls -> execution forms -> results.
 
 Read top-down: :mod:`~jaxtune.engine.step` (the public per-trial step),
-:mod:`~jaxtune.engine.bind` (a group's task and optimizer), :mod:`~jaxtune.engine.plan`
-(trials, groups, calls), :mod:`~jaxtune.engine.program` (the vmapped, scanned group program),
-:mod:`~jaxtune.engine.compile` (lowering, cache, memory), :mod:`~jaxtune.engine.run` (the loop)
-and :mod:`~jaxtune.engine.result` (what comes out).
+:mod:`~jaxtune.engine.trials` (trials as arrays), :mod:`~jaxtune.engine.bind` (a group's task
+and optimizer), :mod:`~jaxtune.engine.plan` (groups and calls),
+:mod:`~jaxtune.engine.batching` (each trial's batches), :mod:`~jaxtune.engine.execution` (how a
+call loops and batches its trials, and how that is chosen), :mod:`~jaxtune.engine.compile`
+(ahead-of-time programs, cache, memory), :mod:`~jaxtune.engine.prepare` (a population, planned
+and compiled), :mod:`~jaxtune.engine.population` (its calls and states),
+:mod:`~jaxtune.engine.loop` (chunks, callbacks, checkpoints), :mod:`~jaxtune.engine.run` (the
+strategy's context and ``run_sweep``) and :mod:`~jaxtune.engine.result` (what comes out).
 """
 
 from jaxtune.engine.result import Selection as Selection

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jaxtune import config as config_lib
 from jaxtune import registry
 from jaxtune.augment import AUGMENT_KEYS
 from jaxtune.config import SweepConfig
-from jaxtune.engine.plan import Bound, hp_arrays
-from jaxtune.engine.step import make_train_step
+from jaxtune.engine.step import TrainStep, make_train_step
+from jaxtune.engine.trials import hp_arrays
 from jaxtune.errors import ConfigError
 from jaxtune.tasks import Task, check_task
 
-__all__ = ["Binder"]
+__all__ = ["Binder", "Binding"]
 
 #: Structure keys the built-in task depends on.
 _TASK_KEYS = (
@@ -44,8 +44,20 @@ _TASK_KEYS = (
 _OPTIMIZER_KEYS = ("optimizer.name", "schedule.name", "train.steps")
 
 
+class Binding(NamedTuple):
+    """What a group's structure binds to: its task, optimizer and per-trial step functions."""
+
+    task: Task
+    step: TrainStep  # the pure per-trial init / train_step / evaluate
+    cache_key: tuple  # what a compiled program depends on besides shapes and the form
+    optimizer: Callable  # optimizer(hp) -> optax.GradientTransformation
+    schedule: Callable | None  # schedule(hp) -> learning rate, or None
+    rng: bool  # whether apply gets a dropout key
+    metric_names: tuple[str, ...]  # what the task's metrics return
+
+
 class Binder:
-    """Turns a group's structure into a :class:`Bound` (task, step functions, identity).
+    """Turns a group's structure into a :class:`Binding` (task, step functions, cache key).
 
     Args:
       cfg: the sweep configuration.
@@ -132,7 +144,7 @@ class Binder:
 
         return optimizer, schedule, ("config", tuple(structure[k] for k in _OPTIMIZER_KEYS), use_wd)
 
-    def __call__(self, structure: dict[str, Any], trials: list[dict[str, Any]]) -> Bound:
+    def __call__(self, structure: dict[str, Any], trials: list[dict[str, Any]]) -> Binding:
         task, task_id = self.task_for(structure, trials)
         hp0 = {k: v[0] for k, v in hp_arrays(trials[:1], self.numeric).items()}
         if id(task) not in self._checked:
@@ -142,10 +154,10 @@ class Binder:
             self.metric_names = names
         optimizer, schedule, opt_id = self.optimizer_for(structure, trials)
         rng = task_id[0] != "builtin" or structure["task.dropout"] > 0
-        fns = make_train_step(task, optimizer, schedule=schedule, rng=rng)
+        step = make_train_step(task, optimizer, schedule=schedule, rng=rng)
         present = tuple(k in hp0 for k in ("optimizer.momentum", "optimizer.clip_norm"))
-        identity = (task_id, opt_id, rng, present, tuple(sorted(hp0)))
-        return Bound(task, fns, identity, optimizer, schedule, rng, tuple(names))
+        cache_key = (task_id, opt_id, rng, present, tuple(sorted(hp0)))
+        return Binding(task, step, cache_key, optimizer, schedule, rng, tuple(names))
 
     def names_of(self, task: Task) -> list[str]:
         """The metric names of a task this binder checked."""

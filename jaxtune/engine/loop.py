@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxtune import parallel
-from jaxtune.engine.compile import SPLITS, Prepared
+from jaxtune.engine.prepare import SPLITS
 from jaxtune.engine.result import STEP_KEYS
 
 __all__ = ["Checkpoints", "SweepCallback", "empty_history", "eval_keys", "train"]
@@ -110,28 +110,29 @@ def empty_history(n: int, steps: int, eval_names: Sequence[str]) -> dict[str, np
     return history
 
 
-def eval_keys(prep: Prepared) -> list[str]:
-    """``<split>.<metric>`` of every evaluated split and metric of a prepared population."""
+def eval_keys(population: Any) -> list[str]:
+    """``<split>.<metric>`` of every evaluated split and metric of a population."""
     keys = []
-    for g in prep.plan.groups:
-        for split in g.program.splits:
-            for m in ["loss", *g.bound.metric_names]:
+    for g in population.plan.groups:
+        for split in g.layout.splits:
+            for m in ["loss", *g.binding.metric_names]:
                 keys.append(f"{split}.{m}")
     return list(dict.fromkeys(keys))
 
 
-def record(history, prep: Prepared, outs, start: int, length: int) -> dict[str, np.ndarray]:
+def record(history, population: Any, outs, start: int, length: int) -> dict[str, np.ndarray]:
     """Write one chunk's per-step metrics and evaluations into the sweep-wide histories."""
     history = dict(history)
-    plan, stop = prep.plan, start + length
+    plan, stop = population.plan, start + length
     n = history["train.loss"].shape[0]
     evals = {k: np.full((n,), np.nan, np.float32) for k in history if k.startswith(SPLITS)}
     names = ("loss", "grad_norm", "clipped", "learning_rate")
-    for unit, (metrics, ev) in zip(plan.units, outs, strict=True):
-        ids = np.asarray(plan.ids)[unit.trial_ids]
+    for call, (metrics, ev) in zip(population.calls, outs, strict=True):
+        ids = np.asarray(plan.ids)[list(call.spec.positions)]
         k = len(ids)
         for name, key in zip(names, STEP_KEYS, strict=True):
-            history[key][ids, start:stop] = np.asarray(metrics[name])[:, :k].T
+            steps = np.concatenate([np.asarray(m[name]) for m in metrics])
+            history[key][ids, start:stop] = steps[:, :k].T
         for name, v in ev.items():
             evals[name][ids] = np.asarray(v)[:k]
     # One column per evaluated step: populations that run the same steps (Hyperband's
@@ -160,16 +161,9 @@ class _Chunk(NamedTuple):
     outs: list
 
 
-def _dispatch(prep: Prepared, start: int, length: int) -> _Chunk:
-    """Run every unit's program for one chunk; returns at once (JAX dispatches asynchronously)."""
-    plan, outs = prep.plan, []
-    for unit in plan.units:
-        data = prep.data[plan.groups[unit.group].data_index]
-        unit.state, metrics, evals = unit.chunk[length](
-            unit.state, unit.hp, data, np.int32(start), unit.data_key
-        )
-        outs.append((metrics, evals))
-    return _Chunk(start, start + length, outs)
+def _dispatch(population: Any, start: int, length: int) -> _Chunk:
+    """Run every call's programs for one chunk; returns at once (JAX dispatches asynchronously)."""
+    return _Chunk(start, start + length, population.dispatch(start, length))
 
 
 def train(
@@ -189,8 +183,7 @@ def train(
     ``stop``); before a checkpoint the loop does not run ahead, so the saved state is the state
     at the recorded step.
     """
-    prep = population.prep
-    eval_every = prep.cfg.base["train.eval_every"]
+    eval_every = population.plan.trials[0]["train.eval_every"]
     end = stop if end is None else end
     done = step = start
 
@@ -199,7 +192,7 @@ def train(
 
     def rec(chunk: _Chunk) -> dict[str, np.ndarray]:
         outs = parallel.gather(chunk.outs)
-        return record(history, prep, outs, chunk.start, chunk.stop - chunk.start)
+        return record(history, population, outs, chunk.start, chunk.stop - chunk.start)
 
     pending: _Chunk | None = None
     ahead: _Chunk | None = None
@@ -209,7 +202,7 @@ def train(
             while True:
                 ahead = None
                 if step < stop and not stop_requested() and not (pending and due(pending.stop)):
-                    ahead = _dispatch(prep, step, min(eval_every, stop - step))
+                    ahead = _dispatch(population, step, min(eval_every, stop - step))
                     step = ahead.stop
                 if pending is not None:
                     history, done = rec(pending), pending.stop

@@ -1,4 +1,4 @@
-"""A population: the live trials of a sweep, as compiled units holding stacked states.
+"""A population: the live trials of a sweep, as compiled calls that hold stacked states.
 
 :func:`jaxtune.run_sweep` trains one population of every trial from step 0 to ``train.steps``.
 Adaptive strategies (:mod:`jaxtune.search`) train a population for a while, look at the
@@ -6,11 +6,12 @@ validation metric, then continue with another population built from some of the 
 the survivors of a rung, repacked into a smaller program, or a population whose weakest members
 copied the state of its best. Trials keep their sweep-wide id (their row in the histories)
 whichever population they are in; a trial that leaves a population keeps its histories up to its
-last step.
+last step. A population is built by :class:`jaxtune.engine.prepare.Preparer`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,87 +20,163 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune import parallel
-from jaxtune.config import SweepConfig
-from jaxtune.engine.bind import Binder
-from jaxtune.engine.compile import Prepared, prepare
-from jaxtune.engine.loop import train
-from jaxtune.engine.plan import (
-    group_states,
-    group_templates,
-    pad_trials,
-    scatter_states,
-    trial_sharding,
-)
+from jaxtune.engine.compile import CompiledCall, dispatches
+from jaxtune.engine.plan import CallSpec, Plan, trial_sharding
 from jaxtune.engine.result import TrainedUnit
 from jaxtune.engine.step import TrainState
+from jaxtune.engine.trials import pad_trials
 
-__all__ = ["Population"]
+__all__ = ["Call", "Population"]
+
+
+@dataclasses.dataclass
+class Call:
+    """One compiled call at run time: its trials' arrays on the devices and their state."""
+
+    spec: CallSpec
+    hp: dict[str, jax.Array]
+    keys: jax.Array  # root PRNG keys [size, 2]
+    data_key: jax.Array  # the shared data key (read when the batch is shared)
+    data: dict[str, Any]  # the group's splits on the devices
+    program: CompiledCall
+    state: TrainState | None = None
+
+    def run(self, start: int, length: int) -> tuple[list[dict], dict]:
+        """Dispatch one chunk of steps ``[start, start + length)``; returns at once (JAX runs
+        it asynchronously) with the per-dispatch metrics and the evaluation after it."""
+        p = self.program
+        perms, first = p.shuffle(length)(self.data_key, self.keys, self.hp, np.int32(start))
+        metrics, t = [], start
+        for m in dispatches(p.form, length):
+            self.state, out = p.steps(m, length)(
+                self.state, self.hp, self.data, perms, first, np.int32(t)
+            )
+            metrics.append(out)
+            t += m
+        return metrics, p.evaluate()(self.state, self.hp, self.data)
 
 
 class Population:
-    """Trials ``(sweep-wide id, overrides)`` of ``cfg``, planned and compiled (nothing runs yet).
+    """The trials of a :class:`~jaxtune.engine.plan.Plan`, compiled into calls.
 
-    Args:
-      cfg: the sweep configuration.
-      binder: binds each structure group to its task and optimizer.
-      trials: the population; None is the whole search space with ids ``0 .. N-1``.
-      like: an earlier population of the sweep whose trials per call this one keeps.
-      fresh: compile the init programs now (False: the states will be loaded).
-      prefer: call sizes the sweep already compiled, by group signature (see ``make_plan``).
+    Attributes:
+      plan: the trials, groups and calls.
+      calls: the calls at run time, in plan order.
+      execution: per group, the execution form and how it was chosen.
+      per_call: the trials per call the plan was cut with (None: one call per group).
+      compile_s: seconds spent compiling (and measuring forms) for this population.
     """
 
     def __init__(
         self,
-        cfg: SweepConfig,
-        binder: Binder,
-        trials: Sequence[tuple[int, dict[str, Any]]] | None = None,
+        plan: Plan,
+        mesh: jax.sharding.Mesh,
+        calls: list[Call],
         *,
-        like: Prepared | None = None,
-        fresh: bool = True,
-        prefer: Mapping[str, Sequence[int]] | None = None,
+        execution: list[dict[str, Any]],
+        per_call: int | None,
+        call_choice: str,
+        compile_s: float,
     ) -> None:
-        self.cfg, self.binder = cfg, binder
-        self.prep: Prepared = prepare(
-            cfg, binder, trials=trials, like=like, init=fresh, prefer=prefer
-        )
-        self.plan = self.prep.plan
+        self.plan, self.mesh, self.calls = plan, mesh, calls
+        self.execution, self.per_call, self.call_choice = execution, per_call, call_choice
+        self.compile_s = compile_s
 
     @property
     def ids(self) -> list[int]:
         return list(self.plan.ids)
 
-    def call_sizes(self) -> dict[str, list[int]]:
-        """The call sizes of this population's programs, by group signature."""
-        out: dict[str, list[int]] = {}
-        for unit in self.plan.units:
-            sizes = out.setdefault(self.plan.groups[unit.group].signature, [])
-            if unit.size not in sizes:
-                sizes.append(unit.size)
-        return out
-
     @property
     def members(self) -> list[list[int]]:
         """Each group's trials as positions in the population (what a checkpoint records)."""
-        return [g.members for g in self.plan.groups]
+        return [list(g.members) for g in self.plan.groups]
+
+    def call_sizes(self) -> dict[str, list[int]]:
+        """The call sizes of this population's programs, by group signature."""
+        out: dict[str, list[int]] = {}
+        for call in self.calls:
+            sizes = out.setdefault(self.plan.groups[call.spec.group].signature, [])
+            if call.spec.size not in sizes:
+                sizes.append(call.spec.size)
+        return out
+
+    def forms(self) -> dict[str, str]:
+        """The execution form of each call size, by ``"<signature>@<size>"`` (recorded with
+        checkpoints, so a resumed run runs the forms it ran)."""
+        return {
+            f"{self.plan.groups[c.spec.group].signature}@{c.spec.size}": str(c.program.form)
+            for c in self.calls
+        }
 
     def init(self) -> None:
         """Fresh states: every trial initialized from its own seed."""
-        for unit in self.plan.units:
-            unit.state = unit.init(unit.hp, unit.keys)
+        for call in self.calls:
+            call.state = call.program.init()(call.hp, call.keys)
+
+    def dispatch(self, start: int, length: int) -> list[tuple[list[dict], dict]]:
+        """Run one chunk on every call (asynchronously); see :meth:`Call.run`."""
+        return [call.run(start, length) for call in self.calls]
+
+    def describe(self) -> str:
+        """What the engine chose: devices, groups, calls, batch utilization, forms."""
+        lines = [f"devices: {self.mesh.size} x {jax.default_backend()}; {self.call_choice}"]
+        for g, ex in zip(self.plan.group_info, self.execution, strict=True):
+            rates = ex.get("rates")
+            measured = ""
+            if rates:
+                measured = (
+                    " [" + ", ".join(f"{f} {r:.4g}" for f, r in rates.items()) + " trial-steps/s]"
+                )
+            lines.append(
+                f"group: {g['trials']} trials, {g['calls']} call(s) of {g['trials_per_call']}, "
+                f"batch sizes {g['batch_sizes']} gathered at {g['gathered_batch']} "
+                f"(utilization {g['batch_utilization']:.0%}"
+                f"{', shared batch' if g['shared_batch'] else ''}) {g['structure'] or ''}"
+                f"; execution {ex['form']} ({ex['how']}){measured}"
+            )
+        return "\n".join(lines)
+
+    # --- states -------------------------------------------------------------------------------
 
     def templates(self) -> list[Any]:
-        return group_templates(self.plan)
+        """Abstract per-group states (stacked over each group's real trials), for restoring."""
+        out = []
+        for g, group in enumerate(self.plan.groups):
+            shape = next(c for c in self.calls if c.spec.group == g).program.state_shape
+            n = len(group.members)
+            out.append(
+                jax.tree.map(lambda a, n=n: jax.ShapeDtypeStruct((n, *a.shape[1:]), a.dtype), shape)
+            )
+        return out
 
     def group_states(self) -> list[Any]:
-        return group_states(self.plan)
+        """Host copies of each group's state, stacked over its real trials in member order."""
+        out = []
+        for g in range(len(self.plan.groups)):
+            parts = [
+                jax.tree.map(
+                    lambda a, c=c: np.asarray(a)[: len(c.spec.positions)], parallel.gather(c.state)
+                )
+                for c in self.calls
+                if c.spec.group == g
+            ]
+            out.append(jax.tree.map(lambda *xs: np.concatenate(xs), *parts))
+        return out
 
     def scatter(self, states: Sequence[Any]) -> None:
-        scatter_states(self.plan, states)
+        """Give every call its slice of the groups' states (padded, sharded over the mesh)."""
+        sharding = trial_sharding(self.mesh)
+        for call in self.calls:
+            lo, n = call.spec.offset, len(call.spec.positions)
+            part = jax.tree.map(
+                lambda a, lo=lo, n=n: np.asarray(a)[lo : lo + n], states[call.spec.group]
+            )
+            call.state = parallel.put(pad_trials(part, call.spec.size), sharding)
 
     def states(self) -> dict[int, TrainState]:
         """Each trial's state as host arrays, by sweep-wide id."""
         out = {}
-        for group, stacked in zip(self.plan.groups, group_states(self.plan), strict=True):
+        for group, stacked in zip(self.plan.groups, self.group_states(), strict=True):
             for j, pos in enumerate(group.members):
                 out[self.plan.ids[pos]] = jax.tree.map(lambda a, j=j: a[j], stacked)
         return out
@@ -110,14 +187,14 @@ class Population:
         for group in self.plan.groups:
             parts = [states[self.plan.ids[pos]] for pos in group.members]
             stacked.append(jax.tree.map(lambda *xs: np.stack(xs), *parts))
-        scatter_states(self.plan, stacked)
+        self.scatter(stacked)
 
     def copy(self, copies: Mapping[int, int], *, keep: tuple[str, ...] = ("key",)) -> None:
         """Trial ``dst`` takes the state of trial ``copies[dst]`` (by id), bit for bit, except
         the fields ``keep``. Within one compiled call the copy is a gather on the device; a
         copy between calls or groups goes through the host."""
         pos = {i: p for p, i in enumerate(self.plan.ids)}
-        where = {p: (u, j) for u in self.plan.units for j, p in enumerate(u.trial_ids)}
+        where = {p: (c, j) for c in self.calls for j, p in enumerate(c.spec.positions)}
         if not all(where[pos[d]][0] is where[pos[s]][0] for d, s in copies.items()):
             states = self.states()
             self.load(
@@ -127,44 +204,41 @@ class Population:
                 }
             )
             return
-        for unit in self.plan.units:
-            index = np.arange(unit.size)
-            for j, p in enumerate(unit.trial_ids):
+        take = jax.jit(_take, out_shardings=trial_sharding(self.mesh))
+        for call in self.calls:
+            index = np.arange(call.spec.size)
+            for j, p in enumerate(call.spec.positions):
                 src = copies.get(self.plan.ids[p])
                 if src is not None:
                     index[j] = where[pos[src]][1]
-            if (index == np.arange(unit.size)).all():
+            if (index == np.arange(call.spec.size)).all():
                 continue
-            take = jax.jit(_take, out_shardings=trial_sharding(self.plan.mesh))
-            moved = take(unit.state, index)
-            unit.state = moved._replace(**{f: getattr(unit.state, f) for f in keep})
+            moved = take(call.state, index)
+            call.state = moved._replace(**{f: getattr(call.state, f) for f in keep})
 
     def set_hp(self, values: Mapping[int, Mapping[str, float]]) -> None:
         """Change numeric hyperparameters of some trials (by id); nothing recompiles."""
         pos = {i: p for p, i in enumerate(self.plan.ids)}
-        sharding = trial_sharding(self.plan.mesh)
-        for unit in self.plan.units:
-            hp = {k: np.array(v) for k, v in parallel.gather(unit.hp).items()}
+        sharding = trial_sharding(self.mesh)
+        for call in self.calls:
+            hp = {k: np.array(v) for k, v in parallel.gather(call.hp).items()}
             changed = False
-            for j, p in enumerate(unit.trial_ids):
+            for j, p in enumerate(call.spec.positions):
                 for key, v in values.get(self.plan.ids[p], {}).items():
                     hp[key][j] = v
                     changed = True
             if changed:
-                hp = pad_trials({k: a[: len(unit.trial_ids)] for k, a in hp.items()}, unit.size)
-                unit.hp = parallel.put(hp, sharding)
+                n = len(call.spec.positions)
+                hp = pad_trials({k: a[:n] for k, a in hp.items()}, call.spec.size)
+                call.hp = parallel.put(hp, sharding)
         for i, new in values.items():
             self.plan.trials[pos[i]].update(new)
 
-    def run(self, start: int, stop: int, history: dict[str, np.ndarray], **kwargs: Any) -> Any:
-        """Train steps ``[start, stop)``; see :func:`jaxtune.engine.loop.train`."""
-        return train(self, start, stop, history, **kwargs)
-
     def diverged_steps(self) -> dict[int, int | None]:
         out = {}
-        for unit in self.plan.units:
-            steps = np.asarray(parallel.gather(unit.state.diverged_step))
-            for j, p in enumerate(unit.trial_ids):
+        for call in self.calls:
+            steps = np.asarray(parallel.gather(call.state.diverged_step))
+            for j, p in enumerate(call.spec.positions):
                 out[self.plan.ids[p]] = int(steps[j]) if steps[j] >= 0 else None
         return out
 
@@ -173,12 +247,12 @@ class Population:
         multi = jax.process_count() > 1
         return [
             TrainedUnit(
-                [self.plan.ids[p] for p in u.trial_ids],
-                parallel.gather(u.state) if multi else u.state,
-                parallel.gather(u.hp),
-                self.plan.groups[u.group].bound.task,
+                [self.plan.ids[p] for p in c.spec.positions],
+                parallel.gather(c.state) if multi else c.state,
+                parallel.gather(c.hp),
+                self.plan.groups[c.spec.group].binding.task,
             )
-            for u in self.plan.units
+            for c in self.calls
         ]
 
 

@@ -25,6 +25,7 @@ from jaxtune.engine.step import TrainState
 
 __all__ = [
     "Selection",
+    "eval_column",
     "SweepResult",
     "TrainedUnit",
     "TrialResult",
@@ -34,6 +35,11 @@ __all__ = [
 
 #: Per-step histories, shape [trials, steps].
 STEP_KEYS = ("train.loss", "grad_norm", "clipped", "learning_rate")
+
+
+def eval_column(history: Mapping[str, np.ndarray], step: int) -> int:
+    """The column of the evaluation at ``step`` in the ``[trials, evals]`` histories."""
+    return int(np.flatnonzero(history["eval_step"] == step)[-1])
 
 
 class TrainedUnit(NamedTuple):

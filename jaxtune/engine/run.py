@@ -24,10 +24,11 @@ from jaxtune import config as config_lib
 from jaxtune import parallel, registry
 from jaxtune.config import SweepConfig
 from jaxtune.engine.bind import Binder
-from jaxtune.engine.compile import describe
 from jaxtune.engine.loop import Checkpoints, SweepCallback, empty_history, eval_keys
+from jaxtune.engine.loop import train as loop_train
 from jaxtune.engine.population import Population
-from jaxtune.engine.result import SweepResult, summarize
+from jaxtune.engine.prepare import Preparer
+from jaxtune.engine.result import Selection, SweepResult, resolve_selection, summarize
 from jaxtune.errors import ConfigError
 from jaxtune.tasks import Task
 
@@ -43,7 +44,8 @@ class Sweep:
       names, hparams: each trial's name and varying keys.
       history: the sweep-wide histories (one row per trial).
       checkpoints: when and where to checkpoint (None without ``out_dir``).
-      compile_s: seconds spent compiling so far.
+      planned: trial-steps the strategy plans (default: the grid's); set before the first
+        population (it sizes how long ``train.execution = "auto"`` may measure).
     """
 
     def __init__(self, cfg, binder, *, out_dir, resume, callbacks, verbose) -> None:
@@ -56,14 +58,11 @@ class Sweep:
         self.define({})
         self.history: dict[str, np.ndarray] | None = None
         self.checkpoints: Checkpoints | None = None
-        self.compile_s = 0.0
-        self.planned: int | None = None  # trial-steps a strategy plans (default: the grid's)
-        # Call sizes compiled so far, by group signature: later populations run in them when
-        # that needs at most twice the trials (saved with checkpoints: a resume plans the same).
-        self.call_sizes: dict[str, list[int]] = {}
-        self.prepared: list[Any] = []
+        self.planned: int | None = None
+        self.selection: Selection | None = None
         self.trial_steps = 0
-        self._t0 = time.perf_counter()
+        self._preparer: Preparer | None = None
+        self._t0 = self._t_run = time.perf_counter()
         self._started = False
 
     def define(
@@ -85,6 +84,23 @@ class Sweep:
     def steps(self) -> int:
         return self.cfg.base["train.steps"]
 
+    @property
+    def compile_s(self) -> float:
+        return 0.0 if self._preparer is None else self._preparer.compile_s
+
+    def _prepare(self) -> Preparer:
+        if self._preparer is None:
+            recorded = None
+            if self.resume and self.out_dir is not None:
+                recorded = ckpt_lib.latest_notes(self.out_dir / "checkpoints")
+            self._preparer = Preparer(
+                self.cfg,
+                self.binder,
+                planned_trial_steps=self.planned or len(self.overrides) * self.steps,
+                recorded=(recorded or {}).get("prepared"),
+            )
+        return self._preparer
+
     def population(
         self,
         ids: Sequence[int] | None = None,
@@ -94,23 +110,17 @@ class Sweep:
     ) -> Population:
         """Plan and compile the trials ``ids`` (default all); ``overrides[id]`` changes keys.
 
-        Populations after the first keep its trials per call (no probe compile); ``fresh=False``
-        for a population whose states will be loaded (its init programs compile only if called).
+        ``fresh=False`` for a population whose states will be loaded (its init programs compile
+        only if called).
         """
         ids = list(range(len(self.overrides))) if ids is None else list(ids)
         extra = overrides or {}
         trials = [(i, {**self.overrides[i], **extra.get(i, {})}) for i in ids]
-        like = self.prepared[0] if self.prepared else None
-        pop = Population(
-            self.cfg, self.binder, trials, like=like, fresh=fresh, prefer=self.call_sizes
-        )
-        for sig, sizes in pop.call_sizes().items():
-            known = self.call_sizes.setdefault(sig, [])
-            known.extend(s for s in sizes if s not in known)
-        self.compile_s += pop.prep.compile_s
-        self.prepared.append(pop.prep)
+        pop = self._prepare().population(trials, fresh=fresh)
+        if self.selection is None:
+            self.selection = _selection(self.cfg, self.binder, pop)
         if self.history is None:
-            self.history = empty_history(len(self.overrides), self.steps, eval_keys(pop.prep))
+            self.history = empty_history(len(self.overrides), self.steps, eval_keys(pop))
         return pop
 
     def open_checkpoints(self) -> None:
@@ -125,37 +135,42 @@ class Sweep:
             )
             self.checkpoints = Checkpoints(checkpointer, base["checkpoint.every"])
 
-    def restore(self, expect: Callable[[dict], tuple[Any, Any]]) -> tuple[int, dict] | None:
-        """The latest checkpoint's step and notes (states put where ``expect`` said), or None."""
-        if self.checkpoints is None or not self.resume:
-            return None
+    def start(
+        self, first: Population, rebuild: Callable[[dict], Population] | None = None
+    ) -> tuple[Population, int, dict | None]:
+        """Open the checkpoints, then resume from the latest one or start ``first`` fresh.
 
-        def planned_as_saved(extra: dict) -> tuple[Any, Any]:
-            for sig, sizes in extra.get("call_sizes", {}).items():
-                known = self.call_sizes.setdefault(sig, [])
-                known.extend(s for s in sizes if s not in known)
-            return expect(extra)
+        ``rebuild(notes)`` gives the population a checkpoint's strategy notes name (default:
+        ``first``). Returns ``(population, step, notes)``; ``notes`` is None for a fresh start.
+        """
+        self.open_checkpoints()
+        restored = None
+        if self.checkpoints is not None and self.resume:
+            built: dict[int, Population] = {}
 
-        restored = self.checkpoints.checkpointer.restore_latest(planned_as_saved)
+            def target(extra: dict) -> tuple[Any, Any]:
+                pop = first if rebuild is None else rebuild(extra.get("strategy", {}))
+                built[0] = pop
+                return pop.templates(), pop.members
+
+            restored = self.checkpoints.checkpointer.restore_latest(target)
         if restored is None:
-            return None
+            first.init()
+            return first, 0, None
         number, states, saved, extra = restored
-        self._restored_states = states
+        pop = built[0]
+        pop.scatter(states)
         self.history = {**self.history, **saved}
         step = int(extra.get("step", number))
         self.checkpoints.offset, self.checkpoints.last = int(extra.get("offset", 0)), step
         self.trial_steps = int(extra.get("trial_steps", step * len(self.overrides)))
-        return step, extra
-
-    def restored_states(self) -> list[Any]:
-        return self._restored_states
+        return pop, step, extra.get("strategy", {})
 
     def begin(self, population: Population, start_step: int) -> None:
         """Tell the callbacks the sweep starts (once)."""
         if self._started:
             return
         self._started = True
-        plan = population.plan
         info = {
             "names": self.names,
             "hparams": self.hparams,
@@ -163,9 +178,10 @@ class Sweep:
             "num_trials": len(self.names),
             "out_dir": None if self.out_dir is None else str(self.out_dir),
             "start_step": start_step,
-            "selection": population.prep.selection,
-            "groups": plan.group_info,
-            "devices": plan.mesh.size,
+            "selection": self.selection,
+            "groups": population.plan.group_info,
+            "execution": population.execution,
+            "devices": population.mesh.size,
             "backend": jax.default_backend(),
             "strategy": self.cfg.strategy,
             "trial_steps": self.planned or len(self.names) * self.steps,
@@ -174,25 +190,36 @@ class Sweep:
             else int(np.isfinite(self.history["train.loss"]).sum()),
         }
         if self.verbose:
-            print(describe(population.prep))
+            print(population.describe())
         for cb in self.callbacks:
             cb.on_start(info)
         self._t_run = time.perf_counter()
 
-    def train(self, population: Population, start: int, stop: int, **kw: Any) -> tuple[int, bool]:
-        """Train a population over ``[start, stop)``; returns ``(step reached, interrupted)``."""
+    def train(
+        self, population: Population, start: int, stop: int, *, notes: dict | None = None, **kw
+    ) -> tuple[int, bool]:
+        """Train a population over ``[start, stop)``; returns ``(step reached, interrupted)``.
+
+        ``notes`` (JSON) is the strategy's state, saved with every checkpoint of the span.
+        """
         for cb in self.callbacks:
             hook = getattr(cb, "on_population", None)  # callbacks need not subclass
             if hook is not None:
                 hook(population.ids, start, stop)
-        base = self.trial_steps - start * len(population.ids)
-        kw["extra"] = {
-            **(kw.get("extra") or {}),
-            "trial_steps_base": base,
-            "call_sizes": self.call_sizes,
+        extra = {
+            "strategy": notes or {},
+            "trial_steps_base": self.trial_steps - start * len(population.ids),
+            "prepared": self._prepare().record(),
         }
-        step, self.history, interrupted = population.run(
-            start, stop, self.history, callbacks=self.callbacks, checkpoints=self.checkpoints, **kw
+        step, self.history, interrupted = loop_train(
+            population,
+            start,
+            stop,
+            self.history,
+            callbacks=self.callbacks,
+            checkpoints=self.checkpoints,
+            extra=extra,
+            **kw,
         )
         self.trial_steps += (step - start) * len(population.ids)
         return step, interrupted
@@ -214,7 +241,7 @@ class Sweep:
         if self.checkpoints is not None:
             self.checkpoints.checkpointer.close()
         last = populations[-1]
-        run_s = time.perf_counter() - getattr(self, "_t_run", self._t0)
+        run_s = time.perf_counter() - self._t_run
         n = len(self.names)
         div = {i: None for i in range(n)}
         for pop in populations:
@@ -229,22 +256,23 @@ class Sweep:
             "steps_done": step,
             "interrupted": interrupted,
             "groups": last.plan.group_info,
+            "execution": last.execution,
+            "precision": self.cfg.base["train.precision"],
             "backend": jax.default_backend(),
-            "devices": last.plan.mesh.size,
-            "trials_per_call": last.prep.choice,
+            "devices": last.mesh.size,
+            "trials_per_call": last.call_choice,
         }
-        selection = last.prep.selection
         trials = summarize(
             self.cfg,
             self.names,
             self.hparams,
             self.history,
             [div[i] for i in range(n)],
-            selection,
+            self.selection,
             step,
             stopped,
         )
-        result = SweepResult(self.cfg, trials, self.history, timing, selection)
+        result = SweepResult(self.cfg, trials, self.history, timing, self.selection)
         result.units = [u for pop in populations for u in pop.trained_units()]
         result.search = (search(result) if callable(search) else search) or {}
         if self.out_dir is not None and parallel.is_primary():
@@ -254,6 +282,19 @@ class Sweep:
         if interrupted:
             raise KeyboardInterrupt
         return result
+
+
+def _selection(cfg: SweepConfig, binder: Binder, pop: Population) -> Selection:
+    """``select.*`` completed from the tasks' metrics; every task must report the metric."""
+    selection = resolve_selection(cfg, binder.metric_names or [])
+    for g in pop.plan.groups:
+        names = g.binding.metric_names
+        if selection.metric != "valid.loss" and selection.metric[6:] not in names:
+            raise ConfigError(
+                f"select.metric = {selection.metric!r} is not reported by every task of the "
+                f"sweep (one reports {names})"
+            )
+    return selection
 
 
 def _write_config(out: Path, cfg: SweepConfig) -> None:
@@ -266,15 +307,7 @@ def _write_config(out: Path, cfg: SweepConfig) -> None:
 
 def run_all(sweep: Sweep) -> SweepResult:
     """The plain strategy: every trial of the search space trains to ``train.steps``."""
-    pop = sweep.population()
-    sweep.open_checkpoints()
-    restored = sweep.restore(lambda extra: (pop.templates(), pop.members))
-    start = 0
-    if restored is None:
-        pop.init()
-    else:
-        start = restored[0]
-        pop.scatter(sweep.restored_states())
+    pop, start, _ = sweep.start(sweep.population())
     sweep.begin(pop, start)
     step, interrupted = sweep.train(pop, start, sweep.steps)
     return sweep.finish([pop], step, interrupted)

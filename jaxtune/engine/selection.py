@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -23,9 +23,6 @@ class Selection:
     mode: str
     target: float | None = None
 
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.mode == "max" else a < b
-
     def reached(self, values: np.ndarray) -> np.ndarray:
         if self.target is None:
             return np.zeros(values.shape, bool)
@@ -35,6 +32,15 @@ class Selection:
         if not math.isfinite(value):
             return math.inf
         return -value if self.mode == "max" else value
+
+    def rank(self, values: Mapping[int, float]) -> list[int]:
+        """The ids of ``values`` best first (non-finite last, ties by id).
+
+        Example:
+          >>> Selection("valid.loss", "min").rank({0: 0.5, 1: float("nan"), 2: 0.1, 3: 0.5})
+          [2, 0, 3, 1]
+        """
+        return sorted(values, key=lambda i: (self.sort_key(float(values[i])), i))
 
 
 def resolve_selection(cfg: SweepConfig, metric_names: Sequence[str]) -> Selection:

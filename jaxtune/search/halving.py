@@ -14,16 +14,19 @@ continues bit-identically.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from jaxtune.engine.result import SweepResult
+from jaxtune.engine.result import SweepResult, eval_column
 from jaxtune.engine.run import Sweep
+from jaxtune.engine.selection import Selection
 
 __all__ = [
+    "HalvingState",
     "deal",
     "planned_trial_steps",
     "rung_steps",
@@ -59,8 +62,7 @@ def select_survivors(
     history: dict[str, np.ndarray],
     live: Sequence[int],
     step: int,
-    metric: str,
-    mode: str,
+    selection: Selection,
     eta: float,
     diverged: dict[int, int | None],
 ) -> tuple[list[int], dict[int, tuple[int, str]]]:
@@ -69,11 +71,11 @@ def select_survivors(
     Returns:
       ``(survivors, stopped)``: survivors in id order, and ``id -> (step, reason)`` for the rest.
     """
-    col = int(np.flatnonzero(history["eval_step"] == step)[-1])
+    metric = selection.metric
+    col = eval_column(history, step)
     values = {i: float(history[metric][i, col]) for i in live}
     healthy = [i for i in live if diverged.get(i) is None and math.isfinite(values[i])]
-    sign = -1.0 if mode == "max" else 1.0
-    ranked = sorted(healthy, key=lambda i: (sign * values[i], i))
+    ranked = selection.rank({i: values[i] for i in healthy})
     keep = max(1, math.ceil(len(live) / eta)) if healthy else 0
     survivors = sorted(ranked[:keep])
     stopped = {}
@@ -94,43 +96,77 @@ def select_survivors(
     return survivors, stopped
 
 
-def _bracket(sweep, pop, live, step, rungs, eta, bracket, state) -> tuple[Any, int, bool]:
-    """Successive halving of the population ``pop`` (trials ``live``, at ``step``) over
-    ``rungs``. ``state`` collects what stopped, why, and each rung's survivors."""
+@dataclasses.dataclass
+class HalvingState:
+    """Where a halving or Hyperband run stands (saved with every checkpoint).
+
+    Attributes:
+      bracket: the bracket being trained; ``live``: its trials still training.
+      stopped: ``id -> (step, reason)`` of every trial a rung stopped.
+      diverged: ``id -> step`` of the stopped trials that had diverged.
+      rungs: each rung's ``bracket``, ``step``, ``trials`` and ``survivors``.
+    """
+
+    live: list[int]
+    bracket: int = 0
+    stopped: dict[int, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    diverged: dict[int, int] = dataclasses.field(default_factory=dict)
+    rungs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "live": list(self.live),
+            "bracket": self.bracket,
+            "stopped": [[i, s, r] for i, (s, r) in self.stopped.items()],
+            "diverged": [[i, s] for i, s in self.diverged.items()],
+            "rungs": self.rungs,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> HalvingState:
+        return cls(
+            list(d["live"]),
+            int(d["bracket"]),
+            {int(i): (int(s), r) for i, s, r in d["stopped"]},
+            {int(i): int(s) for i, s in d["diverged"]},
+            list(d["rungs"]),
+        )
+
+
+def _bracket(sweep, pop, step, rungs, eta, state: HalvingState) -> tuple[Any, int, bool]:
+    """Successive halving of the population ``pop`` (trials ``state.live``, at ``step``) over
+    ``rungs``; ``state`` collects what stopped, why, and each rung's survivors."""
     sweep.begin(pop, step)
     while True:
-        done = any(r["bracket"] == bracket and r["step"] == step for r in state["rungs"])
+        done = any(r["bracket"] == state.bracket and r["step"] == step for r in state.rungs)
         if step not in rungs[:-1] or done:  # not at a rung (or resumed after its selection)
             if step >= rungs[-1]:
                 return pop, step, False
-            extra = {
-                "bracket": bracket,
-                "live": list(live),
-                "stopped": {str(i): list(v) for i, v in state["stopped"].items()},
-                "diverged": {str(i): v for i, v in state["diverged"].items()},
-                "rungs": state["rungs"],
-            }
             target = next(b for b in rungs if b > step)
-            step, interrupted = sweep.train(pop, step, target, extra=extra)
+            step, interrupted = sweep.train(pop, step, target, notes=state.to_json())
             if interrupted:
                 return pop, step, True
             continue
-        sel = pop.prep.selection
         diverged = pop.diverged_steps()
         survivors, stopped = select_survivors(
-            sweep.history, live, step, sel.metric, sel.mode, eta, diverged
+            sweep.history, state.live, step, sweep.selection, eta, diverged
         )
-        state["stopped"].update(stopped)
-        state["diverged"].update({i: diverged[i] for i in stopped if diverged[i] is not None})
-        state["rungs"].append(
-            {"bracket": bracket, "step": step, "trials": list(live), "survivors": survivors}
+        state.stopped.update(stopped)
+        state.diverged.update({i: diverged[i] for i in stopped if diverged[i] is not None})
+        state.rungs.append(
+            {
+                "bracket": state.bracket,
+                "step": step,
+                "trials": list(state.live),
+                "survivors": survivors,
+            }
         )
         if not survivors:
             return pop, step, False
         states = pop.states()
-        live = survivors
-        pop = sweep.population(live, fresh=False)
-        pop.load({i: states[i] for i in live})
+        state.live = survivors
+        pop = sweep.population(survivors, fresh=False)
+        pop.load({i: states[i] for i in survivors})
 
 
 def planned_trial_steps(brackets: Sequence[tuple[Sequence[int], Sequence[int]]], eta: float) -> int:
@@ -152,42 +188,27 @@ def planned_trial_steps(brackets: Sequence[tuple[Sequence[int], Sequence[int]]],
 def _run(sweep: Sweep, brackets: list[tuple[list[int], list[int]]], strategy: str) -> SweepResult:
     eta = sweep.cfg.base["halving.eta"]
     sweep.planned = planned_trial_steps(brackets, eta)
-    state: dict[str, Any] = {"stopped": {}, "diverged": {}, "rungs": []}
     # The first population compiles before anything is written; a resumed run rebuilds the
     # population its checkpoint names.
-    first = list(brackets[0][0])
-    built = {tuple(first): sweep.population(first)}
-    sweep.open_checkpoints()
+    first_ids = list(brackets[0][0])
+    first = sweep.population(first_ids)
 
-    def expect(extra: dict) -> tuple[Any, Any]:
-        live = tuple(extra.get("live", first))
-        if live not in built:
-            built[live] = sweep.population(list(live), fresh=False)
-        return built[live].templates(), built[live].members
+    def rebuild(notes: dict) -> Any:
+        live = HalvingState.from_json(notes).live
+        return first if live == first_ids else sweep.population(live, fresh=False)
 
-    restored = sweep.restore(expect)
-    b0, live, step = 0, first, 0
-    if restored is None:
-        pop = built[tuple(first)]
-        pop.init()
-    else:
-        step, extra = restored
-        b0, live = int(extra.get("bracket", 0)), list(extra.get("live", first))
-        state["stopped"] = {int(i): (int(s), r) for i, (s, r) in extra.get("stopped", {}).items()}
-        state["diverged"] = {int(i): int(v) for i, v in extra.get("diverged", {}).items()}
-        state["rungs"] = list(extra.get("rungs", []))
-        pop = built[tuple(live)]
-        pop.scatter(sweep.restored_states())
-    populations, interrupted = [], False
+    pop, step, notes = sweep.start(first, rebuild)
+    state = HalvingState(first_ids) if notes is None else HalvingState.from_json(notes)
+    populations, interrupted, b0 = [], False, state.bracket
     for b in range(b0, len(brackets)):
         ids, rungs = brackets[b]
         if b > b0:
-            live, step = list(ids), 0
-            pop = sweep.population(live)
+            state.bracket, state.live, step = b, list(ids), 0
+            pop = sweep.population(ids)
             pop.init()
             if sweep.checkpoints is not None:
                 sweep.checkpoints.restart(b * sweep.steps)
-        pop, step, interrupted = _bracket(sweep, pop, live, step, rungs, eta, b, state)
+        pop, step, interrupted = _bracket(sweep, pop, step, rungs, eta, state)
         populations.append(pop)
         if interrupted:
             break
@@ -195,14 +216,14 @@ def _run(sweep: Sweep, brackets: list[tuple[list[int], list[int]]], strategy: st
         "strategy": strategy,
         "eta": eta,
         "brackets": [{"trials": ids, "rungs": rungs} for ids, rungs in brackets],
-        "rungs": state["rungs"],
+        "rungs": state.rungs,
     }
     return sweep.finish(
         populations,
         sweep.steps if not interrupted else step,
         interrupted,
-        stopped=state["stopped"],
-        diverged=state["diverged"],
+        stopped=state.stopped,
+        diverged=state.diverged,
         search=search,
     )
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from jaxtune.config.space import freeze
-from jaxtune.engine.result import SweepResult
+from jaxtune.engine.result import SweepResult, eval_column
 from jaxtune.engine.run import Sweep
 from jaxtune.errors import ConfigError
 
@@ -119,7 +119,7 @@ def _round_seed(seed: int, r: int) -> int:
 
 def _tell(optuna: Any, study: Any, sweep: Sweep, i: int, pop: Any) -> None:
     """Report trial ``i``'s evaluations to Optuna trial ``i`` and tell its outcome."""
-    sel = pop.prep.selection
+    sel = sweep.selection
     h = sweep.history
     frozen = study.trials[i]
     trial = optuna.trial.Trial(study, frozen._trial_id)
@@ -127,7 +127,7 @@ def _tell(optuna: Any, study: Any, sweep: Sweep, i: int, pop: Any) -> None:
     for step, v in zip(h["eval_step"], values, strict=True):
         if math.isfinite(float(v)) and int(step) not in frozen.intermediate_values:
             trial.report(float(v), int(step))
-    final = float(values[np.flatnonzero(h["eval_step"] == sweep.steps)[-1]])
+    final = float(values[eval_column(h, sweep.steps)])
     diverged = pop.diverged_steps()[i]
     if diverged is not None or not math.isfinite(final):
         trial.set_user_attr("diverged_step", diverged)
@@ -159,18 +159,18 @@ def run_optuna(sweep: Sweep) -> SweepResult:
     make_sampler(base["optuna.sampler"], cfg.seed)  # a missing package fails before any work
     dists = {k: distribution(spec) for k, spec in cfg.space.items()}
     # Compile (and check) a first batch of the space's own points before anything is written.
-    probe = sweep.population(range(batch))
+    sweep.population(range(batch))
     names = [f"{i:03d}-round{i // batch}" for i in range(batch * rounds)]
     sweep.define({i: {} for i in range(batch * rounds)}, names)
-    sweep.open_checkpoints()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = None
     if sweep.out_dir is not None:
+        sweep.out_dir.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(sweep.out_dir / 'optuna.db').resolve()}"
         if not sweep.resume:
             with contextlib.suppress(KeyError):
                 optuna.delete_study(study_name=STUDY, storage=storage)
-    direction = "maximize" if probe.prep.selection.mode == "max" else "minimize"
+    direction = "maximize" if sweep.selection.mode == "max" else "minimize"
     study = optuna.create_study(
         storage=storage, study_name=STUDY, direction=direction, load_if_exists=True
     )
@@ -192,30 +192,23 @@ def run_optuna(sweep: Sweep) -> SweepResult:
             built[r] = sweep.population(ids)
         return built[r]
 
-    def expect(extra: dict) -> tuple[Any, Any]:
-        pop = population(int(extra["round"]))
-        return pop.templates(), pop.members
-
-    r0, start = 0, 0
-    restored = sweep.restore(expect)
-    if restored is not None:
-        start, extra = restored
-        r0 = int(extra["round"])
-        built[r0].scatter(sweep.restored_states())
-    elif sweep.resume:  # killed before a checkpoint: continue with the first round not told
+    # Round 0's population is compiled (from the study's own points) before anything is
+    # written; a resumed run rebuilds the round its checkpoint names.
+    first = population(0)
+    pop, start, notes = sweep.start(first, lambda notes: population(int(notes["round"])))
+    r0 = 0 if notes is None else int(notes["round"])
+    if notes is None and sweep.resume:  # killed before a checkpoint: the first round not told
         finished = [t.state.is_finished() for t in study.trials]
         r0 = next((r for r in range(rounds) if not all(finished[r * batch : (r + 1) * batch])), 0)
     populations, interrupted, step = [], False, 0
     for r in range(r0, rounds):
-        if r > r0:
-            start = 0
+        if r > r0 or (notes is None and r0 > 0):
+            start, pop = 0, population(r)
+            pop.init()
             if sweep.checkpoints is not None:
                 sweep.checkpoints.restart(r * steps)
-        pop = population(r)
-        if start == 0:
-            pop.init()
         sweep.begin(pop, start)
-        step, interrupted = sweep.train(pop, start, steps, extra={"round": r})
+        step, interrupted = sweep.train(pop, start, steps, notes={"round": r})
         populations.append(pop)
         if interrupted:
             break

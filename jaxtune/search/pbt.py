@@ -15,6 +15,7 @@ recorded, and the winning trial's hyperparameter schedule is rebuilt from it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,11 +25,12 @@ import numpy as np
 from jaxtune.config import space as space_lib
 from jaxtune.config.schema import KEYS, check_value, is_hparam
 from jaxtune.engine.population import Population
-from jaxtune.engine.result import SweepResult
+from jaxtune.engine.result import SweepResult, eval_column
 from jaxtune.engine.run import Sweep
+from jaxtune.engine.selection import Selection
 from jaxtune.errors import ConfigError
 
-__all__ = ["copy_states", "exploit_explore", "run_pbt", "winning_schedule"]
+__all__ = ["PBTState", "copy_states", "exploit_explore", "run_pbt", "winning_schedule"]
 
 #: Numeric keys PBT never perturbs: they fix the data order and the compiled batch shape.
 _FIXED = ("train.seed", "train.batch_size")
@@ -89,10 +91,7 @@ def exploit_explore(
     base = sweep.cfg.base
     q, p_resample = base["pbt.quantile"], base["pbt.resample_probability"]
     rng = np.random.default_rng([sweep.cfg.seed, step])
-    sign = -1.0 if mode == "max" else 1.0
-    order = sorted(
-        values, key=lambda i: (sign * values[i] if math.isfinite(values[i]) else math.inf, i)
-    )
+    order = Selection("", mode).rank(values)
     k = max(1, math.floor(q * len(order))) if len(order) >= 2 else 0
     top, bottom = order[:k], order[len(order) - k :]
     copies, new_hp = {}, {}
@@ -138,6 +137,22 @@ def winning_schedule(
     return list(reversed(segments))
 
 
+@dataclasses.dataclass
+class PBTState:
+    """Where a PBT run stands (saved with every checkpoint): each trial's explored values and
+    the lineage so far (who copied whom, when, and the new values)."""
+
+    hp: dict[int, dict[str, Any]]
+    lineage: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hp": [[i, v] for i, v in self.hp.items()], "lineage": self.lineage}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PBTState:
+        return cls({int(i): dict(v) for i, v in d["hp"]}, list(d["lineage"]))
+
+
 def run_pbt(sweep: Sweep) -> SweepResult:
     """``sweep.strategy = "pbt"``: population-based training of the search space's trials."""
     base = sweep.cfg.base
@@ -146,44 +161,34 @@ def run_pbt(sweep: Sweep) -> SweepResult:
     keys = _explorable(sweep)
     n = len(sweep.overrides)
     initial = {i: {k: {**base, **sweep.overrides[i]}[k] for k in keys} for i in range(n)}
-    pop = sweep.population()
-    sweep.open_checkpoints()
-    hp = {i: dict(v) for i, v in initial.items()}
-    lineage: list[dict[str, Any]] = []
-    restored = sweep.restore(lambda extra: (pop.templates(), pop.members))
-    start = 0
-    if restored is None:
-        pop.init()
-    else:
-        start, extra = restored
-        hp = {int(i): v for i, v in extra.get("hp", {}).items()} or hp
-        lineage = list(extra.get("lineage", []))
-        pop.scatter(sweep.restored_states())
-        pop.set_hp(hp)
+    pop, start, notes = sweep.start(sweep.population())
+    state = PBTState({i: dict(v) for i, v in initial.items()})
+    if notes is not None:
+        state = PBTState.from_json(notes)
+        pop.set_hp(state.hp)
     sweep.begin(pop, start)
 
     def exploit(at: int) -> None:
-        sel = pop.prep.selection
-        col = int(np.flatnonzero(sweep.history["eval_step"] == at)[-1])
+        col = eval_column(sweep.history, at)
         diverged = pop.diverged_steps()
         values = {
             i: math.nan if diverged[i] is not None else float(sweep.history[sel.metric][i, col])
             for i in range(n)
         }
-        copies, new_hp = exploit_explore(sweep, values, hp, at, sel.mode)
+        copies, new_hp = exploit_explore(sweep, values, state.hp, at, sel.mode)
         copy_states(pop, copies)
         pop.set_hp(new_hp)
         for dst, src in copies.items():
-            hp[dst] = new_hp[dst]
-            lineage.append({"step": at, "trial": dst, "copied": src, "hp": new_hp[dst]})
+            state.hp[dst] = new_hp[dst]
+            state.lineage.append({"step": at, "trial": dst, "copied": src, "hp": new_hp[dst]})
 
+    sel = sweep.selection
     step, interrupted = start, False
     while step < steps:
         if step > 0 and step % interval == 0:
             exploit(step)  # a checkpoint at a boundary holds the state before this round
         stop = min((step // interval + 1) * interval, steps)
-        extra = {"hp": {str(i): v for i, v in hp.items()}, "lineage": lineage}
-        step, interrupted = sweep.train(pop, step, stop, extra=extra)
+        step, interrupted = sweep.train(pop, step, stop, notes=state.to_json())
         if interrupted:
             break
 
@@ -195,10 +200,10 @@ def run_pbt(sweep: Sweep) -> SweepResult:
             "interval": interval,
             "quantile": base["pbt.quantile"],
             "explored": keys,
-            "lineage": lineage,
-            "final_hparams": {str(i): v for i, v in hp.items()},
+            "lineage": state.lineage,
+            "final_hparams": {str(i): v for i, v in state.hp.items()},
             "winner": winner,
-            "winning_schedule": winning_schedule(winner, lineage, initial),
+            "winning_schedule": winning_schedule(winner, state.lineage, initial),
         }
 
     return sweep.finish([pop], step, interrupted, search=record)

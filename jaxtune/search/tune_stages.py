@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxtune import checkpoint
 from jaxtune import config as config_lib
 from jaxtune.config import SweepConfig
 from jaxtune.engine import SweepResult, run_sweep
@@ -117,7 +118,7 @@ class Run:
 
     def sweep(self, stage: str, cfg: SweepConfig) -> SweepResult:
         folder = self.out / FOLDERS[stage]
-        again = self.resume and (folder / "checkpoints" / "sweep.json").is_file()
+        again = self.resume and checkpoint.holds_checkpoints(folder / "checkpoints")
         result = run_sweep(
             cfg,
             task=self.task,

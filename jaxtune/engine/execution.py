@@ -1,0 +1,313 @@
+"""Execution forms: how a call loops over steps and batches its trials, and how one is chosen.
+
+A form is ``LOOP/TRIALS`` (``train.execution``; ``"auto"`` measures, see :func:`choose`):
+
+* the loop over the steps of a chunk: ``scan`` (one ``lax.scan`` over the chunk per dispatch),
+  ``scan:M`` (a scan of ``M`` steps per dispatch, the host looping over dispatches), ``unroll``
+  / ``unroll:M`` (the chunk, or ``M`` steps, unrolled in one program), or ``host`` (one step
+  per dispatch, state buffers donated from step to step);
+* the trial axis of a call: ``vmap`` (one program over stacked trials), ``unroll`` (every
+  trial of a device traced separately into one program), ``map`` (``lax.map``, a loop over the
+  trials) or ``map:K`` (``lax.map`` over vmapped groups of ``K`` trials).
+
+Every form trains each trial exactly as its solo run does: the batch of step ``t``, its keys,
+the divergence quarantine and the evaluation are the per-trial functions of
+:mod:`jaxtune.engine.batching`. The forms differ in what XLA sees. ``scan(vmap)`` suits dense
+models on any backend and every model on GPUs and TPUs (a loop costs nothing there). On a CPU,
+XLA runs convolutions slowly inside a loop body (their backward pass above all) and turns vmapped
+per-trial kernels into one grouped convolution; host-driven steps with the trials unrolled avoid
+both. The form changes float rounding only, so a resumed run reuses the recorded choice.
+
+The trial axis is sharded over the devices of the mesh with ``jax.shard_map``: each device runs
+the form over its own trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jax_core
+
+from jaxtune.engine.batching import BatchLayout, make_evaluate, make_shuffle, make_step
+from jaxtune.engine.step import TrainStep
+from jaxtune.errors import ConfigError
+
+__all__ = [
+    "CallFunctions",
+    "Form",
+    "call_functions",
+    "candidates",
+    "choose",
+    "has_convolution",
+    "parse_form",
+]
+
+_P = jax.sharding.PartitionSpec
+LOOPS = ("scan", "unroll", "host")
+TRIAL_AXES = ("vmap", "unroll", "map")
+
+#: The steps per dispatch of a scan that ``auto`` measures (a short scan is as fast as a
+#: whole-chunk one for any model large enough to be worth measuring, and cheap to time).
+MEASURED_SCAN = 16
+
+#: No more trials than this per device are unrolled into one program (compile time grows
+#: with every unrolled trial).
+MAX_UNROLLED_TRIALS = 16
+
+ALLOWED = (
+    "'auto' or LOOP/TRIALS with LOOP one of scan, scan:M, unroll, unroll:M, host and TRIALS one "
+    "of vmap, unroll, map, map:K (e.g. 'scan/vmap', 'host/unroll', 'scan:16/map:4')"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Form:
+    """One execution form (see the module docstring); ``str(form)`` is its configuration value.
+
+    Attributes:
+      loop: ``scan``, ``unroll`` or ``host``.
+      steps: steps per dispatch of ``scan`` / ``unroll`` (None: the whole chunk).
+      trials: ``vmap``, ``unroll`` or ``map``.
+      batch: trials vmapped together per ``map`` iteration (None: one).
+    """
+
+    loop: str = "scan"
+    steps: int | None = None
+    trials: str = "vmap"
+    batch: int | None = None
+
+    def __str__(self) -> str:
+        loop = (
+            self.loop if self.steps is None or self.loop == "host" else f"{self.loop}:{self.steps}"
+        )
+        trials = self.trials if self.batch is None else f"{self.trials}:{self.batch}"
+        return f"{loop}/{trials}"
+
+    def steps_per_call(self, length: int) -> int:
+        """Steps each dispatch runs for a chunk of ``length`` steps."""
+        if self.loop == "host":
+            return 1
+        return min(self.steps or length, length)
+
+
+def parse_form(text: str, key: str = "train.execution") -> Form:
+    """The :class:`Form` of a configuration value such as ``"host/unroll"``.
+
+    Example:
+      >>> parse_form("scan:16/map:4")
+      Form(loop='scan', steps=16, trials='map', batch=4)
+      >>> str(parse_form("host/vmap"))
+      'host/vmap'
+    """
+    bad = ConfigError(f"{key} = {text!r} is invalid: expected {ALLOWED}")
+    if not isinstance(text, str) or text.count("/") != 1:
+        raise bad
+    loop_text, trials_text = text.split("/")
+
+    def split(part: str, names: Sequence[str]) -> tuple[str, int | None]:
+        name, _, num = part.partition(":")
+        if name not in names or (num and not num.isdigit()) or num in ("0",) or ":" in num:
+            raise bad
+        return name, int(num) if num else None
+
+    loop, steps = split(loop_text, LOOPS)
+    trials, batch = split(trials_text, TRIAL_AXES)
+    if (loop == "host" and steps is not None) or (trials != "map" and batch is not None):
+        raise bad
+    return Form(loop, steps, trials, batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a call's functions for a form.
+
+
+def _over_trials(form: Form, fn: Callable, args: tuple) -> Any:
+    """``fn`` applied to every trial of ``args`` (leaves with a leading trial axis), stacked."""
+    if form.trials == "vmap":
+        return jax.vmap(fn)(*args)
+    if form.trials == "map":
+        return jax.lax.map(lambda a: fn(*a), args, batch_size=form.batch)
+    n = jax.tree.leaves(args)[0].shape[0]
+    outs = [fn(*jax.tree.map(lambda a, i=i: a[i], args)) for i in range(n)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+class CallFunctions(NamedTuple):
+    """A call's functions (not yet jitted); ``length`` is static, leaves have a trial axis.
+
+    * ``init(hp, keys) -> state``
+    * ``shuffle(data_key, keys, hp, start, *, length) -> (perms, first)``
+    * ``steps(state, hp, data, perms, first, start, *, length) -> (state, metrics [length, n])``
+    * ``evaluate(state, hp, data) -> {"<split>.<metric>": [n]}``
+    """
+
+    init: Callable
+    shuffle: Callable
+    steps: Callable
+    evaluate: Callable
+
+
+def call_functions(
+    form: Form, layout: BatchLayout, fns: TrainStep, n_train: int, mesh: jax.sharding.Mesh
+) -> CallFunctions:
+    """The functions of one call of a group in ``form``, sharded over ``mesh``'s trial axis."""
+    step_at = make_step(layout, fns)
+    evaluate_on = make_evaluate(layout, fns)
+    own = _P() if layout.shared_batch else _P("trials")
+    trials = _P("trials")
+
+    def init(hp, keys):
+        # lax.map (a loop inside one program) instead of vmap: vmapped key-dependent
+        # initializers take far longer to compile, and init runs once per sweep.
+        return jax.lax.map(lambda a: fns.init(a[1], a[0]), (hp, keys))
+
+    def shuffle(data_key, keys, hp, start, *, length):
+        return make_shuffle(layout, n_train, length)(data_key, keys, hp, start)
+
+    def local_steps(state, hp, data, perms, first, start, length):
+        def body(s, t):
+            trial_step, per_trial = step_at(data["train"], perms, first, t)
+            return _over_trials(form, trial_step, (s, hp, *per_trial))
+
+        ts = start + jnp.arange(length, dtype=jnp.int32)
+        if form.loop == "scan":
+            return jax.lax.scan(body, state, ts)
+        outs = []
+        for i in range(length):
+            state, metrics = body(state, ts[i])
+            outs.append(metrics)
+        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    def steps(state, hp, data, perms, first, start, *, length):
+        fn = jax.shard_map(
+            lambda *a: local_steps(*a, length),
+            mesh=mesh,
+            in_specs=(trials, trials, _P(), own, own, _P()),
+            out_specs=(trials, _P(None, "trials")),
+            check_vma=False,
+        )
+        return fn(state, hp, data, perms, first, start)
+
+    def evaluate(state, hp, data):
+        fn = jax.shard_map(
+            lambda s, h, d: _over_trials(form, evaluate_on(d), (s, h)),
+            mesh=mesh,
+            in_specs=(trials, trials, _P()),
+            out_specs=trials,
+            check_vma=False,
+        )
+        return fn(state, hp, data)
+
+    return CallFunctions(init, shuffle, steps, evaluate)
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing a form.
+
+
+def has_convolution(fn: Callable, *args: Any) -> bool:
+    """Whether tracing ``fn(*args)`` meets a convolution (at any depth of the jaxpr)."""
+    jaxpr = jax.make_jaxpr(fn)(*args)
+
+    def walk(jx) -> bool:
+        for eqn in jx.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                return True
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                if walk(sub):
+                    return True
+        return False
+
+    return walk(jaxpr.jaxpr)
+
+
+def candidates(backend: str, convolution: bool, per_device: int) -> list[Form]:
+    """The forms worth measuring, the likeliest winner first (``auto`` runs the first one
+    without measuring when measuring cannot pay for itself).
+
+    On a CPU, scans are pruned for convolutional models (XLA:CPU runs a convolution's backward
+    pass slowly inside any loop body) and vmap is measured against unrolled trials (vmapped
+    kernels become one grouped convolution). On GPUs and TPUs a scan costs nothing; vmapped
+    convolutions are measured against ``lax.map``. Unrolling is pruned past
+    :data:`MAX_UNROLLED_TRIALS` trials per device; with one trial per device every trial axis
+    is the same program, so only ``vmap`` is kept.
+    """
+    several = per_device > 1
+    unroll = several and per_device <= MAX_UNROLLED_TRIALS
+    scan = Form("scan", MEASURED_SCAN)
+    if backend == "cpu":
+        if convolution:
+            out = [Form("host", trials="unroll")] if unroll else []
+            out.append(Form("host"))
+            if several:
+                out.append(Form("host", trials="map"))
+            return out
+        out = [scan, Form("host")]
+        if unroll:
+            out.append(Form("host", trials="unroll"))
+        return out
+    out = [scan]
+    if convolution and several:
+        out.append(Form("scan", MEASURED_SCAN, "map"))
+    out.append(Form("host"))
+    return out
+
+
+def unmeasured(forms: Sequence[Form]) -> Form:
+    """The form ``auto`` runs without measuring: the first candidate, over whole chunks."""
+    first = forms[0]
+    return dataclasses.replace(first, steps=None) if first.loop == "scan" else first
+
+
+class Measured(NamedTuple):
+    form: Form
+    rates: dict[str, float]  # trial-steps per second of each measured form
+    spent_s: float  # seconds spent compiling and timing candidates
+
+
+def choose(
+    forms: Sequence[Form],
+    measure: Callable[[Form], tuple[float, float, float]],
+    budget_s: float,
+) -> Measured:
+    """Measure candidates in order while the budget lasts; the fastest wins.
+
+    ``measure(form) -> (trial-steps per second, seconds timing, seconds compiling)`` compiles
+    and times one form. The first candidate is always measured (its programs are needed
+    anyway, so only its timing counts against the budget); each next one only while the
+    seconds spent so far plus the costliest measurement so far stay within ``budget_s``. A
+    later candidate must beat the leader by 3% to replace it (timings are noisy).
+    """
+    rates: dict[str, float] = {}
+    spent, worst, best = 0.0, 0.0, None
+    for form in forms:
+        if best is not None and spent + worst > budget_s:
+            break
+        rate, timing_s, compile_s = measure(form)
+        rates[str(form)] = rate
+        spent += timing_s + (compile_s if best is not None else 0.0)
+        worst = max(worst, timing_s + compile_s)
+        if best is None or rate > 1.03 * rates[str(best)]:
+            best = form
+    return Measured(best, rates, spent)
+
+
+def time_calls(call: Callable[[Any], Any], state: Any, work: float, min_s: float = 0.2) -> float:
+    """Units of ``work`` per second of ``state = call(state)`` after one warm-up call, timed
+    over at least ``min_s`` seconds (and at least one call)."""
+    state = call(state)
+    jax.block_until_ready(state)
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        state = call(state)
+        jax.block_until_ready(state)
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_s or calls >= 50:
+            return calls * work / elapsed if elapsed > 0 else math.inf

@@ -1,0 +1,322 @@
+"""Preparing populations: group the trials, settle the call size, cut calls, pick forms, compile.
+
+A :class:`Preparer` is what one sweep's populations share: the devices, the splits already on
+them, the trials per call (settled once, for the first population), the call sizes and the
+execution forms compiled so far. In order, for a population:
+
+1. the trials are bound and grouped (:func:`jaxtune.engine.plan.group`);
+2. the trials per call are settled (``train.max_trials_per_call``; ``"auto"`` compiles the
+   largest group's call and fits calls to memory, :func:`jaxtune.engine.compile.fit_memory`);
+3. the groups are cut into calls (:func:`jaxtune.engine.plan.cut_calls`);
+4. each group gets its execution form (``train.execution``: a recorded choice, a fixed form,
+   or ``"auto"``, which measures candidates, :func:`jaxtune.engine.execution.choose`);
+5. every call's programs are compiled.
+
+Nothing is written and nothing trains.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtune import parallel
+from jaxtune.config import SweepConfig
+from jaxtune.data import num_examples
+from jaxtune.engine import execution
+from jaxtune.engine.bind import Binder
+from jaxtune.engine.compile import CompiledCall, call_memory_bytes, fit_memory, make_mesh
+from jaxtune.engine.execution import Form, Measured, parse_form
+from jaxtune.engine.plan import CallSpec, Plan, call_arrays, cut_calls, group, trial_sharding
+from jaxtune.engine.population import Call, Population
+
+__all__ = ["DIRECT_TRIALS", "PROBE_TRIALS", "SPLITS", "Preparer"]
+
+#: The evaluated splits, in order (``test`` only where a task has one).
+SPLITS = ("valid", "test")
+
+#: ``train.max_trials_per_call = "auto"`` compiles a group of up to this many trials per device
+#: in one call first (most groups fit; then nothing compiles twice); larger groups are probed
+#: with calls of :data:`PROBE_TRIALS` per device, and the memory analysis decides the size.
+DIRECT_TRIALS = 64
+
+#: Trials per device of the probe call for groups larger than :data:`DIRECT_TRIALS`.
+PROBE_TRIALS = 8
+
+#: ``auto`` spends at most this fraction of a sweep's estimated run time measuring forms ...
+MEASURE_FRACTION = 0.1
+#: ... and never more than this many seconds.
+MEASURE_CAP_S = 60.0
+
+#: Forms chosen by measurement in this process, by what the programs depend on (a second sweep
+#: of the same shapes measures nothing).
+_CHOSEN: dict[tuple, Measured] = {}
+
+
+class Preparer:
+    """Prepares the populations of one sweep (see the module docstring).
+
+    Args:
+      cfg: the sweep configuration; ``binder``: binds structure groups to tasks.
+      planned_trial_steps: what the sweep expects to train in all (sizes the measuring budget).
+      recorded: what a checkpoint recorded of the run it resumes (``call_sizes``, ``forms``,
+        ``per_call``): a resumed run plans and runs as the interrupted one did.
+    """
+
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        binder: Binder,
+        *,
+        planned_trial_steps: int,
+        recorded: Mapping[str, Any] | None = None,
+    ) -> None:
+        base = cfg.base
+        self.cfg, self.binder = cfg, binder
+        self.mesh = make_mesh(base["parallel.devices"])
+        steps, every = base["train.steps"], base["train.eval_every"]
+        self.lengths = sorted({min(every, steps), (steps % every) or min(every, steps)})
+        self.precision = base["train.precision"]
+        self.planned = planned_trial_steps
+        recorded = recorded or {}
+        self.call_sizes: dict[str, list[int]] = {
+            k: list(v) for k, v in recorded.get("call_sizes", {}).items()
+        }
+        self.forms: dict[str, str] = dict(recorded.get("forms", {}))
+        self.per_call: int | None | str = recorded.get("per_call", "unsettled")
+        self.call_choice = recorded.get("call_choice", "")
+        self.measured_s = 0.0
+        self.compile_s = 0.0  # seconds spent preparing populations (compiling, measuring)
+        self._data: dict[int, Any] = {}
+        self.populations = 0
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint stores so that a resumed run prepares the same populations."""
+        return {
+            "call_sizes": self.call_sizes,
+            "forms": self.forms,
+            "per_call": self.per_call,
+            "call_choice": self.call_choice,
+        }
+
+    # ------------------------------------------------------------------------------------------
+
+    def population(
+        self, trials: Sequence[tuple[int, dict[str, Any]]], *, fresh: bool = True
+    ) -> Population:
+        """Prepare the trials ``(sweep-wide id, overrides)``; ``fresh=False`` for a population
+        whose states will be loaded (its init programs compile only if called)."""
+        t0 = time.perf_counter()
+        plan = group(self.cfg, self.binder, trials, splits=SPLITS)
+        later = self.populations > 0
+        if self.per_call == "unsettled":
+            self.per_call, self.call_choice = self._settle(plan)
+        plan = cut_calls(plan, self.per_call, self.mesh.size, pow2=later, compiled=self.call_sizes)
+        calls, execution_info = [], []
+        for g in range(len(plan.groups)):
+            specs = [c for c in plan.calls if c.group == g]
+            widest = max(specs, key=lambda c: c.size)
+            form, info = self._form(plan, widest)
+            execution_info.append(info)
+            for spec in specs:
+                call = self._call(plan, spec, self._form_of(plan, spec, form))
+                call.program.compile_all(self.lengths, init=fresh)
+                calls.append(call)
+                self._remember(plan, call)
+        self.populations += 1
+        spent = time.perf_counter() - t0
+        self.compile_s += spent
+        return Population(
+            plan,
+            self.mesh,
+            calls,
+            execution=execution_info,
+            per_call=self.per_call,
+            call_choice=self.call_choice,
+            compile_s=spent,
+        )
+
+    def _remember(self, plan: Plan, call: Call) -> None:
+        signature = plan.groups[call.spec.group].signature
+        sizes = self.call_sizes.setdefault(signature, [])
+        if call.spec.size not in sizes:
+            sizes.append(call.spec.size)
+        self.forms[f"{signature}@{call.spec.size}"] = str(call.program.form)
+
+    def _data_on_devices(self, splits: Any) -> dict[str, Any]:
+        if id(splits) not in self._data:
+            replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+            host = {
+                k: jax.tree.map(np.asarray, v) for k, v in splits._asdict().items() if v is not None
+            }
+            self._data[id(splits)] = (splits, parallel.put(host, replicated))
+        return self._data[id(splits)][1]
+
+    def _call(self, plan: Plan, spec: CallSpec, form: Form) -> Call:
+        grp = plan.groups[spec.group]
+        hp, keys, data_key = call_arrays(plan, spec)
+        sharding = trial_sharding(self.mesh)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        hp, keys = parallel.put((hp, keys), sharding)
+        data_key = parallel.put(data_key, replicated)
+        splits = plan.data[grp.data_index]
+        data = self._data_on_devices(splits)
+        program = CompiledCall(
+            grp,
+            spec.size,
+            hp,
+            keys,
+            data_key,
+            data,
+            num_examples(splits.train),
+            self.mesh,
+            form,
+            self.precision,
+        )
+        return Call(spec, hp, keys, data_key, data, program)
+
+    # --- trials per call ----------------------------------------------------------------------
+
+    def _settle(self, plan: Plan) -> tuple[int | None, str]:
+        """The trials per call of every population of the sweep."""
+        setting = self.cfg.base["train.max_trials_per_call"]
+        if setting != "auto":
+            return setting, f"fixed at {setting}"
+        k = self.mesh.size
+        g = max(range(len(plan.groups)), key=lambda i: len(plan.groups[i].members))
+        members = plan.groups[g].members
+        largest = len(members)
+        probe = largest if largest <= DIRECT_TRIALS * k else PROBE_TRIALS * k
+        spec = CallSpec(g, 0, members[:probe], math.ceil(probe / k) * k)
+        call = self._call(plan, spec, self._initial_form(plan, spec))
+        length = max(self.lengths)
+        m = call.program.form.steps_per_call(length)
+        per_trial = call_memory_bytes(call.program.steps(m, length)) / max(spec.size // k, 1)
+        want, choice = fit_memory(per_trial, largest, self.mesh)
+        have = probe if largest > probe else None
+        if have is not None and want is not None and have <= want <= 2 * have:
+            # Within a factor of two of what fits, the probe's calls run about as fast
+            # (benchmarks/sweep_throughput.py): keep them rather than compile again.
+            return have, choice + f"; kept the compiled calls of {have}"
+        return want, choice
+
+    # --- execution forms ----------------------------------------------------------------------
+
+    def _initial_form(self, plan: Plan, spec: CallSpec) -> Form:
+        """The form of a call before anything is measured (recorded, fixed, or the prior)."""
+        setting = self.cfg.base["train.execution"]
+        if setting != "auto":
+            return parse_form(setting)
+        recorded = self.forms.get(f"{plan.groups[spec.group].signature}@{spec.size}")
+        if recorded is not None:
+            return parse_form(recorded)
+        return execution.unmeasured(self._candidates(plan, spec))
+
+    def _form_of(self, plan: Plan, spec: CallSpec, widest: Form) -> Form:
+        """A call's form: the recorded one of its size, else its group's."""
+        recorded = self.forms.get(f"{plan.groups[spec.group].signature}@{spec.size}")
+        if self.cfg.base["train.execution"] == "auto" and recorded is not None:
+            return parse_form(recorded)
+        return widest
+
+    def _candidates(self, plan: Plan, spec: CallSpec) -> list[Form]:
+        grp = plan.groups[spec.group]
+        fns = grp.binding.step
+        hp, keys, _ = call_arrays(plan, spec)
+        h0 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
+        x, y = jax.tree.map(lambda a: np.asarray(a)[:2], plan.data[grp.data_index].train)
+
+        def one_step(key):
+            state = fns.init(key, h0)
+            return fns.train_step(state, h0, (x, y), 0)
+
+        conv = execution.has_convolution(one_step, keys[0])
+        per_device = spec.size // self.mesh.size
+        return execution.candidates(jax.default_backend(), conv, per_device)
+
+    def _form(self, plan: Plan, spec: CallSpec) -> tuple[Form, dict[str, Any]]:
+        """The form of a group (decided on its widest call) and what decided it."""
+        setting = self.cfg.base["train.execution"]
+        if setting != "auto":
+            return parse_form(setting), {"form": setting, "how": "train.execution"}
+        recorded = self.forms.get(f"{plan.groups[spec.group].signature}@{spec.size}")
+        if recorded is not None:
+            return parse_form(recorded), {"form": recorded, "how": "recorded (resumed run)"}
+        forms = self._candidates(plan, spec)
+        first = self._call(plan, spec, execution.unmeasured(forms))
+        key = first.program.shape_key
+        if key in _CHOSEN:
+            chosen = _CHOSEN[key]
+            return chosen.form, _info(chosen, "auto: chosen earlier in this process")
+        budget = self._budget(first, spec)
+        if len(forms) == 1 or budget <= 0:
+            form = execution.unmeasured(forms)
+            how = "auto: one candidate" if len(forms) == 1 else "auto: too short to measure"
+            return form, {"form": str(form), "how": how}
+        chosen = execution.choose(forms, lambda f: self._measure(plan, spec, f), budget)
+        self.measured_s += chosen.spent_s
+        _CHOSEN[key] = chosen
+        return chosen.form, _info(chosen, "auto: measured")
+
+    def _budget(self, call: Call, spec: CallSpec) -> float:
+        """Seconds ``auto`` may spend measuring: a fraction of the sweep's estimated time."""
+        est = self.planned * _trial_step_seconds(call, max(self.lengths))
+        left = min(MEASURE_FRACTION * est, MEASURE_CAP_S) - self.measured_s
+        return left if left > 0.5 else 0.0
+
+    def _measure(self, plan: Plan, spec: CallSpec, form: Form) -> tuple[float, float, float]:
+        """``(trial-steps per second, seconds timing, seconds compiling)`` of a form."""
+        call = self._call(plan, spec, form)
+        length = max(self.lengths)
+        m = form.steps_per_call(length)
+        t0 = time.perf_counter()
+        program = call.program.steps(m, length)
+        state = call.program.init()(call.hp, call.keys)
+        perms, first = call.program.shuffle(length)(call.data_key, call.keys, call.hp, np.int32(0))
+        compile_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+
+        def run(s):
+            return program(s, call.hp, call.data, perms, first, np.int32(0))[0]
+
+        rate = execution.time_calls(run, state, work=m * spec.size)
+        return rate, time.perf_counter() - t1, compile_s
+
+
+def _info(chosen: Measured, how: str) -> dict[str, Any]:
+    return {
+        "form": str(chosen.form),
+        "how": how,
+        "rates": dict(chosen.rates),
+        "measure_s": chosen.spent_s,
+    }
+
+
+_PEAK: list[float] = []
+
+
+def _peak_flops() -> float:
+    """FLOP/s of a float32 matmul on the default device (measured once per process)."""
+    if not _PEAK:
+        a = jnp.ones((512, 512), jnp.float32)
+        f = jax.jit(lambda a: a @ a).lower(a).compile()
+        f(a).block_until_ready()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            out = f(a)
+        out.block_until_ready()
+        _PEAK.append(5 * 2 * 512**3 / max(time.perf_counter() - t0, 1e-9))
+    return _PEAK[0]
+
+
+def _trial_step_seconds(call: Call, chunk: int) -> float:
+    """A lower bound on one trial-step's time: the step's FLOPs at the matmul peak."""
+    cost = call.program.lower_steps(1, chunk).cost_analysis() or {}
+    flops = float(cost.get("flops", 0.0)) if isinstance(cost, dict) else 0.0
+    return flops / max(call.spec.size, 1) / _peak_flops()
