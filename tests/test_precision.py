@@ -50,16 +50,20 @@ def _dtypes(tree):
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_bf16_params_state_and_outputs_are_float32(kind):
-    f32, bf16 = _pair(kind, "batch")
-    params, state = bf16.init(KEY)
+    _, bf16 = _pair(kind, "batch")
+    params, state = jax.eval_shape(bf16.init, KEY)
     assert _dtypes(params) == {"float32"} and _dtypes(state) == {"float32"}
-    # the compute dtype does not touch initialization: the same key gives the same params
-    ref_params, _ = f32.init(KEY)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
-        np.testing.assert_array_equal(a, b)
+    x = jax.ShapeDtypeStruct(_inputs(kind).shape, jnp.float32)
     for train in (True, False):
-        out, new_state = bf16.apply(params, state, _inputs(kind), train=train)
+        out, new_state = jax.eval_shape(partial(bf16.apply, train=train), params, state, x)
         assert out.dtype == jnp.float32 and _dtypes(new_state) == {"float32"}
+
+
+def test_the_compute_dtype_does_not_touch_initialization():
+    f32, bf16 = _pair("mlp", "batch")
+    ref, got = jax.jit(f32.init)(KEY), jax.jit(bf16.init)(KEY)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def _op_dtypes(fn, *args):
@@ -101,23 +105,28 @@ def _assert_bf16_close(out, ref):
 
 
 @pytest.mark.parametrize(
-    "kind,normalization", [("mlp", "none"), ("mlp", "batch"), ("cnn", "none"), ("cnn", "group")]
+    "kind,normalization,train",
+    [
+        ("mlp", "none", False),
+        ("mlp", "batch", True),
+        ("cnn", "none", False),
+        ("cnn", "group", True),
+    ],
 )
-def test_bf16_forward_matches_the_float32_model(kind, normalization):
+def test_bf16_forward_matches_the_float32_model(kind, normalization, train):
     f32, bf16 = _pair(kind, normalization)
-    params, state = f32.init(KEY)
+    params, state = jax.jit(f32.init)(KEY)
     x = _inputs(kind)
-    for train in (False, True):
-        ref, ref_state = f32.apply(params, state, x, train=train)
-        out, new_state = bf16.apply(params, state, x, train=train)
-        _assert_bf16_close(out, np.asarray(ref, np.float64))
-        for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state), strict=True):
-            np.testing.assert_allclose(a, b, rtol=BF16_RTOL, atol=BF16_RTOL)
+    ref, ref_state = jax.jit(partial(f32.apply, train=train))(params, state, x)
+    out, new_state = jax.jit(partial(bf16.apply, train=train))(params, state, x)
+    _assert_bf16_close(out, np.asarray(ref, np.float64))
+    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=BF16_RTOL, atol=BF16_RTOL)
 
 
 def test_bf16_mlp_matches_a_float64_forward_pass_by_hand():
     _, bf16 = _pair("mlp")
-    params, state = bf16.init(KEY)
+    params, state = jax.jit(bf16.init)(KEY)
     x = _inputs("mlp")
     out, _ = bf16.apply(params, state, x, train=False)
     p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
@@ -130,7 +139,7 @@ def test_bf16_sgd_steps_lower_the_loss():
     rng = np.random.default_rng(0)
     x = _x((64, 16), seed=1)
     y = (x[:, :5] + 0.1 * rng.standard_normal((64, 5))).argmax(axis=1)
-    params, state = bf16.init(KEY)
+    params, state = jax.jit(bf16.init)(KEY)
     opt = optax.sgd(0.1)
     opt_state = opt.init(params)
 
