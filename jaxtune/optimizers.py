@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from jaxtune.schedules import _check
+from jaxtune.spec import FRACTION, NON_NEGATIVE, POSITIVE, SCHEDULE, KeySpec, check_arg
 
 __all__ = [
     "OPTIMIZERS",
@@ -44,18 +44,11 @@ _RMSPROP_DECAY = 0.9
 _ADAGRAD_INITIAL_ACCUMULATOR = 0.1
 
 
-def _check_name(name: str) -> None:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {name!r}; name must be one of {OPTIMIZERS}.")
+_NAME = KeySpec("choice", choices=OPTIMIZERS)
 
 
 def _is_python_zero(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
-
-
-def _check_momentum(momentum: ArrayLike | None) -> None:
-    if momentum is not None:
-        _check(momentum, "momentum", lambda v: (v >= 0) & (v < 1), "in [0, 1)")
 
 
 def _resolve_momentum(name: str, momentum: ArrayLike | None) -> ArrayLike | None:
@@ -63,7 +56,8 @@ def _resolve_momentum(name: str, momentum: ArrayLike | None) -> ArrayLike | None
         raise ValueError(
             f"momentum is not supported by adagrad; it must be None, got {momentum!r}."
         )
-    _check_momentum(momentum)
+    if momentum is not None:
+        check_arg("momentum", momentum, FRACTION)
     return _DEFAULT_MOMENTUM.get(name) if momentum is None else momentum
 
 
@@ -81,7 +75,7 @@ def clip(clip_norm: ArrayLike) -> optax.GradientTransformation:
     Example:
       >>> tx = optax.chain(clip(1.0), scale_by_lr(0.1))
     """
-    _check(clip_norm, "clip_norm", lambda v: v > 0, "> 0")
+    check_arg("clip_norm", clip_norm, POSITIVE)
     return optax.clip_by_global_norm(clip_norm)
 
 
@@ -106,7 +100,7 @@ def l2_weight_decay(
       >>> tx = optax.chain(l2_weight_decay(1e-4), scale_by_lr(0.1))
     """
     if not callable(weight_decay):
-        _check(weight_decay, "weight_decay", lambda v: v >= 0, ">= 0")
+        check_arg("weight_decay", weight_decay, NON_NEGATIVE)
     return optax.add_decayed_weights(weight_decay, mask)
 
 
@@ -139,10 +133,10 @@ def scale_by_optimizer(
     Example:
       >>> tx = optax.chain(scale_by_optimizer("adam", momentum=0.8), scale_by_lr(1e-3))
     """
-    _check_name(name)
+    check_arg("name", name, _NAME)
     momentum = _resolve_momentum(name, momentum)
     if eps is not None:
-        _check(eps, "eps", lambda v: v > 0, "> 0")
+        check_arg("eps", eps, POSITIVE)
     eps = _DEFAULT_EPS.get(name) if eps is None else eps
 
     if name in ("sgd", "momentum", "nesterov"):
@@ -156,7 +150,7 @@ def scale_by_optimizer(
         if momentum is None:
             return rms
         return optax.chain(rms, optax.trace(decay=momentum))
-    _check(b2, "b2", lambda v: (v >= 0) & (v < 1), "in [0, 1)")
+    check_arg("b2", b2, FRACTION)
     return optax.scale_by_adam(b1=momentum, b2=b2, eps=eps)
 
 
@@ -174,8 +168,24 @@ def scale_by_lr(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransfor
       >>> tx = scale_by_lr(optax.constant_schedule(0.1))
     """
     if not callable(learning_rate):
-        _check(learning_rate, "learning_rate", lambda v: v > 0, "> 0")
+        check_arg("learning_rate", learning_rate, POSITIVE)
     return optax.scale_by_learning_rate(learning_rate)
+
+
+def _one_learning_rate(
+    learning_rate: optax.ScalarOrSchedule | None, schedule: optax.Schedule | None
+) -> optax.ScalarOrSchedule:
+    """The learning rate given either as ``learning_rate`` or as ``schedule``."""
+    if schedule is not None:
+        if learning_rate is not None:
+            raise ValueError(
+                "Pass either learning_rate or schedule, not both; learning_rate must be None "
+                "when schedule is given."
+            )
+        return check_arg("schedule", schedule, SCHEDULE)
+    if learning_rate is None:
+        raise ValueError("learning_rate must be a number > 0 or a schedule, got None.")
+    return learning_rate
 
 
 def make_optimizer(
@@ -229,19 +239,8 @@ def make_optimizer(
       >>> state = opt.init(params)
       >>> updates, state = opt.update({"w": jnp.full(3, 2.0)}, state, params)
     """
-    _check_name(name)
-    if schedule is not None:
-        if learning_rate is not None:
-            raise ValueError(
-                "Pass either learning_rate or schedule, not both; learning_rate must be None "
-                "when schedule is given."
-            )
-        if not callable(schedule):
-            raise ValueError(f"schedule must be a callable step -> value, got {schedule!r}.")
-        learning_rate = schedule
-    if learning_rate is None:
-        raise ValueError("learning_rate must be a number > 0 or a schedule, got None.")
-
+    check_arg("name", name, _NAME)
+    learning_rate = _one_learning_rate(learning_rate, schedule)
     parts = []
     if clip_norm is not None:
         parts.append(clip(clip_norm))

@@ -28,6 +28,7 @@ from jaxtune.errors import ConfigError
 __all__ = [
     "ACTIVATIONS",
     "DATASETS",
+    "DTYPES",
     "MODELS",
     "NORMALIZATIONS",
     "OPTIMIZERS",
@@ -75,6 +76,8 @@ MODELS: Mapping[str, Callable[..., models_lib.Model]] = MappingProxyType(
 ACTIVATIONS = models_lib.ACTIVATIONS
 NORMALIZATIONS = models_lib.NORMALIZATIONS
 POOLINGS = models_lib.POOLINGS
+DTYPES = models_lib.DTYPES
+"""``task.dtype`` names: the built-in models' compute dtypes (parameters stay float32)."""
 OPTIMIZERS = opt_lib.OPTIMIZERS
 SCHEDULES = tuple(sched_lib.SCHEDULES)
 """``schedule.name`` names (the schedules themselves live in :mod:`jaxtune.schedules`)."""
@@ -180,7 +183,7 @@ def load_data(flat: Mapping[str, Any]) -> data_lib.Splits:
 def build_model(
     flat: Mapping[str, Any], input_shape: Sequence[int], num_outputs: int
 ) -> models_lib.Model:
-    """The Flax model a configuration names (``task.model``, ``task.widths``, ...)."""
+    """The Flax model a configuration names (``task.model``, ``task.widths``, ``task.dtype``...)."""
     common = dict(
         num_outputs=num_outputs,
         input_shape=tuple(input_shape),
@@ -188,6 +191,7 @@ def build_model(
         normalization=flat["task.normalization"],
         init=flat["task.init"],
         dropout=flat["task.dropout"],
+        dtype=flat["task.dtype"],
     )
     widths = flat["task.widths"]
     if flat["task.model"] == "mlp":

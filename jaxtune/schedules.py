@@ -19,9 +19,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.typing import ArrayLike
+
+from jaxtune.spec import NON_NEGATIVE, POSITIVE, SCHEDULE, KeySpec, check_arg
 
 __all__ = [
     "SCHEDULES",
@@ -33,36 +34,6 @@ __all__ = [
     "warmup",
     "warmup_cosine_decay",
 ]
-
-
-def _concrete(value: Any) -> np.ndarray | None:
-    """Returns ``value`` as a float64 numpy array, or ``None`` when it is a JAX tracer."""
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-
-
-def _check(
-    value: Any, name: str, predicate: Callable[[np.ndarray], np.ndarray], allowed: str
-) -> None:
-    """Raises ``ValueError`` when a concrete ``value`` violates ``predicate``.
-
-    Args:
-      value: The argument to check; tracers are skipped.
-      name: The argument name, used in the error message.
-      predicate: Elementwise test on the value as a float64 numpy array.
-      allowed: Human-readable description of the allowed range.
-
-    Raises:
-      ValueError: If ``value`` is concrete and not numeric or outside the allowed range.
-    """
-    try:
-        array = _concrete(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a number {allowed}, got {value!r}.") from err
-    if array is not None and not np.all(predicate(array)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
 
 
 def _as_float32(value: ArrayLike) -> jax.Array:
@@ -82,7 +53,7 @@ def constant(value: ArrayLike) -> optax.Schedule:
       >>> round(float(constant(0.1)(1000)), 6)
       0.1
     """
-    _check(value, "value", lambda v: v >= 0, ">= 0")
+    check_arg("value", value, NON_NEGATIVE)
 
     def schedule(count: ArrayLike) -> jax.Array:
         return jnp.broadcast_to(_as_float32(value), jnp.shape(count))
@@ -151,9 +122,9 @@ def exponential_decay(
       >>> round(float(sched(5)), 4)
       0.7071
     """
-    _check(init_value, "init_value", lambda v: v >= 0, ">= 0")
-    _check(decay_rate, "decay_rate", lambda v: v > 0, "> 0")
-    _check(every, "every", lambda v: v > 0, "> 0")
+    check_arg("init_value", init_value, NON_NEGATIVE)
+    check_arg("decay_rate", decay_rate, POSITIVE)
+    check_arg("every", every, POSITIVE)
 
     def schedule(count: ArrayLike) -> jax.Array:
         exponent = count / every
@@ -192,8 +163,8 @@ def cosine_decay(
       >>> round(float(sched(50)), 4), round(float(sched(500)), 4)
       (0.55, 0.1)
     """
-    _check(init_value, "init_value", lambda v: v >= 0, ">= 0")
-    _check(decay_steps, "decay_steps", lambda v: v > 0, "> 0")
+    check_arg("init_value", init_value, NON_NEGATIVE)
+    check_arg("decay_steps", decay_steps, POSITIVE)
 
     def schedule(count: ArrayLike) -> jax.Array:
         steps = jnp.asarray(decay_steps, dtype=jnp.float32)
@@ -227,9 +198,8 @@ def warmup(
       >>> [float(sched(c)) for c in (0, 2, 4, 10)]
       [0.0, 0.5, 1.0, 1.0]
     """
-    _check(steps, "steps", lambda v: v >= 0, ">= 0")
-    if not callable(schedule):
-        raise ValueError(f"schedule must be a callable step -> value, got {schedule!r}.")
+    check_arg("steps", steps, NON_NEGATIVE)
+    check_arg("schedule", schedule, SCHEDULE)
 
     def warmed_up(count: ArrayLike) -> jax.Array:
         peak = schedule(0)
@@ -274,7 +244,7 @@ def warmup_cosine_decay(
       >>> float(sched(5)), float(sched(10)), float(sched(110))
       (0.5, 1.0, 0.0)
     """
-    _check(warmup_steps, "warmup_steps", lambda v: v >= 0, ">= 0")
+    check_arg("warmup_steps", warmup_steps, NON_NEGATIVE)
     decay = cosine_decay(init_value, decay_steps, alpha=alpha, exponent=exponent)
     return warmup(decay, warmup_steps, init_value=warmup_init_value)
 
@@ -289,6 +259,7 @@ SCHEDULES: Mapping[str, Callable[..., optax.Schedule]] = MappingProxyType(
     }
 )
 """Schedule constructors by the name a configuration uses to select them."""
+_NAME = KeySpec("choice", choices=tuple(SCHEDULES))
 
 
 def get_schedule(name: str, **kwargs: Any) -> optax.Schedule:
@@ -309,6 +280,5 @@ def get_schedule(name: str, **kwargs: Any) -> optax.Schedule:
       >>> round(float(sched(10)), 6)
       0.1
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"Unknown schedule {name!r}; name must be one of {sorted(SCHEDULES)}.")
+    check_arg("name", name, _NAME)
     return SCHEDULES[name](**kwargs)

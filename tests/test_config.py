@@ -1,12 +1,15 @@
 import itertools
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.stats import qmc
 
 from jaxtune import config as cfg_lib
 from jaxtune.config import ConfigError, SweepConfig, expand_trials, load_config
+from jaxtune.spec import FRACTION, NON_NEGATIVE, POSITIVE, KeySpec, check_arg, concrete
 
 
 def test_defaults_and_dotted_or_nested_keys_agree():
@@ -148,3 +151,84 @@ def test_roundtrip_and_hash():
 def test_trial_name_is_short_and_safe():
     name = cfg_lib.trial_name({"optimizer.learning_rate": 0.001, "train.batch_size": 32})
     assert name == "lr=0.001,bs=32"
+
+
+# --------------------------------------------------------------------------------------------
+# The one spec: jaxtune.spec.KeySpec and check_arg
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, value, parsed",
+    [
+        (KeySpec("int", low=1), 20.0, 20),
+        (KeySpec("float", low=0.0, low_open=True), 3, 3.0),
+        (KeySpec("sizes"), 8, (8,)),
+        (KeySpec("sizes"), [], ()),
+        (KeySpec("shape"), [8, 8, 1], (8, 8, 1)),
+        (KeySpec("dtype", choices=("float32", "bfloat16")), jnp.bfloat16, "bfloat16"),
+        (KeySpec("auto_int", choices=("auto",)), "auto", "auto"),
+        (KeySpec("auto_int", choices=("auto",)), 4, 4),
+        (KeySpec("init"), "normal(0.01)", "normal(0.01)"),
+        (KeySpec("float", optional=True), None, None),
+    ],
+)
+def test_key_spec_parses_and_normalises(spec, value, parsed):
+    got = spec.parse(value)
+    assert got == parsed and type(got) is type(parsed)
+
+
+@pytest.mark.parametrize(
+    "spec, value, expected",
+    [
+        (KeySpec("int", low=1), 0, "an integer in [1, inf)"),
+        (KeySpec("int", low=1), 2.5, "an integer in [1, inf)"),
+        (KeySpec("int", low=1), True, "an integer in [1, inf)"),
+        (KeySpec("float", low=0.0, high=1.0, high_open=True), 1.0, "a number in [0, 1)"),
+        (KeySpec("float"), math.nan, "a number in (-inf, inf)"),
+        (KeySpec("choice", choices=("a", "b")), "c", "one of 'a', 'b'"),
+        (KeySpec("shape"), [], "a non-empty list of positive integers"),
+        (KeySpec("sizes"), [4, 0], "a list of positive integers"),
+        (KeySpec("bool"), 1, "true or false"),
+        (KeySpec("str", optional=True), "", "a non-empty string or null (unset)"),
+        (KeySpec("auto_int", choices=("auto",)), "all", "'auto' or a positive integer"),
+        (KeySpec("dtype", choices=("float32",)), "float16", "one of 'float32' (a name or a"),
+        (KeySpec("callable", text="a callable step -> value"), 0.1, "a callable step -> value"),
+    ],
+)
+def test_key_spec_errors_name_the_key_and_the_allowed_values(spec, value, expected):
+    with pytest.raises(ConfigError) as info:
+        spec.check("section.key", value)
+    assert str(info.value) == f"section.key = {value!r} is invalid: expected {spec.describe()}"
+    assert spec.describe().startswith(expected)
+    with pytest.raises(ValueError) as info:
+        check_arg("arg", value, spec)
+    assert not isinstance(info.value, ConfigError)
+    assert str(info.value) == f"arg = {value!r} is invalid: arg must be {spec.describe()}"
+
+
+def test_key_spec_keeps_a_specific_reason():
+    with pytest.raises(
+        ConfigError, match=r"^task.init = 'kaiming' is invalid: unknown initializer"
+    ):
+        KeySpec("init").check("task.init", "kaiming")
+
+
+def test_array_specs_check_concrete_values_elementwise_and_pass_tracers():
+    assert check_arg("lr", jnp.array([0.1, 1.0]), POSITIVE) is not None
+    with pytest.raises(ValueError, match=r"^lr = .* is invalid: lr must be a number in \(0, inf\)"):
+        check_arg("lr", np.array([0.1, -1.0]), POSITIVE)
+    with pytest.raises(ValueError, match="momentum"):
+        check_arg("momentum", 1.0, FRACTION)
+    with pytest.raises(ValueError, match="decay"):
+        check_arg("decay", "fast", NON_NEGATIVE)
+    traced = jax.jit(lambda v: check_arg("lr", v, POSITIVE) * 2)(-1.0)
+    assert float(traced) == -2.0
+    assert concrete(jnp.float32(2.0)) == 2.0
+
+
+def test_every_config_key_describes_itself():
+    for key, spec in cfg_lib.KEYS.items():
+        assert spec.describe(), key
+        if spec.default is not None:
+            assert spec.check(key, spec.default) == spec.default, key

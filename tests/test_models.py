@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from functools import cache, partial
 
 import flax.linen as nn
@@ -12,6 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxtune.models import CNN, MLP, Model, cnn, from_linen, from_nnx, group_count, mlp
+from jaxtune.spec import KeySpec
 
 KEY = jax.random.key(0)
 ATOL = 1e-5
@@ -437,3 +439,43 @@ def test_bad_mask_shape_raises():
     params, state = model.init(KEY)
     with pytest.raises(ValueError, match="mask"):
         model.apply(params, state, _inputs("mlp"), train=True, mask=jnp.ones((3,), bool))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_options_are_checked_once_per_build(kind, monkeypatch):
+    """The builder checks each option once; init and apply (the module's traces) check none."""
+    checked = collections.Counter()
+    parse = KeySpec.parse
+
+    def counting(self, value):
+        checked[id(self)] += 1
+        return parse(self, value)
+
+    monkeypatch.setattr(KeySpec, "parse", counting)
+    if kind == "mlp":
+        model = mlp(num_outputs=3, input_shape=(6,), widths=(4,), normalization="batch")
+        options = 9
+    else:
+        model = cnn(num_outputs=3, input_shape=(4, 4, 1), channels=(2,), normalization="batch")
+        options = 11 + 1  # the image shape reads input_shape as a shape first
+    assert sum(checked.values()) == options and set(checked.values()) == {1}
+    checked.clear()
+    params, state = jax.eval_shape(model.init, KEY)
+    x = jax.ShapeDtypeStruct((2, *model.input_shape), jnp.float32)
+    for train in (False, True):
+        jax.eval_shape(partial(model.apply, train=train), params, state, x)
+    assert not checked
+
+
+def test_linen_modules_used_directly_name_a_bad_option():
+    x = jax.ShapeDtypeStruct((2, 64), jnp.float32)
+    for module, option in (
+        (MLP(num_outputs=3, activation="swish"), r"activation = 'swish'.*'relu'"),
+        (MLP(num_outputs=3, normalization="instance"), r"normalization = 'instance'.*'batch'"),
+        (CNN(num_outputs=3, pooling="min"), r"pooling = 'min'.*'max', 'avg'"),
+        (CNN(num_outputs=3, head="attention"), r"head = 'attention'.*'flatten'"),
+        (CNN(num_outputs=3), r"input_shape = \(10,\)"),
+    ):
+        shape = (2, 10) if option.startswith("input") else x.shape
+        with pytest.raises(ValueError, match=option):
+            jax.eval_shape(partial(module.init, train=False), KEY, jnp.zeros(shape))

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtune import schedules
+from jaxtune import spec
 from jaxtune.schedules import (
     SCHEDULES,
     constant,
@@ -325,9 +325,9 @@ def test_traced_arguments_skip_validation():
     # Validation cannot inspect traced values; construction must still succeed.
     got = jax.vmap(lambda every: step_decay(1.0, 0.5, every)(10))(jnp.array([5, 10]))
     np.testing.assert_allclose(got, [0.25, 0.5], rtol=RTOL)
-    assert schedules._concrete(jnp.float32(2.0)) == 2.0
-    jax.jit(lambda x: assert_is_none(schedules._concrete(x)))(1.0)
-    jax.vmap(lambda x: assert_is_none(schedules._concrete(x)))(jnp.ones(2))
+    assert spec.concrete(jnp.float32(2.0)) == 2.0
+    jax.jit(lambda x: assert_is_none(spec.concrete(x)))(1.0)
+    jax.vmap(lambda x: assert_is_none(spec.concrete(x)))(jnp.ones(2))
 
 
 def assert_is_none(value):

@@ -36,6 +36,7 @@ _TASK_KEYS = (
     "task.init",
     "task.pooling",
     "task.dropout",
+    "task.dtype",
     "task.subset",
     "task.valid_fraction",
     "task.test_fraction",

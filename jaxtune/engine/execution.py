@@ -60,10 +60,6 @@ MEASURED_SCAN = 16
 #: with every unrolled trial).
 MAX_UNROLLED_TRIALS = 16
 
-ALLOWED = (
-    "'auto' or LOOP/TRIALS with LOOP one of scan, scan:M, unroll, unroll:M, host and TRIALS one "
-    "of vmap, unroll, map, map:K (e.g. 'scan/vmap', 'host/unroll', 'scan:16/map:4')"
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +101,9 @@ def parse_form(text: str, key: str = "train.execution") -> Form:
       >>> str(parse_form("host/vmap"))
       'host/vmap'
     """
-    bad = ConfigError(f"{key} = {text!r} is invalid: expected {ALLOWED}")
+    from jaxtune.config.schema import EXECUTION_TEXT
+
+    bad = ConfigError(f"{key} = {text!r} is invalid: expected {EXECUTION_TEXT}")
     if not isinstance(text, str) or text.count("/") != 1:
         raise bad
     loop_text, trials_text = text.split("/")

@@ -15,7 +15,7 @@ Example:
     >>> tune_settings({"seeds": {"count": 1}}, cfg)
     Traceback (most recent call last):
     ...
-    jaxtune.errors.ConfigError: tune.seeds.count = 1 is invalid: expected an integer >= 2
+    jaxtune.errors.ConfigError: tune.seeds.count = 1 is invalid: expected an integer in [2, inf)
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from jaxtune.config.schema import unknown
 from jaxtune.config.space import check_sweepable
 from jaxtune.config.toml_io import read_toml
 from jaxtune.errors import ConfigError
+from jaxtune.spec import KeySpec
 
 __all__ = [
     "FOLDERS",
@@ -62,57 +63,90 @@ REFINE_KEYS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class _Key:
-    default: Any
-    kind: str  # "int" | "float" | "choice" | "stages" | "band" | "grid" | "values:<config key>"
-    low: float | None = None
-    high: float | None = None
-    open: bool = False  # both bounds excluded
-    choices: tuple = ()
-
-    def describe(self) -> str:
-        if self.kind == "choice":
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        if self.kind == "stages":
-            return "a list of stages in the tuning order, from " + ", ".join(STAGES)
-        if self.kind == "band":
-            return "a list [low, high] of learning rates with 0 < low < high"
-        if self.kind == "grid":
-            return "a table of dotted key -> list of values"
-        if self.kind.startswith("values:"):
-            return f"a list of {self.kind[7:]} values"
-        what = "an integer" if self.kind == "int" else "a number"
-        if self.high is None:
-            return f"{what} {'>' if self.open else '>='} {self.low:g}"
-        return f"{what} in ({self.low:g}, {self.high:g})"
+def _stages(value: Any) -> tuple[str, ...]:
+    if (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or not value
+        or any(s not in STAGES for s in value)
+        or list(value) != sorted(set(value), key=STAGES.index)
+    ):
+        raise ValueError("")
+    return tuple(value)
 
 
-_POSITIVE = dict(low=0.0, open=True)
+def _band(value: Any) -> tuple[float, float]:
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    if (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or len(value) != 2
+        or not all(number(v) for v in value)
+        or not 0 < value[0] < value[1]
+    ):
+        raise ValueError("")
+    return (float(value[0]), float(value[1]))
+
+
+def _table(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError("")
+    return value
+
+
+def _values_of(key: str, default: tuple) -> KeySpec:
+    """A list of values of the configuration key ``key`` (each checked by ``check_value``)."""
+
+    def parse(value: Any) -> tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ValueError("")
+        return tuple(dict.fromkeys(check_value(key, v) for v in value if v is not None))
+
+    return KeySpec("custom", default, text=f"a list of {key} values", parser=parse)
+
+
+_POSITIVE = dict(low=0.0, low_open=True)
+_ABOVE_ONE = dict(low=1.0, low_open=True)
 
 #: Every ``[tune]`` key (dotted), its default and what it allows.
-TUNE_KEYS: dict[str, _Key] = {
-    "tune.stages": _Key(STAGES, "stages"),
-    "tune.lr_range.min_lr": _Key(1e-4, "float", **_POSITIVE),
-    "tune.lr_range.max_lr": _Key(10.0, "float", **_POSITIVE),
-    "tune.lr_range.num_lrs": _Key(11, "int", low=3),
-    "tune.lr_range.steps": _Key(100, "int", low=5),
-    "tune.lr_range.band": _Key("within", "choice", choices=BAND_RULES),
-    "tune.lr_range.within": _Key(0.1, "float", **_POSITIVE),
-    "tune.lr_range.factor": _Key(3.0, "float", low=1.0, open=True),
-    "tune.lr_batch.band": _Key(None, "band"),
-    "tune.lr_batch.num_trials": _Key(16, "int", low=1),
-    "tune.lr_batch.batch_sizes": _Key((32, 64, 128), "values:train.batch_size"),
-    "tune.lr_batch.eta": _Key(3.0, "float", low=1.0, open=True),
-    "tune.lr_batch.min_steps": _Key(None, "int", low=1),
-    "tune.lr_batch.seed": _Key(0, "int", low=0),
-    "tune.refine.schedules": _Key(("constant", "cosine"), "values:schedule.name"),
-    "tune.refine.clip_norms": _Key((1.0, 10.0), "values:optimizer.clip_norm"),
-    "tune.refine.weight_decays": _Key((0.0, 1e-4, 1e-3), "values:optimizer.weight_decay"),
-    "tune.refine.grid": _Key(None, "grid"),
-    "tune.seeds.count": _Key(5, "int", low=2),
-    "tune.seeds.first": _Key(None, "int", low=0),
-    "tune.seeds.confidence": _Key(0.95, "float", low=0.0, high=1.0, open=True),
+TUNE_KEYS: dict[str, KeySpec] = {
+    "tune.stages": KeySpec(
+        "custom",
+        STAGES,
+        text="a list of stages in the tuning order, from " + ", ".join(STAGES),
+        parser=_stages,
+    ),
+    "tune.lr_range.min_lr": KeySpec("float", 1e-4, **_POSITIVE),
+    "tune.lr_range.max_lr": KeySpec("float", 10.0, **_POSITIVE),
+    "tune.lr_range.num_lrs": KeySpec("int", 11, low=3),
+    "tune.lr_range.steps": KeySpec("int", 100, low=5),
+    "tune.lr_range.band": KeySpec("choice", "within", BAND_RULES),
+    "tune.lr_range.within": KeySpec("float", 0.1, **_POSITIVE),
+    "tune.lr_range.factor": KeySpec("float", 3.0, **_ABOVE_ONE),
+    "tune.lr_batch.band": KeySpec(
+        "custom",
+        optional=True,
+        text="a list [low, high] of learning rates with 0 < low < high",
+        parser=_band,
+    ),
+    "tune.lr_batch.num_trials": KeySpec("int", 16, low=1),
+    "tune.lr_batch.batch_sizes": _values_of("train.batch_size", (32, 64, 128)),
+    "tune.lr_batch.eta": KeySpec("float", 3.0, **_ABOVE_ONE),
+    "tune.lr_batch.min_steps": KeySpec("int", None, low=1, optional=True),
+    "tune.lr_batch.seed": KeySpec("int", 0, low=0),
+    "tune.refine.schedules": _values_of("schedule.name", ("constant", "cosine")),
+    "tune.refine.clip_norms": _values_of("optimizer.clip_norm", (1.0, 10.0)),
+    "tune.refine.weight_decays": _values_of("optimizer.weight_decay", (0.0, 1e-4, 1e-3)),
+    "tune.refine.grid": KeySpec(
+        "custom", optional=True, text="a table of dotted key -> list of values", parser=_table
+    ),
+    "tune.seeds.count": KeySpec("int", 5, low=2),
+    "tune.seeds.first": KeySpec("int", None, low=0, optional=True),
+    "tune.seeds.confidence": KeySpec(
+        "float", 0.95, low=0.0, high=1.0, low_open=True, high_open=True
+    ),
 }
 
 #: Keys the stages set themselves (stage 3 leaves them to stages 2 and 4).
@@ -151,52 +185,11 @@ def _flatten(d: Mapping[str, Any], prefix: str = "tune.") -> dict[str, Any]:
     return out
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _check(key: str, value: Any, base: Mapping[str, Any]) -> Any:
-    spec = TUNE_KEYS[key]
-    bad = ConfigError(f"{key} = {value!r} is invalid: expected {spec.describe()}")
-    if value is None:
-        if spec.default is None:
-            return None
-        raise bad
-    if spec.kind == "choice":
-        if value not in spec.choices:
-            raise bad
-        return value
-    if spec.kind in ("int", "float"):
-        if not _is_number(value) or (spec.kind == "int" and not float(value).is_integer()):
-            raise bad
-        value = int(value) if spec.kind == "int" else float(value)
-        below = value <= spec.low if spec.open else value < spec.low
-        if below or (spec.high is not None and value >= spec.high):
-            raise bad
-        return value
-    if spec.kind == "grid":
-        if not isinstance(value, Mapping):
-            raise bad
+    value = TUNE_KEYS[key].check(key, value)
+    if key == "tune.refine.grid" and value is not None:
         return _check_grid(key, value, base)
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise bad
-    if spec.kind == "stages":
-        if (
-            not value
-            or any(s not in STAGES for s in value)
-            or list(value) != sorted(set(value), key=STAGES.index)
-        ):
-            raise bad
-        return tuple(value)
-    if spec.kind == "band":
-        if len(value) != 2 or not all(_is_number(v) for v in value) or not 0 < value[0] < value[1]:
-            raise bad
-        return (float(value[0]), float(value[1]))
-    target = spec.kind[len("values:") :]
-    try:
-        return tuple(dict.fromkeys(check_value(target, v) for v in value if v is not None))
-    except ConfigError as e:
-        raise ConfigError(f"{key} = {value!r} is invalid: {e}") from None
+    return value
 
 
 def _check_grid(key: str, grid: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, tuple]:
