@@ -1,0 +1,56 @@
+"""Tabular workloads: MLPs on scikit-learn's bundled digits (flat) and diabetes data.
+
+``task.widths`` sets the hidden widths, ``task.dtype`` the compute dtype and ``task.subset``
+the number of training examples (see :mod:`jaxtune.workloads.common`).
+
+Measured reference runs (one trial, this library's ``run_sweep``, 2 shared CPU cores, jax
+0.10.2; see docs/workloads.md): TODO.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from jaxtune import data as data_lib
+from jaxtune.models import mlp
+from jaxtune.tasks import Task, classification, regression
+from jaxtune.workloads import common
+
+__all__ = ["DIABETES_WIDTHS", "DIGITS_WIDTHS", "diabetes_mlp", "digits_mlp"]
+
+DIGITS_WIDTHS = (256, 256)
+DIABETES_WIDTHS = (64,)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> data_lib.Splits:
+    return data_lib.load_digits()
+
+
+@functools.lru_cache(maxsize=1)
+def _diabetes() -> data_lib.Splits:
+    return data_lib.load_diabetes()
+
+
+def _mlp(splits: data_lib.Splits, structure: Mapping[str, Any], widths, num_outputs: int):
+    model = mlp(
+        num_outputs=num_outputs,
+        input_shape=data_lib.input_shape(splits),
+        widths=common.widths(structure, widths),
+    )
+    return common.with_compute_dtype(model, common.compute_dtype(structure))
+
+
+def digits_mlp(structure: Mapping[str, Any]) -> Task:
+    """Flat 64-pixel digits, an MLP 64-256-256-10 (:data:`DIGITS_WIDTHS`), cross-entropy."""
+    splits = common.subset(_digits(), structure)
+    return classification(_mlp(splits, structure, DIGITS_WIDTHS, 10), splits)
+
+
+def diabetes_mlp(structure: Mapping[str, Any]) -> Task:
+    """Diabetes progression from 10 standardized features, an MLP 10-64-1
+    (:data:`DIABETES_WIDTHS`), squared error in units of the training target's variance."""
+    splits = common.subset(_diabetes(), structure)
+    return regression(_mlp(splits, structure, DIABETES_WIDTHS, 1), splits)

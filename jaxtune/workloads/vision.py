@@ -1,0 +1,58 @@
+"""Image workloads: a CNN on the bundled 8x8 digits and a CNN on synthetic 32x32 colour images.
+
+Both use :func:`jaxtune.cnn` (3x3 convolutions, channels growing, 2x2 max pooling, a flatten
+and a linear head) with softmax cross-entropy (:func:`jaxtune.tasks.classification`).
+``task.widths`` sets the channels, ``task.dtype`` the compute dtype and ``task.subset`` the
+number of training examples (see :mod:`jaxtune.workloads.common`).
+
+Measured reference runs (one trial, this library's ``run_sweep``, 2 shared CPU cores, jax
+0.10.2; see docs/workloads.md): TODO.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from jaxtune import data as data_lib
+from jaxtune.models import cnn
+from jaxtune.tasks import Task, classification
+from jaxtune.workloads import common
+from jaxtune.workloads.images import make_images
+
+__all__ = ["DIGITS_CHANNELS", "IMAGES32_CHANNELS", "digits_cnn", "images32_cnn"]
+
+DIGITS_CHANNELS = (16, 32)
+IMAGES32_CHANNELS = (8, 16, 32)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> data_lib.Splits:
+    return data_lib.load_digits(flat=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _images32() -> data_lib.Splits:
+    return make_images(seed=0)
+
+
+def _cnn_task(splits: data_lib.Splits, structure: Mapping[str, Any], channels) -> Task:
+    splits = common.subset(splits, structure)
+    model = cnn(
+        num_outputs=data_lib.num_classes(splits),
+        input_shape=data_lib.input_shape(splits),
+        channels=common.widths(structure, channels),
+    )
+    return classification(common.with_compute_dtype(model, common.compute_dtype(structure)), splits)
+
+
+def digits_cnn(structure: Mapping[str, Any]) -> Task:
+    """scikit-learn's 8x8 digits as images ``[8, 8, 1]``, a CNN of :data:`DIGITS_CHANNELS`."""
+    return _cnn_task(_digits(), structure, DIGITS_CHANNELS)
+
+
+def images32_cnn(structure: Mapping[str, Any]) -> Task:
+    """Synthetic 32x32x3 images of 10 classes (:func:`jaxtune.workloads.images.make_images`,
+    seed 0), a CNN of :data:`IMAGES32_CHANNELS`."""
+    return _cnn_task(_images32(), structure, IMAGES32_CHANNELS)
