@@ -7,8 +7,9 @@ on each axis, plus independent N(0, ``noise``^2) pixel noise, divided by
 ``sqrt(1 + noise^2)`` so every pixel has unit variance. Labels are balanced (cycled, then
 shuffled). Nothing is downloaded; the same arguments give the same arrays.
 
-Telling the classes apart needs features that survive the translations, which a
-convolutional network with pooling learns and a linear model of the pixels does not.
+Telling the classes apart takes features that survive the translations: with the defaults a
+small CNN with pooling reaches 0.98 validation accuracy, while the nearest class mean of the
+pixels scores 0.74 and a ridge classifier 0.56 (see :mod:`jaxtune.workloads.vision`).
 
 Example:
     >>> s = make_images(n_train=20, n_valid=10, n_test=10, seed=1)

@@ -11,8 +11,12 @@ its mean next-byte cross-entropy over positions, in nats; the metrics are next-b
 ``[64, 64]``: 2 blocks of width 64). ``task.dtype`` sets the compute dtype and
 ``task.subset`` the number of training windows (see :mod:`jaxtune.workloads.common`).
 
-Measured reference run (one trial, this library's ``run_sweep``, 2 shared CPU cores, jax
-0.10.2; see docs/workloads.md): TODO.
+Measured reference run (``run_sweep(get_workload("bytes_lm").config())``, one trial, Adam at
+3e-3, batch 16, on 2 CPU cores shared with other work, jax 0.10.2; see docs/workloads.md):
+the validation loss passes the target 2.0 nats at step 500 of the 800-step budget and ends at
+1.78; compile 19.6 s, training 62.3 s. For scale: the uniform distribution scores
+``log 256 = 5.55``, the training split's byte frequencies 3.07 and its add-one bigram model
+2.37 nats on the validation split.
 """
 
 from __future__ import annotations

@@ -3,8 +3,15 @@
 ``task.widths`` sets the hidden widths, ``task.dtype`` the compute dtype and ``task.subset``
 the number of training examples (see :mod:`jaxtune.workloads.common`).
 
-Measured reference runs (one trial, this library's ``run_sweep``, 2 shared CPU cores, jax
-0.10.2; see docs/workloads.md): TODO.
+Measured reference runs (``run_sweep(workload.config())``, one trial, Adam, on 2 CPU cores
+shared with other work, jax 0.10.2; see docs/workloads.md):
+
+* ``digits_mlp`` (lr 1e-3, batch 64): validation accuracy reaches the target 0.945 (at most 9
+  of the 180 examples wrong) at step 80 of 150 and levels off near 0.956; compile 9.0 s,
+  training 0.4 s.
+* ``diabetes`` (lr 3e-3, batch 32): validation MSE passes 0.5 at step 225 of 400 and ends at
+  0.46; compile 7.8 s, training 0.04 s. For scale: least squares on the same split scores
+  0.44, predicting the training mean 0.97.
 """
 
 from __future__ import annotations

@@ -5,8 +5,16 @@ and a linear head) with softmax cross-entropy (:func:`jaxtune.tasks.classificati
 ``task.widths`` sets the channels, ``task.dtype`` the compute dtype and ``task.subset`` the
 number of training examples (see :mod:`jaxtune.workloads.common`).
 
-Measured reference runs (one trial, this library's ``run_sweep``, 2 shared CPU cores, jax
-0.10.2; see docs/workloads.md): TODO.
+Measured reference runs (``run_sweep(workload.config())``, one trial, Adam, on 2 CPU cores
+shared with other work, jax 0.10.2; see docs/workloads.md):
+
+* ``digits_cnn`` (lr 1e-2, batch 64): validation accuracy reaches the target 0.945 (at most 9
+  of the 180 examples wrong) at step 120 of 250 and ends at 0.956; compile 12.5 s, training
+  3.7 s.
+* ``images32_cnn`` (lr 3e-3, batch 32): validation accuracy passes 0.9 at step 90 of 150 and
+  ends at 0.98; compile 24.4 s, training 33.7 s (convolution gradients run slowly inside
+  XLA:CPU loops). For scale: on the same split the nearest class mean of the pixels scores
+  0.74 and a ridge classifier 0.56.
 """
 
 from __future__ import annotations

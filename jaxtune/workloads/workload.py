@@ -110,12 +110,12 @@ WORKLOADS: Mapping[str, Workload] = _workloads(
         name="digits_mlp",
         description=(
             "scikit-learn's 8x8 digits, flat (1257 train / 180 valid), MLP 64-256-256-10; "
-            "target: validation accuracy"
+            "target: validation accuracy (0.945: at most 9 of 180 wrong)"
         ),
         factory="jaxtune.workloads.tabular:digits_mlp",
         metric="valid.accuracy",
         mode="max",
-        target=0.95,
+        target=0.945,
         steps=150,
         eval_every=10,
         batch_size=64,
@@ -126,12 +126,13 @@ WORKLOADS: Mapping[str, Workload] = _workloads(
         name="digits_cnn",
         description=(
             "scikit-learn's 8x8 digits as 8x8x1 images (1257 train / 180 valid), CNN of 16-32 "
-            "channels (3x3 convolutions, 2x2 max pooling); target: validation accuracy"
+            "channels (3x3 convolutions, 2x2 max pooling); target: validation accuracy (0.945: "
+            "at most 9 of 180 wrong)"
         ),
         factory="jaxtune.workloads.vision:digits_cnn",
         metric="valid.accuracy",
         mode="max",
-        target=0.95,
+        target=0.945,
         steps=250,
         eval_every=10,
         batch_size=64,
