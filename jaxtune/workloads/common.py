@@ -77,9 +77,11 @@ def with_compute_dtype(model: Model, dtype: str) -> Model:
     Example:
       >>> from jaxtune.models import mlp
       >>> model = with_compute_dtype(mlp(num_outputs=2, input_shape=(3,), widths=(4,)), "bfloat16")
-      >>> params, state = model.init(jax.random.key(0))
-      >>> out, _ = model.apply(params, state, jnp.ones((5, 3)), train=False)
-      >>> out.dtype, params["Dense_0"]["kernel"].dtype
+      >>> params, state = jax.eval_shape(model.init, jax.random.key(0))
+      >>> apply = lambda p, x: model.apply(p, state, x, train=False)[0]
+      >>> str(jax.make_jaxpr(apply)(params, jnp.ones((5, 3)))).count("bf16[5,4] = dot_general")
+      1
+      >>> jax.eval_shape(apply, params, jnp.ones((5, 3))).dtype, params["Dense_0"]["kernel"].dtype
       (dtype('float32'), dtype('float32'))
     """
     if dtype == "float32":

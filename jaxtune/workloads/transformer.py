@@ -7,11 +7,14 @@ kernel and embedding starts as N(0, 0.02^2) and every bias at zero (GPT-2's init
 so the untrained model's next-token distribution is close to uniform: its cross-entropy is
 close to ``log(vocab_size)``.
 
-Example:
+Example (abstractly, with shapes only):
     >>> import jax, jax.numpy as jnp
     >>> model = decoder_lm(seq_len=16, width=32, depth=1, num_heads=2)
-    >>> params, state = model.init(jax.random.key(0))
-    >>> logits, _ = model.apply(params, state, jnp.zeros((3, 16), jnp.int32), train=False)
+    >>> params, state = jax.eval_shape(model.init, jax.random.key(0))
+    >>> sum(p.size for p in jax.tree.leaves(params))
+    29920
+    >>> tokens = jax.ShapeDtypeStruct((3, 16), jnp.int32)
+    >>> logits, _ = jax.eval_shape(lambda t: model.apply(params, state, t, train=False), tokens)
     >>> logits.shape, logits.dtype
     ((3, 16, 256), dtype('float32'))
 """
