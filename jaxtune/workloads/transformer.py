@@ -14,7 +14,8 @@ Example (abstractly, with shapes only):
     >>> sum(p.size for p in jax.tree.leaves(params))
     29920
     >>> tokens = jax.ShapeDtypeStruct((3, 16), jnp.int32)
-    >>> logits, _ = jax.eval_shape(lambda t: model.apply(params, state, t, train=False), tokens)
+    >>> apply = lambda p, t: model.apply(p, state, t, train=False)
+    >>> logits, _ = jax.eval_shape(apply, params, tokens)
     >>> logits.shape, logits.dtype
     ((3, 16, 256), dtype('float32'))
 """
