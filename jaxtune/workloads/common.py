@@ -1,9 +1,10 @@
-"""What every workload factory reads from its structure: the compute dtype and a data subset.
+"""What every workload factory reads from its structure: model widths, compute dtype, subset.
 
 A factory receives the group's flat configuration minus its numeric keys (or a plain dict
-when called directly). ``task.dtype`` (``"float32"`` or ``"bfloat16"``) sets the dtype the
-model computes in; parameters, optimizer state and outputs stay float32
-(:func:`with_compute_dtype`). ``task.subset`` (0 for all) keeps that many training examples.
+when called directly). ``task.widths`` sets the model's widths (:func:`widths`);
+``task.dtype`` (``"float32"`` or ``"bfloat16"``) sets the dtype the model computes in, while
+parameters, optimizer state and outputs stay float32 (:func:`with_compute_dtype`);
+``task.subset`` (0 for all) keeps that many training examples (:func:`subset`).
 """
 
 from __future__ import annotations

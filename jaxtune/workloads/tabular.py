@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxtune import data as data_lib
-from jaxtune.models import mlp
+from jaxtune.models import Model, mlp
 from jaxtune.tasks import Task, classification, regression
 from jaxtune.workloads import common
 
@@ -41,7 +41,12 @@ def _diabetes() -> data_lib.Splits:
     return data_lib.load_diabetes()
 
 
-def _mlp(splits: data_lib.Splits, structure: Mapping[str, Any], widths, num_outputs: int):
+def _mlp(
+    splits: data_lib.Splits,
+    structure: Mapping[str, Any],
+    widths: tuple[int, ...],
+    num_outputs: int,
+) -> Model:
     model = mlp(
         num_outputs=num_outputs,
         input_shape=data_lib.input_shape(splits),

@@ -45,7 +45,9 @@ def _images32() -> data_lib.Splits:
     return make_images(seed=0)
 
 
-def _cnn_task(splits: data_lib.Splits, structure: Mapping[str, Any], channels) -> Task:
+def _cnn_task(
+    splits: data_lib.Splits, structure: Mapping[str, Any], channels: tuple[int, ...]
+) -> Task:
     splits = common.subset(splits, structure)
     model = cnn(
         num_outputs=data_lib.num_classes(splits),
