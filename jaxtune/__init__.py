@@ -18,6 +18,7 @@ from jaxtune import registry as registry
 from jaxtune import report as report
 from jaxtune import schedules as schedules
 from jaxtune import tasks as tasks
+from jaxtune import workloads as workloads
 from jaxtune.checkpoint import export_trial as export_trial
 from jaxtune.config import SweepConfig as SweepConfig
 from jaxtune.config import load_config as load_config
@@ -105,4 +106,5 @@ __all__ = [
     "subset",
     "tasks",
     "warmup",
+    "workloads",
 ]

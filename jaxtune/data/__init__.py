@@ -29,6 +29,7 @@ from jaxtune.data.splits import num_examples as num_examples
 from jaxtune.data.splits import subset as subset
 from jaxtune.data.splits import with_validation as with_validation
 from jaxtune.data.standardize import Standardizer as Standardizer
+from jaxtune.data.text import load_stdlib_text as load_stdlib_text
 
 __all__ = [
     "Splits",
@@ -41,6 +42,7 @@ __all__ = [
     "input_shape",
     "load_diabetes",
     "load_digits",
+    "load_stdlib_text",
     "make_classification",
     "num_classes",
     "num_examples",
