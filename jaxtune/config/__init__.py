@@ -23,6 +23,8 @@ A sweep is a *base* configuration (one value per dotted key, such as
 the base configuration with its overrides applied.
 """
 
+from jaxtune.config.dotted import dotted as dotted
+from jaxtune.config.dotted import nested as nested
 from jaxtune.config.schema import HPARAMS as HPARAMS
 from jaxtune.config.schema import KEYS as KEYS
 from jaxtune.config.schema import NUMERIC_KEYS as NUMERIC_KEYS
@@ -52,9 +54,11 @@ __all__ = [
     "default_config",
     "default_config_dict",
     "diff_configs",
+    "dotted",
     "expand_trials",
     "is_hparam",
     "load_config",
+    "nested",
     "numeric_keys",
     "parse_override",
     "to_toml",

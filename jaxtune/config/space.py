@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxtune.config.dotted import dotted
 from jaxtune.config.schema import KEYS, check_value, is_hparam, unknown
 from jaxtune.errors import ConfigError
 
@@ -134,14 +135,14 @@ def check_space(space: Any, base: Mapping[str, Any]) -> dict[str, dict]:
     return out
 
 
-def check_trials(trials: Any, base: Mapping[str, Any], flatten: Any) -> tuple:
+def check_trials(trials: Any, base: Mapping[str, Any]) -> tuple:
     if isinstance(trials, str) or not isinstance(trials, Sequence):
         raise ConfigError("sweep.trials must be a list of tables of dotted key -> value")
     out = []
     for i, t in enumerate(trials):
         if not isinstance(t, Mapping):
             raise ConfigError(f"sweep.trials[{i}] must be a table of dotted key -> value")
-        flat = flatten(t)
+        flat = dotted(t, leaves=KEYS)
         for key, value in flat.items():
             check_sweepable(key, f"sweep.trials[{i}]", base)
             flat[key] = freeze(check_value(key, value))

@@ -10,6 +10,7 @@ from typing import Any
 
 from jaxtune import registry
 from jaxtune.config import space as space_lib
+from jaxtune.config.dotted import dotted, nested
 from jaxtune.config.schema import KEYS, check_value, is_hparam, unknown
 from jaxtune.errors import ConfigError
 
@@ -18,17 +19,10 @@ __all__ = ["SweepConfig", "config_hash", "diff_configs", "expand_trials"]
 _SWEEP_KEYS = ("method", "strategy", "num_trials", "seeds", "seed", "grid", "space", "trials")
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if key == "sweep" or key.startswith("sweep."):
-            continue
-        if isinstance(v, Mapping) and key not in KEYS:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _base_keys(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The dotted base keys of nested sections (the ``sweep`` table left out)."""
+    tables = {k: v for k, v in d.items() if k != "sweep" and not k.startswith("sweep.")}
+    return dotted(tables, leaves=KEYS)
 
 
 def _check_select(base: Mapping[str, Any]) -> None:
@@ -92,7 +86,7 @@ class SweepConfig:
         if not isinstance(d, Mapping):
             raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
         base = {k: spec.default for k, spec in KEYS.items()}
-        for key, value in _flatten(d).items():
+        for key, value in _base_keys(d).items():
             base[key] = check_value(key, value)
         _check_select(base)
         sweep = dict(d.get("sweep", {}))
@@ -115,7 +109,7 @@ class SweepConfig:
             raise ConfigError(f"sweep.seed = {sampler_seed!r} is invalid: expected an integer")
         grid = space_lib.check_grid(sweep.get("grid", {}), base)
         space = space_lib.check_space(sweep.get("space", {}), base)
-        trials = space_lib.check_trials(sweep.get("trials", []), base, _flatten)
+        trials = space_lib.check_trials(sweep.get("trials", []), base)
         num_trials = sweep.get("num_trials")
         strategy = sweep.get("strategy", "all")
         if strategy == "optuna" and method in ("random", "quasi_random"):
@@ -149,12 +143,7 @@ class SweepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Nested sections (JSON/TOML friendly) that :meth:`from_dict` reads back."""
-        out: dict[str, Any] = {}
-        for key, value in self.base.items():
-            section, name = key.split(".", 1)
-            if value is None:
-                continue
-            out.setdefault(section, {})[name] = space_lib.plain(value)
+        out = nested({k: space_lib.plain(v) for k, v in self.base.items() if v is not None})
         sweep: dict[str, Any] = {"method": self.method, "seeds": self.seeds, "seed": self.seed}
         if self.grid:
             sweep["grid"] = {k: [space_lib.plain(v) for v in vs] for k, vs in self.grid.items()}
@@ -171,20 +160,18 @@ class SweepConfig:
 
     def replace(self, overrides: Mapping[str, Any]) -> SweepConfig:
         """A copy with dotted base keys (or ``sweep.*`` keys) overridden, validated."""
-        d = self.to_dict()
+        base = {k: v for k, v in self.base.items() if v is not None}
+        sweep = self.to_dict()["sweep"]
         for key, value in overrides.items():
-            section, name = key.split(".", 1) if "." in key else (key, "")
-            if section == "sweep":
-                sweep = d.setdefault("sweep", {})
-                if "." in name:
-                    table, sub = name.split(".", 1)
+            if key.startswith("sweep."):
+                table, _, sub = key[len("sweep.") :].partition(".")
+                if sub:
                     sweep.setdefault(table, {})[sub] = value
                 else:
-                    sweep[name] = value
+                    sweep[table] = value
             else:
-                check_value(key, value)
-                d.setdefault(section, {})[name] = value
-        return SweepConfig.from_dict(d)
+                base[key] = check_value(key, value)
+        return SweepConfig.from_dict({**nested(base), "sweep": sweep})
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -257,29 +244,23 @@ _NOT_HASHED_SECTIONS = ("checkpoint", "log", "parallel")
 _NOT_HASHED_KEYS = ("train.max_trials_per_call",)
 
 
-def _results_dict(cfg: SweepConfig) -> dict[str, Any]:
-    d = cfg.to_dict()
-    for section in _NOT_HASHED_SECTIONS:
-        d.pop(section, None)
-    for key in _NOT_HASHED_KEYS:
-        section, name = key.split(".")
-        d.get(section, {}).pop(name, None)
-    return d
+def _results_keys(cfg: SweepConfig) -> dict[str, Any]:
+    """``section.name`` -> value of what determines the results (``sweep.grid`` kept whole)."""
+    flat = dotted(cfg.to_dict(), depth=2)
+    return {
+        k: v
+        for k, v in flat.items()
+        if k.split(".")[0] not in _NOT_HASHED_SECTIONS and k not in _NOT_HASHED_KEYS
+    }
 
 
 def config_hash(cfg: SweepConfig) -> str:
     """A stable hash of everything that determines a sweep's results."""
-    blob = json.dumps(_results_dict(cfg), sort_keys=True, default=str).encode()
+    blob = json.dumps(nested(_results_keys(cfg)), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def diff_configs(a: SweepConfig, b: SweepConfig) -> list[str]:
     """Dotted keys whose values differ between two configs (results-relevant keys only)."""
-    da, db = _results_dict(a), _results_dict(b)
-    keys = []
-    for section in sorted(set(da) | set(db)):
-        sa, sb = da.get(section, {}), db.get(section, {})
-        for name in sorted(set(sa) | set(sb)):
-            if sa.get(name) != sb.get(name):
-                keys.append(f"{section}.{name}")
-    return keys
+    da, db = _results_keys(a), _results_keys(b)
+    return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))

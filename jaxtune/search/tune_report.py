@@ -171,12 +171,8 @@ def format_summary(state: Mapping[str, Any]) -> str:
     for r in stages.values():
         chosen.update(r["set"])
     if chosen:
-        nested: dict[str, dict[str, Any]] = {}
-        for key, value in chosen.items():
-            section, name = key.split(".", 1)
-            nested.setdefault(section, {})[name] = value
-        lines += ["", "## The chosen setting", "", "```toml", config_lib.to_toml(nested).strip(),
-                  "```"]  # fmt: skip
+        toml = config_lib.to_toml(config_lib.nested(chosen)).strip()
+        lines += ["", "## The chosen setting", "", "```toml", toml, "```"]
         if "seeds" in stages:
             lines.append(
                 f"\nThe full configuration: `{FOLDERS['seeds']}/config.toml` (`jaxtune sweep` "

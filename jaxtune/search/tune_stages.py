@@ -108,12 +108,9 @@ class Run:
 
     def config(self, sweep: Mapping[str, Any], **keys: Any) -> SweepConfig:
         """The base configuration with what was chosen so far, ``keys`` and ``sweep``."""
-        d = self.cfg.to_dict()
-        for key, value in {**self.chosen, **keys}.items():
-            section, name = key.split(".", 1)
-            d.setdefault(section, {})[name] = value
-        d["sweep"] = dict(sweep)
-        return SweepConfig.from_dict(d)
+        base = {k: v for k, v in self.cfg.base.items() if v is not None}
+        base.update(self.chosen, **keys)
+        return SweepConfig.from_dict({**config_lib.nested(base), "sweep": dict(sweep)})
 
     def sweep(self, stage: str, cfg: SweepConfig) -> SweepResult:
         folder = self.out / FOLDERS[stage]
