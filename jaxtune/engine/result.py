@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxtune.config import SweepConfig
 from jaxtune.config.space import freeze
+from jaxtune.engine.aggregate import t_interval
 from jaxtune.engine.selection import Selection, mode_of, resolve_selection
 from jaxtune.engine.step import TrainState
 
@@ -263,10 +264,8 @@ class SweepResult:
         """Mean, std and a 95% interval of each final metric per setting, across ``over``.
 
         Trials are grouped by every hyperparameter except ``over``. The interval is the
-        Student-t interval of the mean (``mean +- t_{0.975, n-1} * std / sqrt(n)``).
+        Student-t interval of the mean (:func:`jaxtune.engine.aggregate.t_interval`).
         """
-        from scipy import stats
-
         groups: dict[tuple, list[TrialResult]] = {}
         for t in self.trials:
             key = tuple((k, freeze(v)) for k, v in t.hparams.items() if k != over)
@@ -278,11 +277,9 @@ class SweepResult:
             row["diverged"] = sum(m.diverged for m in members)
             for metric in members[0].final:
                 vals = np.array([m.final[metric] for m in members], dtype=np.float64)
-                mean = float(np.mean(vals))
+                mean, low, high = t_interval(vals, 0.95)
                 std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-                n = len(vals)
-                half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
-                row[metric] = {"mean": mean, "std": std, "ci95": (mean - half, mean + half)}
+                row[metric] = {"mean": mean, "std": std, "ci95": (low, high)}
             rows.append(row)
         return rows
 

@@ -21,6 +21,7 @@ import numpy as np
 from jaxtune import config as config_lib
 from jaxtune.config import SweepConfig
 from jaxtune.engine import SweepResult, run_sweep
+from jaxtune.engine.aggregate import t_interval
 from jaxtune.errors import ConfigError
 from jaxtune.search.tune_config import FOLDERS, TuneSettings, refine_grid
 from jaxtune.search.tune_report import finite, rows_of, trial_steps
@@ -74,22 +75,6 @@ def lr_band(
     below = lrs[b - 1] if b > 0 else lrs[b] ** 2 / lrs[b + 1]
     above = lrs[b + 1] if b < len(lrs) - 1 else lrs[b] ** 2 / lrs[b - 1]
     return float(np.sqrt(below * lrs[b])), float(np.sqrt(lrs[b] * above)), best
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the Student-t interval of the mean of ``values``.
-
-    Example:
-      >>> mean, low, high = t_interval([1.0, 2.0, 3.0])
-      >>> mean, round(low, 3), round(high, 3)
-      (2.0, -0.484, 4.484)
-    """
-    from scipy import stats
-
-    v = np.asarray(values, np.float64)
-    mean = float(np.mean(v))
-    half = stats.t.ppf((1 + confidence) / 2, len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v))
-    return mean, mean - float(half), mean + float(half)
 
 
 @dataclasses.dataclass
