@@ -23,6 +23,7 @@ from jaxtune.config.space import freeze
 from jaxtune.engine.aggregate import t_interval
 from jaxtune.engine.selection import Selection, mode_of, resolve_selection
 from jaxtune.engine.step import TrainState
+from jaxtune.files import atomic_path, atomic_write
 
 __all__ = [
     "Selection",
@@ -310,19 +311,15 @@ class SweepResult:
     def save(self, directory: str | Path) -> Path:
         """Write ``results.json``, ``results.csv`` and ``history.npz`` into ``directory``."""
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        _atomic_write(d / "results.json", json.dumps(self.to_json(), indent=2, default=_jsonable))
+        atomic_write(d / "results.json", json.dumps(self.to_json(), indent=2, default=_jsonable))
         rows = self.table()
         fields = list(dict.fromkeys(k for r in rows for k in r))
-        tmp = d / "results.csv.tmp"
-        with tmp.open("w", newline="") as f:
+        with atomic_path(d / "results.csv") as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
-        tmp.replace(d / "results.csv")
-        tmp = d / "history.tmp.npz"
-        np.savez_compressed(tmp, **self.history)
-        tmp.replace(d / "history.npz")
+        with atomic_path(d / "history.npz") as tmp:
+            np.savez_compressed(tmp, **self.history)
         return d
 
     @classmethod
@@ -353,9 +350,3 @@ class SweepResult:
                 history = {k: z[k] for k in z.files}
         selection = Selection(**blob["select"])
         return cls(cfg, trials, history, blob.get("timing", {}), selection, blob.get("search", {}))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from jaxtune.engine import SweepResult, TrialResult
+from jaxtune.files import atomic_path
 from jaxtune.tasks import METRIC_MODES
 
 __all__ = ["plot_curves", "plot_lr_vs_metric", "write_plots"]
@@ -39,12 +40,9 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.stem + ".tmp" + p.suffix)
-    fig.savefig(tmp, format="png")
-    tmp.replace(p)
-    return p
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
 
 
 def _freeze(v: Any) -> Any:

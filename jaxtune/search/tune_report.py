@@ -17,6 +17,7 @@ from jaxtune import config as config_lib
 from jaxtune.config import SweepConfig
 from jaxtune.engine import SweepResult
 from jaxtune.errors import ConfigError
+from jaxtune.files import atomic_write
 from jaxtune.search.tune_config import FOLDERS, STAGES, TuneSettings
 
 __all__ = ["finite", "format_summary", "load_state", "rows_of", "save_state", "trial_steps"]
@@ -60,10 +61,7 @@ def load_state(path: Path, cfg: SweepConfig, settings: TuneSettings, resume: boo
 
 def save_state(path: Path, state: dict) -> None:
     """Write ``tune.json`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(state, indent=2, default=str))
 
 
 def trial_steps(result: SweepResult) -> int:

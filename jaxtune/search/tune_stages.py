@@ -23,6 +23,7 @@ from jaxtune.config import SweepConfig
 from jaxtune.engine import SweepResult, run_sweep
 from jaxtune.engine.aggregate import t_interval
 from jaxtune.errors import ConfigError
+from jaxtune.files import atomic_write
 from jaxtune.search.tune_config import FOLDERS, TuneSettings, refine_grid
 from jaxtune.search.tune_report import finite, rows_of, trial_steps
 
@@ -132,7 +133,7 @@ def _stage_lr_range(run: Run) -> dict[str, Any]:
         run.config({}), task=run.task, optimizer=run.optimizer, lrs=lrs, steps=steps
     )
     found.result.save(folder)
-    (folder / "config.toml").write_text(config_lib.to_toml(found.result.config.to_dict()))
+    atomic_write(folder / "config.toml", config_lib.to_toml(found.result.config.to_dict()))
     if run.cfg.base["log.plots"]:
         plot_lr_find(found, out_dir=folder, name="lr_range.png")
     first = found.result.history["train.loss"][:, 0]
