@@ -17,6 +17,7 @@ import numpy as np
 from jaxtune.config.dotted import dotted
 from jaxtune.config.schema import KEYS, check_value, is_hparam, unknown
 from jaxtune.errors import ConfigError
+from jaxtune.formatting import fmt
 
 __all__ = ["METHODS", "expand", "trial_name"]
 
@@ -212,10 +213,5 @@ def trial_name(hparams: Mapping[str, Any]) -> str:
         return "base"
     parts = []
     for key, value in hparams.items():
-        short = _SHORT.get(key, key.split(".")[-1])
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        elif isinstance(value, tuple | list):
-            value = "-".join(str(v) for v in value)
-        parts.append(f"{short}={value}")
+        parts.append(f"{_SHORT.get(key, key.split('.')[-1])}={fmt(value)}")
     return ",".join(parts).replace("/", "_").replace(" ", "").replace(":", "_")

@@ -52,10 +52,6 @@ class Check:
         return "\n".join([f"[{self.mark}] {self.name}: {self.reason}", *self.lines()])
 
 
-def fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}"
-
-
 @dataclasses.dataclass(frozen=True)
 class Subject:
     """The base trial of a configuration, bound like a sweep binds it.

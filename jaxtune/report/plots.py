@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 
 from jaxtune.engine import SweepResult, TrialResult
 from jaxtune.files import atomic_path
+from jaxtune.formatting import fmt
 from jaxtune.tasks import METRIC_MODES
 
 __all__ = ["plot_curves", "plot_lr_vs_metric", "write_plots"]
@@ -47,14 +48,6 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 def _freeze(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, tuple | list):
-        return "-".join(str(x) for x in v)
-    return str(v)
 
 
 def _short(key: str) -> str:
@@ -126,8 +119,8 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
             x_of = {t.id: float(v) for t, v in zip(trials, raw, strict=True)}
             categorical, ticks = False, None
         else:
-            labels = list(dict.fromkeys(_fmt(v) for v in raw))
-            x_of = {t.id: float(labels.index(_fmt(v))) for t, v in zip(trials, raw, strict=True)}
+            labels = list(dict.fromkeys(fmt(v) for v in raw))
+            x_of = {t.id: float(labels.index(fmt(v))) for t, v in zip(trials, raw, strict=True)}
             categorical, ticks = True, labels
         x_label = x_key
     xs_all = np.array(list(x_of.values()), float)
@@ -152,7 +145,7 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
         caps[metric] = float(10 * np.median(vals)) if mode == "min" and vals.size else math.inf
     capped = dict.fromkeys(caps, False)
     for color, (gkey, members) in zip(colors, groups.items(), strict=True):
-        label = ", ".join(f"{_short(k)}={_fmt(v)}" for k, v in zip(group_keys, gkey, strict=True))
+        label = ", ".join(f"{_short(k)}={fmt(v)}" for k, v in zip(group_keys, gkey, strict=True))
         for ax, (metric, mode) in zip(axes, panels, strict=True):
             cap = caps[metric]
             ok = [

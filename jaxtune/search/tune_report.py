@@ -18,6 +18,7 @@ from jaxtune.config import SweepConfig
 from jaxtune.engine import SweepResult
 from jaxtune.errors import ConfigError
 from jaxtune.files import atomic_write
+from jaxtune.formatting import fmt
 from jaxtune.search.tune_config import FOLDERS, STAGES, TuneSettings
 
 __all__ = ["finite", "format_summary", "load_state", "rows_of", "save_state", "trial_steps"]
@@ -94,19 +95,9 @@ def rows_of(result: SweepResult) -> list[dict[str, Any]]:
     ]
 
 
-def _f(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    if isinstance(x, list):
-        return "-".join(map(str, x))
-    return str(x)
-
-
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(_f(c) for c in r) + " |" for r in rows]
+    return out + ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
 
 
 def _trial_table(record: Mapping[str, Any]) -> list[str]:
@@ -133,7 +124,7 @@ def _detail(stage: str, r: Mapping[str, Any]) -> list[str]:
         return _table(["learning rate", "final train loss (- diverged)", "in band"], body)
     if stage == "seeds":
         body = [[s, v] for s, v in zip(r["seeds"], r["valid"], strict=True)]
-        mean, low, high = (_f(x) for x in r["interval"])
+        mean, low, high = (fmt(x) for x in r["interval"])
         return [
             *_table(["seed", r["metric"]], body),
             "",
@@ -185,11 +176,11 @@ def format_summary(state: Mapping[str, Any]) -> str:
     if seeds:
         lines += ["", "## Test split (reported once, never used to choose)", ""]
         if "test" in seeds:
-            mean, low, high = (_f(x) for x in seeds["test_interval"])
+            mean, low, high = (fmt(x) for x in seeds["test_interval"])
             lines.append(
                 f"{seeds['test_metric']} of the chosen setting over {len(seeds['seeds'])} seeds: "
                 f"mean {mean}, {seeds['confidence']:.0%} interval [{low}, {high}] (per seed: "
-                f"{', '.join(_f(x) for x in seeds['test'])})."
+                f"{', '.join(fmt(x) for x in seeds['test'])})."
             )
         else:
             lines.append("The task has no test split.")

@@ -24,6 +24,7 @@ from jaxtune.engine import SweepResult, run_sweep
 from jaxtune.engine.aggregate import t_interval
 from jaxtune.errors import ConfigError
 from jaxtune.files import atomic_write
+from jaxtune.formatting import fmt
 from jaxtune.search.tune_config import FOLDERS, TuneSettings, refine_grid
 from jaxtune.search.tune_report import finite, rows_of, trial_steps
 
@@ -117,10 +118,6 @@ class Run:
         return result
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def _stage_lr_range(run: Run) -> dict[str, Any]:
     from jaxtune.diagnostics import lr_sweep_test, plot_lr_find
 
@@ -156,7 +153,7 @@ def _stage_lr_range(run: Run) -> dict[str, Any]:
     if rule == "within":
         rule_text = (
             f"the learning rates next to it whose final train loss is within "
-            f"{s['tune.lr_range.within']:g} of the drop from the initial loss {initial:.4g}"
+            f"{s['tune.lr_range.within']:g} of the drop from the initial loss {fmt(initial)}"
         )
     else:
         rule_text = f"a factor {s['tune.lr_range.factor']:g} either side"
@@ -169,8 +166,8 @@ def _stage_lr_range(run: Run) -> dict[str, Any]:
         "trial_steps": len(lrs) * steps,
         "band": [lo, hi],
         "set": {},
-        "chosen": f"band [{lo:.4g}, {hi:.4g}]",
-        "why": f"lowest final train loss {best_loss:.4g} at lr {best:.4g}; the band is "
+        "chosen": f"band [{fmt(lo)}, {fmt(hi)}]",
+        "why": f"lowest final train loss {fmt(best_loss)} at lr {fmt(best)}; the band is "
         f"{rule_text} ({sum(x is None for x in final)} of {len(lrs)} diverged)",
         "lrs": [float(x) for x in found.lrs],
         "losses": final,
@@ -206,14 +203,14 @@ def _stage_lr_batch(run: Run) -> dict[str, Any]:
     full = sum(t.stopped_step is None and not t.diverged for t in result.trials)
     return {
         "searched": f"{len(result.trials)} quasi-random points: learning rate log-uniform in "
-        f"[{lo:.4g}, {hi:.4g}] x batch size in {{{', '.join(map(str, sizes))}}}; successive "
+        f"[{fmt(lo)}, {fmt(hi)}] x batch size in {{{', '.join(map(str, sizes))}}}; successive "
         f"halving, eta {s['tune.lr_batch.eta']:g} (kept {kept or 'all'})",
         "trials": len(result.trials),
         "trial_steps": trial_steps(result),
         "grid_trial_steps": int(result.timing["grid_trial_steps"]),
         "set": {_LR: best.hparams[_LR], _BS: best.hparams[_BS]},
-        "chosen": f"lr {best.hparams[_LR]:.4g}, batch size {best.hparams[_BS]}",
-        "why": f"best {sel.metric} ({sel.mode}) {best.final[sel.metric]:.4g} among the {full} "
+        "chosen": f"lr {fmt(best.hparams[_LR])}, batch size {best.hparams[_BS]}",
+        "why": f"best {sel.metric} ({sel.mode}) {fmt(best.final[sel.metric])} among the {full} "
         f"trial(s) trained to step {steps}",
         "rows": rows_of(result),
         "metric": sel.metric,
@@ -237,15 +234,16 @@ def _stage_refine(run: Run) -> dict[str, Any]:
     sel = result.selection
     incumbent = result.trials[0]
     changed = {k: best.hparams[k] for k in grid if best.hparams[k] != base[k]}
-    searched = " x ".join(f"{k} {{{', '.join(map(_fmt, v))}}}" for k, v in grid.items())
+    searched = " x ".join(f"{k} {{{', '.join(map(fmt, v))}}}" for k, v in grid.items())
     if changed:
         why = (
-            f"{sel.metric} {best.final[sel.metric]:.4g} against {incumbent.final[sel.metric]:.4g} "
-            "for the incumbent (the setting so far, trained in the same sweep)"
+            f"{sel.metric} {fmt(best.final[sel.metric])} against "
+            f"{fmt(incumbent.final[sel.metric])} for the incumbent (the setting so far, trained in "
+            "the same sweep)"
         )
     else:
-        why = f"no combination beat the incumbent's {sel.metric} {incumbent.final[sel.metric]:.4g}"
-    chosen = ", ".join(f"{k} {_fmt(v)}" for k, v in changed.items()) or "the incumbent"
+        why = f"no combination beat the incumbent's {sel.metric} {fmt(incumbent.final[sel.metric])}"
+    chosen = ", ".join(f"{k} {fmt(v)}" for k, v in changed.items()) or "the incumbent"
     return {
         "searched": f"{len(trials)} combinations (every one, trained to the end): {searched}",
         "trials": len(trials),
@@ -275,7 +273,7 @@ def _stage_seeds(run: Run) -> dict[str, Any]:
         "trials": count,
         "trial_steps": trial_steps(result),
         "set": {},
-        "chosen": f"{sel.metric} {mean:.4g}, {conf:.0%} interval [{low:.4g}, {high:.4g}]",
+        "chosen": f"{sel.metric} {fmt(mean)}, {conf:.0%} interval [{fmt(low)}, {fmt(high)}]",
         "why": f"Student t interval of the mean over {count} seeds ({count - 1} degrees of "
         "freedom)",
         "seeds": seeds,
