@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -23,18 +23,31 @@ class Selection:
     mode: str
     target: float | None = None
 
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.mode == "max" else a < b
-
     def reached(self, values: np.ndarray) -> np.ndarray:
         if self.target is None:
             return np.zeros(values.shape, bool)
         return values >= self.target if self.mode == "max" else values <= self.target
 
-    def sort_key(self, value: float) -> float:
-        if not math.isfinite(value):
-            return math.inf
-        return -value if self.mode == "max" else value
+    def rank(self, values: Mapping[Hashable, float]) -> list:
+        """The ids of ``values`` best first: by value (``mode``), non-finite values last, ties
+        (and the non-finite ones) in id order.
+
+        Args:
+          values: id -> value of the metric (a trial id, or any sortable key).
+
+        Returns:
+          The ids, best first.
+
+        Example:
+          >>> Selection("valid.accuracy", "max").rank({0: 0.5, 1: float("nan"), 2: 0.9, 3: 0.5})
+          [2, 0, 3, 1]
+        """
+
+        def key(i: Hashable) -> tuple:
+            v = float(values[i])
+            return (0, -v if self.mode == "max" else v, i) if math.isfinite(v) else (1, 0.0, i)
+
+        return sorted(values, key=key)
 
 
 def resolve_selection(cfg: SweepConfig, metric_names: Sequence[str]) -> Selection:
