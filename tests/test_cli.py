@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import math
-import struct
 import subprocess
 import sys
 import tomllib
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tb_reader
 
 from jaxtune import cli
 from jaxtune import config as config_lib
@@ -24,7 +24,7 @@ from jaxtune.config import load_config, to_toml
 from jaxtune.engine import Selection, SweepResult, TrialResult, run_sweep
 from jaxtune.report import plots
 from jaxtune.report.progress import ProgressBar, format_table
-from jaxtune.report.tensorboard import TensorBoardLogger, read_scalars
+from jaxtune.report.tensorboard import TensorBoardLogger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,50 +71,8 @@ def _jaxtune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# Event files, parsed independently of jaxtune.tblog (TFRecord framing + masked CRC32C).
-
-
-def _masked_crc(data: bytes) -> int:
-    from tensorboardX.crc32c import crc32c
-
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _events(run_dir: Path) -> list:
-    from tensorboardX.proto.event_pb2 import Event
-
-    files = sorted(run_dir.glob("events.out.tfevents.*"))
-    assert files, f"no event file in {run_dir}"
-    events = []
-    for f in files:
-        data = f.read_bytes()
-        pos = 0
-        while pos < len(data):
-            header = data[pos : pos + 8]
-            (length,) = struct.unpack("<Q", header)
-            assert struct.unpack("<I", data[pos + 8 : pos + 12])[0] == _masked_crc(header)
-            body = data[pos + 12 : pos + 12 + length]
-            assert struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])[0] == (
-                _masked_crc(body)
-            )
-            events.append(Event.FromString(body))
-            pos += 16 + length
-    return events
-
-
 def _scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    out: dict[str, dict[int, float]] = {}
-    for ev in _events(run_dir):
-        for v in ev.summary.value:
-            if v.WhichOneof("value") == "simple_value":
-                out.setdefault(v.tag, {})[ev.step] = v.simple_value
-    return out
-
-
-def _tags(run_dir: Path) -> set[str]:
-    return {v.tag for ev in _events(run_dir) for v in ev.summary.value}
+    return {tag: dict(pairs) for tag, pairs in tb_reader.scalars(run_dir).items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,7 +193,7 @@ def test_tensorboard_runs_scalars_and_hparams(cli_run):
             ]
             want = t["final"][f"{split}.accuracy"]
             assert s[f"{split}/accuracy"][20] == pytest.approx(want, abs=1e-6)
-        tags = _tags(run)
+        tags = tb_reader.tags(run)
         assert {
             "_hparams_/experiment",
             "_hparams_/session_start_info",
@@ -245,7 +203,7 @@ def test_tensorboard_runs_scalars_and_hparams(cli_run):
             t["final"]["valid.accuracy"], abs=1e-6
         )
     best = max(blob["trials"], key=lambda t: (t["final"]["valid.accuracy"], -t["id"]))
-    assert "valid/worst_examples" in _tags(out / "tb" / best["name"])
+    assert "valid/worst_examples" in tb_reader.tags(out / "tb" / best["name"])
 
 
 def test_hparams_session_holds_the_trial_values(cli_run):
@@ -253,7 +211,7 @@ def test_hparams_session_holds_the_trial_values(cli_run):
 
     out, _, _ = cli_run
     t = json.loads((out / "results.json").read_text())["trials"][3]
-    for ev in _events(out / "tb" / t["name"]):
+    for ev in tb_reader.events(out / "tb" / t["name"]):
         for v in ev.summary.value:
             if v.tag == "_hparams_/session_start_info":
                 data = HParamsPluginData.FromString(v.metadata.plugin_data.content)
@@ -423,16 +381,18 @@ def test_logger_skips_nan_after_divergence(inproc):
     result, _, tb = inproc
     bad = next(t for t in result.trials if t.diverged)
     good = next(t for t in result.trials if not t.diverged)
-    s = read_scalars(tb / bad.name)
+    s = tb_reader.scalars(tb / bad.name)
     assert max(step for step, _ in s["train/loss"]) < bad.diverged_step
     assert all(math.isfinite(v) for _, v in s["train/loss"])
     assert s["hparams/diverged"] == [(20, 1.0)]
-    assert len(read_scalars(tb / good.name)["train/loss"]) == 20
+    assert len(tb_reader.scalars(tb / good.name)["train/loss"]) == 20
     # Clipping is off: the clip rate is 0 throughout.
-    assert {v for _, v in read_scalars(tb / good.name)["train/clip_rate"]} == {0.0}
+    assert {v for _, v in tb_reader.scalars(tb / good.name)["train/clip_rate"]} == {0.0}
     # The image grid lives in the best trial's run.
     assert any(
-        v.tag == "valid/worst_examples" for ev in _events(tb / good.name) for v in ev.summary.value
+        v.tag == "valid/worst_examples"
+        for ev in tb_reader.events(tb / good.name)
+        for v in ev.summary.value
     )
 
 
@@ -552,7 +512,9 @@ def test_interrupt_then_resume(tmp_path, capsys, monkeypatch, inproc):
         assert a.diverged_step == b.diverged_step
         np.testing.assert_allclose(a.final["valid.accuracy"], b.final["valid.accuracy"])
     # The resumed runs purge and continue the TensorBoard curves.
-    steps = sorted({s for s, _ in read_scalars(out / "tb" / live.trials[0].name)["train/loss"]})
+    steps = sorted(
+        {s for s, _ in tb_reader.scalars(out / "tb" / live.trials[0].name)["train/loss"]}
+    )
     assert steps == list(range(20))
     # Resuming with a different configuration is refused before anything runs.
     assert main(["sweep", str(cfg), "--out", str(out), "--resume", "--set", "train.steps=30"]) == 2

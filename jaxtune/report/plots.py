@@ -7,8 +7,7 @@
   selection metric over the evaluation steps.
 * :func:`write_plots`: both, into ``<out_dir>/plots/``, with the plot of an adaptive strategy.
 
-Figures are built as ``matplotlib.figure.Figure`` with a ``FigureCanvasAgg``, so importing this
-module neither selects a backend nor touches ``pyplot``.
+Figures come from :mod:`jaxtune.report.figures` (an Agg canvas, no ``pyplot``).
 """
 
 from __future__ import annotations
@@ -19,31 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from jaxtune.engine import SweepResult, TrialResult
-from jaxtune.files import atomic_path
 from jaxtune.formatting import fmt
+from jaxtune.report.figures import figure, palette, save
+from jaxtune.report.search_plots import write_search_plots
 from jaxtune.tasks import METRIC_MODES
 
 __all__ = ["plot_curves", "plot_lr_vs_metric", "write_plots"]
 
 _LR = "optimizer.learning_rate"
 _SEED = "train.seed"
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
 
 
 def _freeze(v: Any) -> Any:
@@ -62,16 +48,6 @@ def varying_keys(trials: Sequence[TrialResult]) -> list[str]:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    if n <= 10:
-        cmap = colormaps["tab10"]
-        return [cmap(i) for i in range(n)]
-    cmap = colormaps["viridis"]
-    return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
 def _x_axis(result: SweepResult) -> str | None:
@@ -134,9 +110,9 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
     groups: dict[tuple, list[TrialResult]] = {}
     for t in trials:
         groups.setdefault(tuple(_freeze(t.hparams.get(k)) for k in group_keys), []).append(t)
-    colors = _colors(len(groups))
+    colors = palette(len(groups))
     panels = _panels(result)
-    fig = _figure(6 * len(panels), 4.8)
+    fig = figure(6 * len(panels), 4.8)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     caps = {}
     for metric, mode in panels:
@@ -194,7 +170,7 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
         labels.append("diverged")
     if handles:
         axes[0].legend(handles, labels, fontsize=8, loc="best")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _moving_average(x: np.ndarray, window: int) -> np.ndarray:
@@ -219,8 +195,8 @@ def plot_curves(result: SweepResult, path: str | Path) -> Path:
         raise ValueError("the result has no history (history.npz is missing); cannot plot curves")
     loss = np.asarray(h["train.loss"], float)
     n, steps = loss.shape
-    colors = _colors(n)
-    fig = _figure(12, 4.8)
+    colors = palette(n)
+    fig = figure(12, 4.8)
     ax_loss, ax_acc = fig.subplots(1, 2)
     step_axis = np.arange(steps)
     window = max(1, steps // 50)
@@ -264,7 +240,7 @@ def plot_curves(result: SweepResult, path: str | Path) -> Path:
     ax_acc.grid(True, alpha=0.3)
     if 0 < n <= 16 and eval_step.size:
         ax_acc.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def write_plots(result: SweepResult, out_dir: str | Path) -> list[Path]:
@@ -273,8 +249,6 @@ def write_plots(result: SweepResult, out_dir: str | Path) -> list[Path]:
 
     ``curves.png`` is skipped when the result carries no history.
     """
-    from jaxtune.report.search_plots import write_search_plots  # it builds on this module
-
     d = Path(out_dir) / "plots"
     paths = [plot_lr_vs_metric(result, d / "lr_vs_metric.png")]
     if "train.loss" in result.history:
