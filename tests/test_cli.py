@@ -111,6 +111,8 @@ def test_sweep_prints_table_and_every_output(cli_run):
         assert str(out / rel) in text, rel
         assert (out / rel).exists(), rel
     assert f"tensorboard --logdir {out / 'tb'}" in text
+    # The divergence count is said once, in the summary under the table.
+    assert "trials diverged" not in text and text.count("4 trials, 0 diverged; best by") == 1
     # The progress bar went to stderr and reached the end.
     assert "80/80" in proc.stderr
 
@@ -482,6 +484,35 @@ def test_plots_of_a_synthetic_result_with_divergence(tmp_path):
     assert [p.name for p in plots.write_plots(result, tmp_path / "b")] == ["lr_vs_metric.png"]
 
 
+def test_curves_name_few_trials_and_key_many_by_the_learning_rate():
+    from matplotlib import colormaps
+
+    few = plots.curves_figure(_fake_result([_trial(i, 0.5 + i / 10) for i in range(4)]))
+    (legend,) = [ax.get_legend() for ax in few.axes if ax.get_legend() is not None]
+    assert [t.get_text() for t in legend.get_texts()] == [f"{i:03d}-lr={i}" for i in range(4)]
+
+    result = _fake_result([_trial(i, 0.5) for i in range(12)])  # lr 1 .. 12
+    fig = plots.curves_figure(result)
+    assert len(fig.axes) == 3 and all(ax.get_legend() is None for ax in fig.axes)
+    bar = fig.axes[2]
+    assert bar.get_ylabel() == "optimizer.learning_rate (line colour)"
+    assert bar.get_yscale() == "log" and bar.get_ylim() == pytest.approx((1.0, 12.0))
+    lines = fig.axes[0].get_lines()
+    viridis = colormaps["viridis"]
+    np.testing.assert_allclose(lines[0].get_color(), viridis(0.0))
+    np.testing.assert_allclose(lines[-1].get_color(), viridis(1.0))
+    middle = math.log(6.0) / math.log(12.0)  # lr 6 on a log scale from 1 to 12
+    np.testing.assert_allclose(lines[5].get_color(), viridis(middle), atol=1 / 255)
+
+    for i, t in enumerate(result.trials):
+        t.hparams = {"optimizer.name": ["sgd", "adam"][i % 2], "train.seed": i}
+    fig = plots.curves_figure(result)
+    (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert [t.get_text() for t in legend.get_texts()] == ["name=sgd", "name=adam"]
+    lines = fig.axes[0].get_lines()
+    assert lines[0].get_color() == lines[2].get_color() != lines[1].get_color()
+
+
 @pytest.mark.slow
 def test_interrupt_then_resume(tmp_path, capsys, monkeypatch, inproc):
     """Ctrl-C after the first chunk exits 130 with a resume hint; --resume finishes the sweep."""
@@ -534,6 +565,29 @@ def test_parser_is_extensible():
 
     other = cli.add_config_arguments(argparse.ArgumentParser())
     assert other.parse_args([]).config is None
+
+
+def test_the_version_has_one_source(capsys):
+    import ast
+
+    import jaxtune
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "jaxtune.__version__"
+    # setuptools reads the literal statically; it must be the one the package reports.
+    tree = ast.parse((REPO / "jaxtune" / "__init__.py").read_text())
+    (literal,) = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__version__"]
+    ]
+    assert literal == jaxtune.__version__
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"jaxtune {jaxtune.__version__}"
 
 
 def test_to_toml_round_trips():

@@ -148,3 +148,19 @@ def test_roundtrip_and_hash():
 def test_trial_name_is_short_and_safe():
     name = cfg_lib.trial_name({"optimizer.learning_rate": 0.001, "train.batch_size": 32})
     assert name == "lr=0.001,bs=32"
+
+
+def test_the_optuna_strategy_takes_a_space_without_a_method():
+    space = {"optimizer.learning_rate": {"distribution": "log_uniform", "low": 1e-3, "high": 1.0}}
+    d = {"optuna": {"batch_size": 3, "rounds": 2}, "sweep": {"strategy": "optuna", "space": space}}
+    cfg = SweepConfig.from_dict(d)
+    assert (cfg.strategy, cfg.method, cfg.num_trials) == ("optuna", "random", 6)
+    lrs = [t["optimizer.learning_rate"] for t in expand_trials(cfg)]
+    assert len(lrs) == 6 and all(1e-3 <= lr <= 1.0 for lr in lrs)
+    assert SweepConfig.from_dict(cfg.to_dict()) == cfg
+    # Without the strategy a space still needs its method, and the error says how to give it.
+    with pytest.raises(ConfigError, match="set sweep.method, or list the values in sweep.grid"):
+        SweepConfig.from_dict({"sweep": {"space": space}})
+    # An explicit grid method is not overridden.
+    with pytest.raises(ConfigError, match="got sweep.method = 'grid'"):
+        SweepConfig.from_dict({"sweep": {"strategy": "optuna", "method": "grid", "grid": {}}})

@@ -96,7 +96,7 @@ class SweepConfig:
         for k in sweep:
             if k not in _SWEEP_KEYS:
                 raise unknown(k, list(_SWEEP_KEYS), "sweep key")
-        method = sweep.get("method", "list" if "trials" in sweep else "grid")
+        method = sweep.get("method", _default_method(sweep))
         if method not in space_lib.METHODS:
             raise ConfigError(
                 f"sweep.method = {method!r} is invalid: expected one of {space_lib.METHODS}"
@@ -123,7 +123,10 @@ class SweepConfig:
                     f"for method {method!r}"
                 )
         elif method == "grid" and space:
-            raise ConfigError("sweep.space is only used by methods 'random' and 'quasi_random'")
+            raise ConfigError(
+                "sweep.space is only used by methods 'random' and 'quasi_random' (and by "
+                "sweep.strategy = 'optuna'): set sweep.method, or list the values in sweep.grid"
+            )
         if method == "list" and not trials:
             raise ConfigError("sweep.method = 'list' needs a non-empty sweep.trials list")
         if strategy not in registry.STRATEGIES:
@@ -179,6 +182,16 @@ class SweepConfig:
         return {k: v for k, v in self.base.items() if is_hparam(k)}
 
 
+def _default_method(sweep: Mapping[str, Any]) -> str:
+    """``sweep.method`` when it is left out: ``list`` for ``sweep.trials``, ``random`` for the
+    space of ``sweep.strategy = "optuna"`` (its sampler proposes the points), else ``grid``."""
+    if "trials" in sweep:
+        return "list"
+    if sweep.get("strategy") == "optuna" and sweep.get("space"):
+        return "random"
+    return "grid"
+
+
 def _check_strategy(cfg: SweepConfig) -> None:
     """Settings of an adaptive strategy that depend on other keys (exit 2 from the CLI)."""
     base, strategy = cfg.base, cfg.strategy
@@ -204,8 +217,9 @@ def _check_strategy(cfg: SweepConfig) -> None:
             )
     if strategy == "optuna" and cfg.method not in ("random", "quasi_random"):
         raise ConfigError(
-            "sweep.strategy = 'optuna' needs sweep.space distributions: set sweep.method to "
-            "'random' or 'quasi_random' (optuna's sampler proposes the points)"
+            "sweep.strategy = 'optuna' needs sweep.space distributions and sweep.method = "
+            "'random' (the default with a space) or 'quasi_random'; optuna's sampler proposes "
+            f"the points (got sweep.method = {cfg.method!r})"
         )
     if strategy == "optuna" and cfg.seeds != 1:
         raise ConfigError(

@@ -4,7 +4,8 @@
   loss against the learning rate (log x), one line per setting of the other varying keys (e.g.
   batch size), diverged trials marked ``x``.
 * :func:`plot_curves`: every trial's training loss (log y, gaps where it is not finite) and the
-  selection metric over the evaluation steps.
+  selection metric over the evaluation steps; a legend names up to 10 trials, more are coloured
+  by the main varying hyperparameter with a colour bar.
 * :func:`write_plots`: both, into ``<out_dir>/plots/``, with the plot of an adaptive strategy.
 
 Figures come from :mod:`jaxtune.report.figures` (an Agg canvas, no ``pyplot``).
@@ -18,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from jaxtune.engine import SweepResult, TrialResult
@@ -26,10 +31,11 @@ from jaxtune.report.figures import figure, palette, save
 from jaxtune.report.search_plots import write_search_plots
 from jaxtune.tasks import METRIC_MODES
 
-__all__ = ["plot_curves", "plot_lr_vs_metric", "write_plots"]
+__all__ = ["curves_figure", "plot_curves", "plot_lr_vs_metric", "write_plots"]
 
 _LR = "optimizer.learning_rate"
 _SEED = "train.seed"
+_FEW = 10  # trials a legend names one by one
 
 
 def _freeze(v: Any) -> Any:
@@ -188,14 +194,37 @@ def _moving_average(x: np.ndarray, window: int) -> np.ndarray:
     return np.where(ok, avg, np.nan)
 
 
-def plot_curves(result: SweepResult, path: str | Path) -> Path:
-    """Training loss of every trial (log y) and the selection metric over the evaluations."""
+def _trial_colors(result: SweepResult) -> tuple[list[Any], ScalarMappable | None, list]:
+    """A colour per trial, keyed by the main varying hyperparameter once there are more trials
+    than a legend can name: ``(colors, mappable, handles)``. A numeric key gets a colour bar
+    (``mappable``, log-scaled like the learning rate), a categorical one a legend of its values
+    (``handles``); a few trials get distinct colours and a legend of their names."""
+    trials = result.trials
+    key = _x_axis(result)
+    if len(trials) <= _FEW or key is None:
+        return palette(len(trials)), None, []
+    raw = [t.hparams.get(key, result.config.base.get(key)) for t in trials]
+    if all(_is_number(v) for v in raw):
+        v = np.asarray(raw, float)
+        lo, hi = float(v.min()), float(v.max())
+        log = lo > 0 and (key == _LR or hi / lo >= 10)
+        norm = LogNorm(lo, hi) if log else Normalize(lo, hi)
+        mappable = ScalarMappable(norm, colormaps["viridis"])
+        return [mappable.to_rgba(x) for x in v], mappable, []
+    labels = list(dict.fromkeys(fmt(x) for x in raw))
+    by_label = dict(zip(labels, palette(len(labels)), strict=True))
+    handles = [Line2D([], [], color=c, label=f"{_short(key)}={lab}") for lab, c in by_label.items()]
+    return [by_label[fmt(x)] for x in raw], None, handles
+
+
+def curves_figure(result: SweepResult) -> Figure:
+    """The figure of :func:`plot_curves`."""
     h = result.history
     if "train.loss" not in h:
         raise ValueError("the result has no history (history.npz is missing); cannot plot curves")
     loss = np.asarray(h["train.loss"], float)
     n, steps = loss.shape
-    colors = palette(n)
+    colors, mappable, handles = _trial_colors(result)
     fig = figure(12, 4.8)
     ax_loss, ax_acc = fig.subplots(1, 2)
     step_axis = np.arange(steps)
@@ -238,9 +267,24 @@ def plot_curves(result: SweepResult, path: str | Path) -> Path:
         ax_acc.set_yscale("log")
     ax_acc.set_title(f"{metric} (selection metric)")
     ax_acc.grid(True, alpha=0.3)
-    if 0 < n <= 16 and eval_step.size:
-        ax_acc.legend(fontsize=7, loc="lower right")
-    return save(fig, path)
+    if mappable is not None:
+        key = _x_axis(result)
+        fig.colorbar(mappable, ax=[ax_loss, ax_acc], label=f"{key} (line colour)", pad=0.01)
+    elif handles:
+        ax_acc.legend(handles=handles, fontsize=7, loc="best")
+    elif 0 < n <= _FEW:
+        (ax_acc if eval_step.size else ax_loss).legend(fontsize=7, loc="best")
+    return fig
+
+
+def plot_curves(result: SweepResult, path: str | Path) -> Path:
+    """Training loss of every trial (log y) and the selection metric over the evaluations.
+
+    Up to 10 trials get distinct colours and a legend of their names; more are coloured by the
+    main varying hyperparameter (the learning rate when it varies) with a colour bar, or a
+    legend of its values when it is not numeric.
+    """
+    return save(curves_figure(result), path)
 
 
 def write_plots(result: SweepResult, out_dir: str | Path) -> list[Path]:
