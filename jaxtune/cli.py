@@ -191,12 +191,7 @@ def _check_resume(cfg: SweepConfig, out: Path) -> None:
     meta = out / "checkpoints" / "sweep.json"
     if meta.is_file():
         stored = SweepConfig.from_dict(json.loads(meta.read_text())["config"])
-        if config_lib.config_hash(stored) != config_lib.config_hash(cfg):
-            keys = config_lib.diff_configs(stored, cfg)
-            raise ConfigError(
-                f"cannot resume {out}: the configuration differs from the checkpointed sweep in "
-                + (", ".join(keys) if keys else "its search space")
-            )
+        config_lib.check_same(stored, cfg, f"the checkpointed sweep in {out}")
 
 
 def _default_out() -> Path:

@@ -164,3 +164,22 @@ def test_the_optuna_strategy_takes_a_space_without_a_method():
     # An explicit grid method is not overridden.
     with pytest.raises(ConfigError, match="got sweep.method = 'grid'"):
         SweepConfig.from_dict({"sweep": {"strategy": "optuna", "method": "grid", "grid": {}}})
+
+
+def test_check_same_names_each_results_key_that_changed():
+    stored = SweepConfig.from_dict(
+        {"train": {"steps": 20}, "sweep": {"grid": {"optimizer.learning_rate": [0.1, 0.2]}}}
+    )
+    allowed = stored.replace({"checkpoint.every": 5, "log.plots": False, "parallel.devices": 1})
+    cfg_lib.check_same(stored, allowed, "runs/x")
+    changed = stored.replace({"train.steps": 30, "sweep.grid.optimizer.learning_rate": [0.1]})
+    with pytest.raises(ConfigError) as info:
+        cfg_lib.check_same(stored, changed, "the checkpointed sweep in runs/x")
+    message = str(info.value)
+    assert message.startswith("cannot resume the checkpointed sweep in runs/x: ")
+    assert "sweep.grid (stored {'optimizer.learning_rate': [0.1, 0.2]}, now {'optimizer" in message
+    assert "train.steps (stored 20, now 30)" in message
+    assert message.index("sweep.grid") < message.index("train.steps")
+    with pytest.raises(ConfigError, match=r"differs in tune.x \(stored 1, now unset\);"):
+        cfg_lib.check_same(stored, stored, "runs/t", extra=({"tune.x": 1}, {}))
+    cfg_lib.check_same(stored, stored, "runs/t", extra=({"tune.x": 1}, {"tune.x": 1}))

@@ -33,6 +33,7 @@ from jaxtune.config.schema import is_hparam as is_hparam
 from jaxtune.config.schema import numeric_keys as numeric_keys
 from jaxtune.config.space import trial_name as trial_name
 from jaxtune.config.sweep_config import SweepConfig as SweepConfig
+from jaxtune.config.sweep_config import check_same as check_same
 from jaxtune.config.sweep_config import config_hash as config_hash
 from jaxtune.config.sweep_config import diff_configs as diff_configs
 from jaxtune.config.sweep_config import expand_trials as expand_trials
@@ -49,6 +50,7 @@ __all__ = [
     "NUMERIC_KEYS",
     "ConfigError",
     "SweepConfig",
+    "check_same",
     "check_value",
     "config_hash",
     "default_config",

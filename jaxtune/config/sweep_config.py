@@ -14,7 +14,7 @@ from jaxtune.config.dotted import dotted, nested
 from jaxtune.config.schema import KEYS, check_value, is_hparam, unknown
 from jaxtune.errors import ConfigError
 
-__all__ = ["SweepConfig", "config_hash", "diff_configs", "expand_trials"]
+__all__ = ["SweepConfig", "check_same", "config_hash", "diff_configs", "expand_trials"]
 
 _SWEEP_KEYS = ("method", "strategy", "num_trials", "seeds", "seed", "grid", "space", "trials")
 
@@ -278,3 +278,53 @@ def diff_configs(a: SweepConfig, b: SweepConfig) -> list[str]:
     """Dotted keys whose values differ between two configs (results-relevant keys only)."""
     da, db = _results_keys(a), _results_keys(b)
     return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
+
+
+def _shown(v: Any) -> str:
+    text = "unset" if v is None else repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_same(
+    stored: SweepConfig,
+    current: SweepConfig,
+    what: str,
+    *,
+    extra: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+) -> None:
+    """Refuse to continue a run whose configuration changed in what determines its results.
+
+    Where and how a run executes (``checkpoint.*``, ``log.*``, ``parallel.*``,
+    ``train.max_trials_per_call``) may change; any other key may not.
+
+    Args:
+      stored: the configuration the run was started with.
+      current: the configuration it would continue with.
+      what: the run as the message names it, e.g. ``"runs/lr"`` or ``"the checkpointed sweep
+        in runs/lr"``.
+      extra: ``(stored, current)`` mappings of further dotted settings compared key by key
+        (``jaxtune tune``'s ``[tune]`` table).
+
+    Raises:
+      ConfigError: naming every differing key with its stored and current values.
+
+    Example:
+      >>> a = SweepConfig.from_dict({"train": {"steps": 20}})
+      >>> check_same(a, a.replace({"checkpoint.every": 5}), "runs/x")  # allowed
+      >>> check_same(a, a.replace({"train.steps": 30}), "runs/x")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      jaxtune.errors.ConfigError: cannot resume runs/x: ... train.steps (stored 20, now 30); ...
+    """
+    old, new = _results_keys(stored), _results_keys(current)
+    if extra is not None:
+        old, new = {**old, **extra[0]}, {**new, **extra[1]}
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if not keys and config_hash(stored) == config_hash(current):
+        return
+    changes = [f"{k} (stored {_shown(old.get(k))}, now {_shown(new.get(k))})" for k in keys]
+    raise ConfigError(
+        f"cannot resume {what}: the configuration differs in "
+        + (", ".join(changes) or "its search space")
+        + "; resume with the stored configuration or start a new run elsewhere"
+    )

@@ -50,12 +50,11 @@ def load_state(path: Path, cfg: SweepConfig, settings: TuneSettings, resume: boo
         )
     stored = json.loads(path.read_text())
     if stored.get("hash") != fresh["hash"]:
-        keys = config_lib.diff_configs(SweepConfig.from_dict(stored["config"]), cfg)
-        tune = settings.to_dict()
-        keys += [k for k in tune if stored.get("tune", {}).get(k) != tune[k]]
-        raise ConfigError(
-            f"cannot resume {path.parent}: the configuration differs from the stored run in "
-            + (", ".join(keys) or "its settings")
+        config_lib.check_same(
+            SweepConfig.from_dict(stored["config"]),
+            cfg,
+            f"the tune run in {path.parent}",
+            extra=(stored.get("tune", {}), fresh["tune"]),
         )
     return stored
 
