@@ -1,12 +1,14 @@
 import itertools
+import json
 import math
+import tomllib
 
 import numpy as np
 import pytest
 from scipy.stats import qmc
 
 from jaxtune import config as cfg_lib
-from jaxtune.config import ConfigError, SweepConfig, expand_trials, load_config
+from jaxtune.config import ConfigError, SweepConfig, expand_trials, load_config, to_toml
 
 
 def test_defaults_and_dotted_or_nested_keys_agree():
@@ -183,3 +185,29 @@ def test_check_same_names_each_results_key_that_changed():
     with pytest.raises(ConfigError, match=r"differs in tune.x \(stored 1, now unset\);"):
         cfg_lib.check_same(stored, stored, "runs/t", extra=({"tune.x": 1}, {}))
     cfg_lib.check_same(stored, stored, "runs/t", extra=({"tune.x": 1}, {"tune.x": 1}))
+
+
+def test_to_toml_round_trips():
+    data = {
+        "a": {
+            "s": 'q"uo\\te\n\x7f',
+            "i": -3,
+            "f": 1e-05,
+            "g": 3.0,
+            "h": 0.1,
+            "b": True,
+            "l": [1, 2],
+            "ll": [[8], [16, 16]],
+            "none": None,
+        },
+        "sweep": {
+            "method": "grid",
+            "grid": {"optimizer.learning_rate": [0.001, 1e30], "task.widths": [[8], [16]]},
+            "space": {"x.y": {"distribution": "log_uniform", "low": 0.001, "high": 3.0}},
+            "trials": [{"optimizer.learning_rate": 0.1}, {"optimizer.learning_rate": 0.2}],
+        },
+    }
+    back = tomllib.loads(to_toml(data))
+    expected = json.loads(json.dumps(data))
+    del expected["a"]["none"]
+    assert back == expected
