@@ -72,7 +72,7 @@ def _reference(
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+        return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
     hist = {"loss": [], "lr": [], "grad": [], "clipped": []}
     for t in range(steps):
