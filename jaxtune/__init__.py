@@ -55,7 +55,7 @@ from jaxtune.schedules import step_decay as step_decay
 from jaxtune.schedules import warmup as warmup
 from jaxtune.tasks import Task as Task
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
 
 __all__ = [
     "CNN",

@@ -187,11 +187,8 @@ class SweepCheckpointer:
         if has_steps:
             stored = _manager(self.directory, read_only=True).metadata().custom_metadata or {}
             if stored.get("hash") != digest and "config" in stored:
-                keys = config_lib.diff_configs(SweepConfig.from_dict(stored["config"]), config)
-                raise ConfigError(
-                    "cannot resume: the configuration differs from the checkpointed sweep in "
-                    + (", ".join(keys) if keys else "its search space")
-                )
+                what = f"the checkpointed sweep in {self.directory.parent}"
+                config_lib.check_same(SweepConfig.from_dict(stored["config"]), config, what)
         elif (self.directory / "metadata").is_dir() and jax.process_index() == 0:
             shutil.rmtree(self.directory / "metadata")  # a run that never checkpointed
         root = {"config": config.to_dict(), "hash": digest, "format": FORMAT}

@@ -7,6 +7,7 @@ Subcommands:
   checkpoints and a ranked table; every output path is printed at the end.
 * ``jaxtune show DIR``: reprint the ranked table of a finished or interrupted sweep.
 * ``jaxtune plot DIR``: redraw a sweep's plots.
+* ``jaxtune --version``: the installed version.
 
 A configuration problem (missing file, TOML syntax error, unknown key, bad value, an output folder
 that cannot be used) exits with status 2 and one line on stderr; Ctrl-C exits with status 130
@@ -32,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jaxtune
 from jaxtune import checkpoint
 from jaxtune import config as config_lib
 from jaxtune.config import ConfigError, SweepConfig
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Vectorized hyperparameter sweeps for JAX models.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {jaxtune.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
 
@@ -187,12 +190,8 @@ def _check_resume(cfg: SweepConfig, out: Path) -> None:
     if cfg.base["checkpoint.every"] <= 0:
         raise ConfigError("--resume needs checkpoints: set checkpoint.every to a positive number")
     stored = checkpoint.stored_config(out / "checkpoints")
-    if stored is not None and config_lib.config_hash(stored) != config_lib.config_hash(cfg):
-        keys = config_lib.diff_configs(stored, cfg)
-        raise ConfigError(
-            f"cannot resume {out}: the configuration differs from the checkpointed sweep in "
-            + (", ".join(keys) if keys else "its search space")
-        )
+    if stored is not None:
+        config_lib.check_same(stored, cfg, f"the checkpointed sweep in {out}")
 
 
 def _default_out() -> Path:
@@ -275,11 +274,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         written = plots.write_plots(result, out)
     print()
     print(progress.format_table(result))
-    n_div = sum(t.diverged for t in result.trials)
     t = result.timing
     print(
-        f"\n{n_div} of {len(result.trials)} trials diverged. "
-        f"compile {t.get('compile_s', math.nan):.1f} s, run {t.get('run_s', math.nan):.1f} s, "
+        f"\ncompile {t.get('compile_s', math.nan):.1f} s, run {t.get('run_s', math.nan):.1f} s, "
         f"{t.get('trial_steps_per_s', math.nan):.0f} trial-steps/s"
     )
     outputs = [

@@ -86,7 +86,7 @@ def optax_loop(
         (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        return new_params, new_state, new_opt, loss, optax.global_norm(grads)
+        return new_params, new_state, new_opt, loss, optax.tree.norm(grads)
 
     hist = {"loss": [], "lr": [], "grad": [], "clipped": [], "diverged_step": None}
     for t in range(steps):

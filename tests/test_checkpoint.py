@@ -116,7 +116,9 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
     cfg = {**CFG, "train": {**CFG["train"], "steps": 20}}
     jaxtune.run_sweep(cfg, out_dir=tmp_path)
     changed = {**cfg, "optimizer": {"clip_norm": 2.0}, "train": {**cfg["train"], "seed": 3}}
-    with pytest.raises(jaxtune.ConfigError, match=r"optimizer.clip_norm, train.seed"):
+    with pytest.raises(
+        jaxtune.ConfigError, match=r"optimizer.clip_norm \(stored 1.0, now 2.0\), train.seed"
+    ):
         jaxtune.run_sweep(changed, out_dir=tmp_path, resume=True)
     # A fresh run into a directory with checkpoints would overwrite them: refused too.
     with pytest.raises(jaxtune.ConfigError, match="already holds checkpoints"):

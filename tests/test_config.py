@@ -1,5 +1,7 @@
 import itertools
+import json
 import math
+import tomllib
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import pytest
 from scipy.stats import qmc
 
 from jaxtune import config as cfg_lib
-from jaxtune.config import ConfigError, SweepConfig, expand_trials, load_config
+from jaxtune.config import ConfigError, SweepConfig, expand_trials, load_config, to_toml
 from jaxtune.spec import FRACTION, NON_NEGATIVE, POSITIVE, KeySpec, check_arg, concrete
 
 
@@ -232,3 +234,64 @@ def test_every_config_key_describes_itself():
         assert spec.describe(), key
         if spec.default is not None:
             assert spec.check(key, spec.default) == spec.default, key
+
+
+def test_the_optuna_strategy_takes_a_space_without_a_method():
+    space = {"optimizer.learning_rate": {"distribution": "log_uniform", "low": 1e-3, "high": 1.0}}
+    d = {"optuna": {"batch_size": 3, "rounds": 2}, "sweep": {"strategy": "optuna", "space": space}}
+    cfg = SweepConfig.from_dict(d)
+    assert (cfg.strategy, cfg.method, cfg.num_trials) == ("optuna", "random", 6)
+    lrs = [t["optimizer.learning_rate"] for t in expand_trials(cfg)]
+    assert len(lrs) == 6 and all(1e-3 <= lr <= 1.0 for lr in lrs)
+    assert SweepConfig.from_dict(cfg.to_dict()) == cfg
+    # Without the strategy a space still needs its method, and the error says how to give it.
+    with pytest.raises(ConfigError, match="set sweep.method, or list the values in sweep.grid"):
+        SweepConfig.from_dict({"sweep": {"space": space}})
+    # An explicit grid method is not overridden.
+    with pytest.raises(ConfigError, match="got sweep.method = 'grid'"):
+        SweepConfig.from_dict({"sweep": {"strategy": "optuna", "method": "grid", "grid": {}}})
+
+
+def test_check_same_names_each_results_key_that_changed():
+    stored = SweepConfig.from_dict(
+        {"train": {"steps": 20}, "sweep": {"grid": {"optimizer.learning_rate": [0.1, 0.2]}}}
+    )
+    allowed = stored.replace({"checkpoint.every": 5, "log.plots": False, "parallel.devices": 1})
+    cfg_lib.check_same(stored, allowed, "runs/x")
+    changed = stored.replace({"train.steps": 30, "sweep.grid.optimizer.learning_rate": [0.1]})
+    with pytest.raises(ConfigError) as info:
+        cfg_lib.check_same(stored, changed, "the checkpointed sweep in runs/x")
+    message = str(info.value)
+    assert message.startswith("cannot resume the checkpointed sweep in runs/x: ")
+    assert "sweep.grid (stored {'optimizer.learning_rate': [0.1, 0.2]}, now {'optimizer" in message
+    assert "train.steps (stored 20, now 30)" in message
+    assert message.index("sweep.grid") < message.index("train.steps")
+    with pytest.raises(ConfigError, match=r"differs in tune.x \(stored 1, now unset\);"):
+        cfg_lib.check_same(stored, stored, "runs/t", extra=({"tune.x": 1}, {}))
+    cfg_lib.check_same(stored, stored, "runs/t", extra=({"tune.x": 1}, {"tune.x": 1}))
+
+
+def test_to_toml_round_trips():
+    data = {
+        "a": {
+            "s": 'q"uo\\te\n\x7f',
+            "i": -3,
+            "f": 1e-05,
+            "g": 3.0,
+            "h": 0.1,
+            "b": True,
+            "l": [1, 2],
+            "ll": [[8], [16, 16]],
+            "none": None,
+        },
+        "sweep": {
+            "method": "grid",
+            "grid": {"optimizer.learning_rate": [0.001, 1e30], "task.widths": [[8], [16]]},
+            "space": {"x.y": {"distribution": "log_uniform", "low": 0.001, "high": 3.0}},
+            "trials": [{"optimizer.learning_rate": 0.1}, {"optimizer.learning_rate": 0.2}],
+        },
+    }
+    back = tomllib.loads(to_toml(data))
+    expected = json.loads(json.dumps(data))
+    del expected["a"]["none"]
+    assert back == expected

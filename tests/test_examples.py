@@ -108,9 +108,8 @@ def test_custom_task_toml_through_the_command_line(tmp_path: Path) -> None:
     table and TensorBoard's hparams; ``show`` reads it back."""
     import json
 
+    from tb_reader import events as read_events
     from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
-
-    from jaxtune.report.tensorboard import read_events
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "jaxtune.cli", "sweep", str(EXAMPLES / "custom_task.toml")]

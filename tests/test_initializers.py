@@ -42,16 +42,29 @@ def empirical_std(w: jax.Array) -> float:
     return float(np.std(np.asarray(w, dtype=np.float64)))
 
 
-def test_names():
-    assert set(INITIALIZERS) == {
-        "he_normal",
-        "he_uniform",
-        "glorot_normal",
-        "glorot_uniform",
-        "lecun_normal",
-        "lecun_uniform",
-        "normal",
-    }
+# What each preset should be, as jax.nn.initializers.variance_scaling parameters (the table of
+# the module docstring): scale, fan mode, distribution. "normal" is N(0, 0.01^2).
+_VS = jax.nn.initializers.variance_scaling
+REFERENCE = {
+    "he_normal": _VS(2.0, "fan_in", "truncated_normal"),
+    "he_uniform": _VS(2.0, "fan_in", "uniform"),
+    "glorot_normal": _VS(1.0, "fan_avg", "truncated_normal"),
+    "glorot_uniform": _VS(1.0, "fan_avg", "uniform"),
+    "lecun_normal": _VS(1.0, "fan_in", "truncated_normal"),
+    "lecun_uniform": _VS(1.0, "fan_in", "uniform"),
+    "normal": jax.nn.initializers.normal(0.01),
+}
+
+
+@pytest.mark.parametrize("shape", [DENSE, CONV], ids=["dense", "conv"])
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_each_preset_draws_what_its_variance_scaling_rule_draws(name, shape):
+    ours = get_initializer(name)(jax.random.key(7), shape)
+    np.testing.assert_array_equal(ours, REFERENCE[name](jax.random.key(7), shape))
+
+
+def test_every_preset_has_a_reference():
+    assert sorted(INITIALIZERS) == sorted(REFERENCE)
 
 
 @pytest.mark.parametrize("shape", [DENSE, CONV], ids=["dense", "conv"])

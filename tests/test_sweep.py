@@ -1,7 +1,6 @@
 """The sweep engine against independent computations: solo runs and a hand-written optax loop."""
 
 import json
-import math
 
 import jax
 import jax.numpy as jnp
@@ -195,10 +194,10 @@ def test_result_table_best_aggregate_and_save(mixed_sweep, tmp_path):
         if t.hparams["optimizer.learning_rate"] == row["optimizer.learning_rate"]
         and t.hparams["train.batch_size"] == row["train.batch_size"]
     ]
-    mean, sd = np.mean(vals), np.std(vals, ddof=1)
-    half = stats.t.ppf(0.975, 1) * sd / math.sqrt(2)
-    assert row["valid.loss"]["mean"] == pytest.approx(mean)
-    assert row["valid.loss"]["ci95"][1] == pytest.approx(mean + half)
+    low, high = stats.t.interval(0.95, len(vals) - 1, loc=np.mean(vals), scale=stats.sem(vals))
+    assert row["valid.loss"]["mean"] == pytest.approx(np.mean(vals))
+    assert row["valid.loss"]["std"] == pytest.approx(np.std(vals, ddof=1))
+    np.testing.assert_allclose(row["valid.loss"]["ci95"], [low, high], rtol=1e-10)
 
     result.save(tmp_path)
     blob = json.loads((tmp_path / "results.json").read_text())

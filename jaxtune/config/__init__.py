@@ -23,6 +23,8 @@ A sweep is a *base* configuration (one value per dotted key, such as
 the base configuration with its overrides applied.
 """
 
+from jaxtune.config.dotted import dotted as dotted
+from jaxtune.config.dotted import nested as nested
 from jaxtune.config.schema import HPARAMS as HPARAMS
 from jaxtune.config.schema import KEYS as KEYS
 from jaxtune.config.schema import NUMERIC_KEYS as NUMERIC_KEYS
@@ -31,6 +33,7 @@ from jaxtune.config.schema import is_hparam as is_hparam
 from jaxtune.config.schema import numeric_keys as numeric_keys
 from jaxtune.config.space import trial_name as trial_name
 from jaxtune.config.sweep_config import SweepConfig as SweepConfig
+from jaxtune.config.sweep_config import check_same as check_same
 from jaxtune.config.sweep_config import config_hash as config_hash
 from jaxtune.config.sweep_config import diff_configs as diff_configs
 from jaxtune.config.sweep_config import expand_trials as expand_trials
@@ -47,14 +50,17 @@ __all__ = [
     "NUMERIC_KEYS",
     "ConfigError",
     "SweepConfig",
+    "check_same",
     "check_value",
     "config_hash",
     "default_config",
     "default_config_dict",
     "diff_configs",
+    "dotted",
     "expand_trials",
     "is_hparam",
     "load_config",
+    "nested",
     "numeric_keys",
     "parse_override",
     "to_toml",

@@ -44,6 +44,7 @@ def _execution(value: Any) -> str:
             raise ValueError("") from None
     return value
 
+
 #: Every configuration key (other than ``hparams.*``), its default and its allowed values.
 KEYS: dict[str, KeySpec] = {
     "task.factory": KeySpec("str", None, optional=True),

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from jaxtune.config.dotted import dotted
 from jaxtune.config.schema import KEYS, check_value, is_hparam, unknown
 from jaxtune.errors import ConfigError
+from jaxtune.formatting import fmt
 
 __all__ = ["METHODS", "expand", "trial_name"]
 
@@ -136,14 +138,14 @@ def check_space(space: Any, base: Mapping[str, Any]) -> dict[str, dict]:
     return out
 
 
-def check_trials(trials: Any, base: Mapping[str, Any], flatten: Any) -> tuple:
+def check_trials(trials: Any, base: Mapping[str, Any]) -> tuple:
     if isinstance(trials, str) or not isinstance(trials, Sequence):
         raise ConfigError("sweep.trials must be a list of tables of dotted key -> value")
     out = []
     for i, t in enumerate(trials):
         if not isinstance(t, Mapping):
             raise ConfigError(f"sweep.trials[{i}] must be a table of dotted key -> value")
-        flat = flatten(t)
+        flat = dotted(t, leaves=KEYS)
         for key, value in flat.items():
             check_sweepable(key, f"sweep.trials[{i}]", base)
             flat[key] = freeze(check_value(key, value))
@@ -213,10 +215,5 @@ def trial_name(hparams: Mapping[str, Any]) -> str:
         return "base"
     parts = []
     for key, value in hparams.items():
-        short = _SHORT.get(key, key.split(".")[-1])
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        elif isinstance(value, tuple | list):
-            value = "-".join(str(v) for v in value)
-        parts.append(f"{short}={value}")
+        parts.append(f"{_SHORT.get(key, key.split('.')[-1])}={fmt(value)}")
     return ",".join(parts).replace("/", "_").replace(" ", "").replace(":", "_")

@@ -10,25 +10,19 @@ from typing import Any
 
 from jaxtune import registry
 from jaxtune.config import space as space_lib
+from jaxtune.config.dotted import dotted, nested
 from jaxtune.config.schema import KEYS, check_value, is_hparam, unknown
 from jaxtune.errors import ConfigError
 
-__all__ = ["SweepConfig", "config_hash", "diff_configs", "expand_trials"]
+__all__ = ["SweepConfig", "check_same", "config_hash", "diff_configs", "expand_trials"]
 
 _SWEEP_KEYS = ("method", "strategy", "num_trials", "seeds", "seed", "grid", "space", "trials")
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if key == "sweep" or key.startswith("sweep."):
-            continue
-        if isinstance(v, Mapping) and key not in KEYS:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _base_keys(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The dotted base keys of nested sections (the ``sweep`` table left out)."""
+    tables = {k: v for k, v in d.items() if k != "sweep" and not k.startswith("sweep.")}
+    return dotted(tables, leaves=KEYS)
 
 
 def _check_select(base: Mapping[str, Any]) -> None:
@@ -92,7 +86,7 @@ class SweepConfig:
         if not isinstance(d, Mapping):
             raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
         base = {k: spec.default for k, spec in KEYS.items()}
-        for key, value in _flatten(d).items():
+        for key, value in _base_keys(d).items():
             base[key] = check_value(key, value)
         _check_select(base)
         sweep = dict(d.get("sweep", {}))
@@ -102,7 +96,7 @@ class SweepConfig:
         for k in sweep:
             if k not in _SWEEP_KEYS:
                 raise unknown(k, list(_SWEEP_KEYS), "sweep key")
-        method = sweep.get("method", "list" if "trials" in sweep else "grid")
+        method = sweep.get("method", _default_method(sweep))
         if method not in space_lib.METHODS:
             raise ConfigError(
                 f"sweep.method = {method!r} is invalid: expected one of {space_lib.METHODS}"
@@ -115,7 +109,7 @@ class SweepConfig:
             raise ConfigError(f"sweep.seed = {sampler_seed!r} is invalid: expected an integer")
         grid = space_lib.check_grid(sweep.get("grid", {}), base)
         space = space_lib.check_space(sweep.get("space", {}), base)
-        trials = space_lib.check_trials(sweep.get("trials", []), base, _flatten)
+        trials = space_lib.check_trials(sweep.get("trials", []), base)
         num_trials = sweep.get("num_trials")
         strategy = sweep.get("strategy", "all")
         if strategy == "optuna" and method in ("random", "quasi_random"):
@@ -129,7 +123,10 @@ class SweepConfig:
                     f"for method {method!r}"
                 )
         elif method == "grid" and space:
-            raise ConfigError("sweep.space is only used by methods 'random' and 'quasi_random'")
+            raise ConfigError(
+                "sweep.space is only used by methods 'random' and 'quasi_random' (and by "
+                "sweep.strategy = 'optuna'): set sweep.method, or list the values in sweep.grid"
+            )
         if method == "list" and not trials:
             raise ConfigError("sweep.method = 'list' needs a non-empty sweep.trials list")
         if strategy not in registry.STRATEGIES:
@@ -149,12 +146,7 @@ class SweepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Nested sections (JSON/TOML friendly) that :meth:`from_dict` reads back."""
-        out: dict[str, Any] = {}
-        for key, value in self.base.items():
-            section, name = key.split(".", 1)
-            if value is None:
-                continue
-            out.setdefault(section, {})[name] = space_lib.plain(value)
+        out = nested({k: space_lib.plain(v) for k, v in self.base.items() if v is not None})
         sweep: dict[str, Any] = {"method": self.method, "seeds": self.seeds, "seed": self.seed}
         if self.grid:
             sweep["grid"] = {k: [space_lib.plain(v) for v in vs] for k, vs in self.grid.items()}
@@ -171,25 +163,33 @@ class SweepConfig:
 
     def replace(self, overrides: Mapping[str, Any]) -> SweepConfig:
         """A copy with dotted base keys (or ``sweep.*`` keys) overridden, validated."""
-        d = self.to_dict()
+        base = {k: v for k, v in self.base.items() if v is not None}
+        sweep = self.to_dict()["sweep"]
         for key, value in overrides.items():
-            section, name = key.split(".", 1) if "." in key else (key, "")
-            if section == "sweep":
-                sweep = d.setdefault("sweep", {})
-                if "." in name:
-                    table, sub = name.split(".", 1)
+            if key.startswith("sweep."):
+                table, _, sub = key[len("sweep.") :].partition(".")
+                if sub:
                     sweep.setdefault(table, {})[sub] = value
                 else:
-                    sweep[name] = value
+                    sweep[table] = value
             else:
-                check_value(key, value)
-                d.setdefault(section, {})[name] = value
-        return SweepConfig.from_dict(d)
+                base[key] = check_value(key, value)
+        return SweepConfig.from_dict({**nested(base), "sweep": sweep})
 
     @property
     def hparams(self) -> dict[str, Any]:
         """The user hyperparameters (``hparams.*`` keys) of the base configuration."""
         return {k: v for k, v in self.base.items() if is_hparam(k)}
+
+
+def _default_method(sweep: Mapping[str, Any]) -> str:
+    """``sweep.method`` when it is left out: ``list`` for ``sweep.trials``, ``random`` for the
+    space of ``sweep.strategy = "optuna"`` (its sampler proposes the points), else ``grid``."""
+    if "trials" in sweep:
+        return "list"
+    if sweep.get("strategy") == "optuna" and sweep.get("space"):
+        return "random"
+    return "grid"
 
 
 def _check_strategy(cfg: SweepConfig) -> None:
@@ -217,8 +217,9 @@ def _check_strategy(cfg: SweepConfig) -> None:
             )
     if strategy == "optuna" and cfg.method not in ("random", "quasi_random"):
         raise ConfigError(
-            "sweep.strategy = 'optuna' needs sweep.space distributions: set sweep.method to "
-            "'random' or 'quasi_random' (optuna's sampler proposes the points)"
+            "sweep.strategy = 'optuna' needs sweep.space distributions and sweep.method = "
+            "'random' (the default with a space) or 'quasi_random'; optuna's sampler proposes "
+            f"the points (got sweep.method = {cfg.method!r})"
         )
     if strategy == "optuna" and cfg.seeds != 1:
         raise ConfigError(
@@ -257,29 +258,73 @@ _NOT_HASHED_SECTIONS = ("checkpoint", "log", "parallel")
 _NOT_HASHED_KEYS = ("train.max_trials_per_call", "train.execution")
 
 
-def _results_dict(cfg: SweepConfig) -> dict[str, Any]:
-    d = cfg.to_dict()
-    for section in _NOT_HASHED_SECTIONS:
-        d.pop(section, None)
-    for key in _NOT_HASHED_KEYS:
-        section, name = key.split(".")
-        d.get(section, {}).pop(name, None)
-    return d
+def _results_keys(cfg: SweepConfig) -> dict[str, Any]:
+    """``section.name`` -> value of what determines the results (``sweep.grid`` kept whole)."""
+    flat = dotted(cfg.to_dict(), depth=2)
+    return {
+        k: v
+        for k, v in flat.items()
+        if k.split(".")[0] not in _NOT_HASHED_SECTIONS and k not in _NOT_HASHED_KEYS
+    }
 
 
 def config_hash(cfg: SweepConfig) -> str:
     """A stable hash of everything that determines a sweep's results."""
-    blob = json.dumps(_results_dict(cfg), sort_keys=True, default=str).encode()
+    blob = json.dumps(nested(_results_keys(cfg)), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def diff_configs(a: SweepConfig, b: SweepConfig) -> list[str]:
     """Dotted keys whose values differ between two configs (results-relevant keys only)."""
-    da, db = _results_dict(a), _results_dict(b)
-    keys = []
-    for section in sorted(set(da) | set(db)):
-        sa, sb = da.get(section, {}), db.get(section, {})
-        for name in sorted(set(sa) | set(sb)):
-            if sa.get(name) != sb.get(name):
-                keys.append(f"{section}.{name}")
-    return keys
+    da, db = _results_keys(a), _results_keys(b)
+    return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
+
+
+def _shown(v: Any) -> str:
+    text = "unset" if v is None else repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_same(
+    stored: SweepConfig,
+    current: SweepConfig,
+    what: str,
+    *,
+    extra: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+) -> None:
+    """Refuse to continue a run whose configuration changed in what determines its results.
+
+    Where and how a run executes (``checkpoint.*``, ``log.*``, ``parallel.*``,
+    ``train.max_trials_per_call``) may change; any other key may not.
+
+    Args:
+      stored: the configuration the run was started with.
+      current: the configuration it would continue with.
+      what: the run as the message names it, e.g. ``"runs/lr"`` or ``"the checkpointed sweep
+        in runs/lr"``.
+      extra: ``(stored, current)`` mappings of further dotted settings compared key by key
+        (``jaxtune tune``'s ``[tune]`` table).
+
+    Raises:
+      ConfigError: naming every differing key with its stored and current values.
+
+    Example:
+      >>> a = SweepConfig.from_dict({"train": {"steps": 20}})
+      >>> check_same(a, a.replace({"checkpoint.every": 5}), "runs/x")  # allowed
+      >>> check_same(a, a.replace({"train.steps": 30}), "runs/x")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      jaxtune.errors.ConfigError: cannot resume runs/x: ... train.steps (stored 20, now 30); ...
+    """
+    old, new = _results_keys(stored), _results_keys(current)
+    if extra is not None:
+        old, new = {**old, **extra[0]}, {**new, **extra[1]}
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if not keys and config_hash(stored) == config_hash(current):
+        return
+    changes = [f"{k} (stored {_shown(old.get(k))}, now {_shown(new.get(k))})" for k in keys]
+    raise ConfigError(
+        f"cannot resume {what}: the configuration differs in "
+        + (", ".join(changes) or "its search space")
+        + "; resume with the stored configuration or start a new run elsewhere"
+    )

@@ -10,11 +10,12 @@ Example:
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from jaxtune.config.schema import KEYS, is_hparam, unknown
 from jaxtune.config.sweep_config import SweepConfig
@@ -94,60 +95,17 @@ def default_config() -> SweepConfig:
     return SweepConfig.from_dict(default_config_dict())
 
 
-# A small TOML writer (nested tables of str / int / float / bool / lists / inline tables).
-
-
-def _toml_key(key: str) -> str:
-    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
-        return key
-    return _toml_string(key)
-
-
-def _toml_string(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _toml_value(v: Any) -> str:
-    if hasattr(v, "item") and callable(v.item) and not isinstance(v, list | tuple | Mapping):
-        v = v.item()  # numpy scalar
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)  # shortest round-tripping form, e.g. 0.1, 1e-05, 3.0
-    if isinstance(v, str):
-        return _toml_string(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+def _plain(v: Any) -> Any:
+    """``v`` with ``None`` table values left out and numpy scalars as Python numbers."""
     if isinstance(v, Mapping):
-        items = [f"{_toml_key(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None]
-        return "{ " + ", ".join(items) + " }" if items else "{}"
+        return {str(k): _plain(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
     if v is None:
         raise TypeError("TOML has no null value; leave the key out instead")
-    raise TypeError(f"cannot write a {type(v).__name__} as TOML: {v!r}")
+    if hasattr(v, "item") and callable(v.item):
+        return v.item()  # numpy scalar
+    return v
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -162,24 +120,15 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def to_toml(data: Mapping[str, Any]) -> str:
-    """Serialize nested dicts of str/int/float/bool/lists to TOML (None values are left out).
+    """Serialize nested dicts of str/int/float/bool/lists to TOML (written by ``tomli_w``).
 
     Nested dicts become ``[table]`` sections; dicts inside lists become inline tables. Floats use
     their shortest round-tripping representation, so ``tomllib.loads(to_toml(d)) == d``.
+
+    Args:
+      data: nested mappings; ``None`` values are left out, numpy scalars become Python numbers.
+
+    Returns:
+      The TOML text, ending in a newline.
     """
-    lines: list[str] = []
-
-    def emit(path: list[str], table: Mapping[str, Any]) -> None:
-        scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping) and v is not None]
-        tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
-        if path and (scalars or not tables):
-            if lines:
-                lines.append("")
-            lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
-        for k, v in scalars:
-            lines.append(f"{_toml_key(str(k))} = {_toml_value(v)}")
-        for k, v in tables:
-            emit([*path, str(k)], v)
-
-    emit([], data)
-    return "\n".join(lines) + "\n"
+    return tomli_w.dumps(_plain(data))

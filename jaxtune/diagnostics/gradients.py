@@ -19,9 +19,10 @@ import numpy as np
 import optax
 
 from jaxtune import data as data_lib
-from jaxtune.diagnostics.subject import Check, figure, fmt, savefig
+from jaxtune.diagnostics.subject import Check, figure, savefig
 from jaxtune.engine import SweepResult
 from jaxtune.engine.step import trial_keys
+from jaxtune.formatting import fmt
 from jaxtune.tasks import Task
 
 __all__ = [

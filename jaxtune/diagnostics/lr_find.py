@@ -19,9 +19,10 @@ import numpy as np
 
 from jaxtune import data as data_lib
 from jaxtune.config import SweepConfig
-from jaxtune.diagnostics.subject import Check, Subject, figure, fmt, make_subject, savefig
+from jaxtune.diagnostics.subject import Check, Subject, figure, make_subject, savefig
 from jaxtune.engine import SweepResult, run_sweep
 from jaxtune.engine.step import trial_keys
+from jaxtune.formatting import fmt
 
 __all__ = ["LRFindResult", "lr_range_test", "lr_sweep_test", "plot_lr_find"]
 

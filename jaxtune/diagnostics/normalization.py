@@ -23,8 +23,9 @@ import numpy as np
 
 from jaxtune.config import SweepConfig
 from jaxtune.diagnostics.signal import layer_records, robust_std, safe_ratio
-from jaxtune.diagnostics.subject import Check, Subject, fmt, make_subject
+from jaxtune.diagnostics.subject import Check, Subject, make_subject
 from jaxtune.engine import SweepResult, run_sweep
+from jaxtune.formatting import fmt
 
 __all__ = ["NormalizationResult", "normalization_masking"]
 

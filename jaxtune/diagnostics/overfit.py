@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtune.diagnostics.subject import Check, Subject, fmt, make_subject
+from jaxtune.diagnostics.subject import Check, Subject, make_subject
+from jaxtune.formatting import fmt
 
 __all__ = ["OverfitResult", "diagnose_curve", "overfit_check"]
 

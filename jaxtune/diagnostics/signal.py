@@ -29,7 +29,8 @@ from jaxtune import initializers as init_lib
 from jaxtune import models as models_lib
 from jaxtune import tasks as tasks_lib
 from jaxtune.data import Splits
-from jaxtune.diagnostics.subject import Check, Subject, figure, fmt, make_subject, savefig
+from jaxtune.diagnostics.subject import Check, Subject, figure, make_subject, savefig
+from jaxtune.formatting import fmt
 
 __all__ = [
     "DEFAULT_PRESETS",

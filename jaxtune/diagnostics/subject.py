@@ -24,6 +24,7 @@ from jaxtune.config import SweepConfig
 from jaxtune.engine.bind import Binder
 from jaxtune.engine.step import TrainStep, make_train_step, trial_keys
 from jaxtune.engine.trials import hp_arrays, structure_of
+from jaxtune.report import figures
 from jaxtune.tasks import Task
 
 __all__ = ["Check", "Subject", "make_subject"]
@@ -50,10 +51,6 @@ class Check:
 
     def report(self) -> str:
         return "\n".join([f"[{self.mark}] {self.name}: {self.reason}", *self.lines()])
-
-
-def fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,22 +179,11 @@ def make_subject(
 
 
 def savefig(fig: Any, path: str | Path | None) -> Path | None:
-    """Write a matplotlib figure as a PNG (when ``path`` is given) and close it."""
-    import matplotlib.pyplot as plt
-
-    out = None
-    if path is not None:
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    """Write a figure from :func:`figure` as a PNG when ``path`` is given."""
+    return None if path is None else figures.save(fig, path, bbox_inches="tight")
 
 
 def figure(ncols: int = 1) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, ncols, figsize=(6.4 * ncols, 4.2), squeeze=False)
+    """A figure of ``ncols`` panels side by side and its axes, shape ``[1, ncols]``."""
+    fig = figures.figure(6.4 * ncols, 4.2)
+    return fig, fig.subplots(1, ncols, squeeze=False)

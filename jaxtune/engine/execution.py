@@ -61,7 +61,6 @@ MEASURED_SCAN = 16
 MAX_UNROLLED_TRIALS = 16
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Form:
     """One execution form (see the module docstring); ``str(form)`` is its configuration value.

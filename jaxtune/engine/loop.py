@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxtune import parallel
+from jaxtune.engine.history import STEP_KEYS
 from jaxtune.engine.prepare import SPLITS
-from jaxtune.engine.result import STEP_KEYS
 
-__all__ = ["Checkpoints", "SweepCallback", "empty_history", "eval_keys", "train"]
+__all__ = ["Checkpoints", "SweepCallback", "eval_keys", "train"]
 
 
 class SweepCallback:
@@ -99,15 +99,6 @@ def deferred_interrupt():
         yield lambda: bool(requested)
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def empty_history(n: int, steps: int, eval_names: Sequence[str]) -> dict[str, np.ndarray]:
-    history = {k: np.full((n, steps), np.nan, np.float32) for k in STEP_KEYS if k != "clipped"}
-    history["clipped"] = np.zeros((n, steps), bool)
-    history["eval_step"] = np.zeros((0,), np.int32)
-    for k in eval_names:
-        history[k] = np.zeros((n, 0), np.float32)
-    return history
 
 
 def eval_keys(population: Any) -> list[str]:

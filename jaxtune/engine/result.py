@@ -1,17 +1,19 @@
-"""What a sweep produced: per-trial results, histories, the selection rule; save and load.
+"""What a sweep produced (:class:`SweepResult`) and how its trials rank.
 
 Hyperparameters are *chosen* on the validation split: ``select.metric`` (``valid.accuracy`` for
 tasks that report accuracy, else ``valid.loss``) and ``select.mode`` drive the ranking and
 :meth:`SweepResult.best`. Test metrics are kept beside, and refused as a selection criterion.
+
+One trial's outcome and how it is computed from the histories live in
+:mod:`~jaxtune.engine.summary`, the histories in :mod:`~jaxtune.engine.history`, statistics
+across seeds in :mod:`~jaxtune.engine.aggregate` and the files in
+:mod:`~jaxtune.engine.result_io`; their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,27 +21,27 @@ import jax
 import numpy as np
 
 from jaxtune.config import SweepConfig
-from jaxtune.config.space import freeze
-from jaxtune.engine.selection import Selection, mode_of, resolve_selection
+from jaxtune.engine import aggregate as aggregate_lib
+from jaxtune.engine import result_io
+from jaxtune.engine.history import STEP_KEYS as STEP_KEYS
+from jaxtune.engine.history import eval_column as eval_column
+from jaxtune.engine.selection import Selection as Selection
+from jaxtune.engine.selection import mode_of
+from jaxtune.engine.selection import resolve_selection as resolve_selection
 from jaxtune.engine.step import TrainState
+from jaxtune.engine.summary import TrialResult as TrialResult
+from jaxtune.engine.summary import summarize as summarize
 
 __all__ = [
+    "STEP_KEYS",
     "Selection",
-    "eval_column",
     "SweepResult",
     "TrainedUnit",
     "TrialResult",
+    "eval_column",
     "resolve_selection",
     "summarize",
 ]
-
-#: Per-step histories, shape [trials, steps].
-STEP_KEYS = ("train.loss", "grad_norm", "clipped", "learning_rate")
-
-
-def eval_column(history: Mapping[str, np.ndarray], step: int) -> int:
-    """The column of the evaluation at ``step`` in the ``[trials, evals]`` histories."""
-    return int(np.flatnonzero(history["eval_step"] == step)[-1])
 
 
 class TrainedUnit(NamedTuple):
@@ -49,122 +51,6 @@ class TrainedUnit(NamedTuple):
     state: TrainState
     hp: dict[str, Any]
     task: Any  # the jaxtune.Task the call trained
-
-
-@dataclasses.dataclass
-class TrialResult:
-    """One trial's outcome (a row of the results table).
-
-    Attributes:
-      final: ``train.loss`` (the mean minibatch loss over the last ``train.eval_every`` steps)
-        and every evaluated ``<split>.<metric>`` at the last evaluation.
-      best_step / best: the evaluation step where ``select.metric`` was best, and its value.
-      target_step: the first evaluation step that reached ``select.target`` (None if never or
-        no target).
-      stopped_step / stop_reason: where an adaptive strategy stopped the trial early and why
-        (None for a trial trained to the end).
-    """
-
-    id: int
-    name: str
-    hparams: dict[str, Any]
-    final: dict[str, float]
-    diverged: bool
-    diverged_step: int | None
-    best_step: int | None
-    best: float
-    target_step: int | None = None
-    stopped_step: int | None = None
-    stop_reason: str | None = None
-
-    def row(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "name": self.name}
-        out.update({k: _jsonable(v) for k, v in self.hparams.items()})
-        out.update(self.final)
-        out.update(
-            diverged=self.diverged,
-            diverged_step=self.diverged_step,
-            best_step=self.best_step,
-            best=self.best,
-            target_step=self.target_step,
-        )
-        if self.stopped_step is not None:
-            out.update(stopped_step=self.stopped_step, stop_reason=self.stop_reason)
-        return out
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return list(v)
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def _none_if_nan(x: float) -> float | None:
-    return None if not math.isfinite(x) else float(x)
-
-
-def _nan_if_none(x: float | None) -> float:
-    return math.nan if x is None else x
-
-
-def summarize(
-    cfg: SweepConfig,
-    names: Sequence[str],
-    hparams: Sequence[dict[str, Any]],
-    history: Mapping[str, np.ndarray],
-    diverged_steps: Sequence[int | None],
-    selection: Selection,
-    steps_done: int,
-    stopped: Mapping[int, tuple[int, str]] | None = None,
-) -> list[TrialResult]:
-    """The per-trial results, computed from the histories.
-
-    ``stopped`` maps a trial stopped early to ``(step, reason)``: its final metrics are its own
-    last ones (the last ``train.eval_every`` steps before it stopped, its last evaluation).
-    """
-    stopped = stopped or {}
-    eval_every = cfg.base["train.eval_every"]
-    eval_keys = [k for k in history if k.count(".") == 1 and k not in STEP_KEYS]
-    steps = history["eval_step"]
-    trials = []
-    for i, name in enumerate(names):
-        last = stopped[i][0] if i in stopped else steps_done
-        window = history["train.loss"][i, max(0, last - eval_every) : last]
-        final = {"train.loss": float(np.mean(window)) if window.size else math.nan}
-        evaluated = (steps <= last) & (np.isfinite(history[eval_keys[0]][i]) if eval_keys else True)
-        seen = np.flatnonzero(evaluated)
-        j_last = int(seen[-1]) if seen.size else None
-        for k in eval_keys:
-            final[k] = float(history[k][i, j_last]) if j_last is not None else math.nan
-        best_step, best, target_step = None, math.nan, None
-        if steps.size and selection.metric in history:
-            sel = history[selection.metric][i].astype(np.float64)
-            finite = np.isfinite(sel)
-            if finite.any():
-                score = np.where(finite, sel if selection.mode == "max" else -sel, -np.inf)
-                j = int(np.argmax(score))
-                best_step, best = int(steps[j]), float(sel[j])
-            hit = np.flatnonzero(selection.reached(sel) & finite)
-            target_step = int(steps[hit[0]]) if hit.size else None
-        stop_step, reason = stopped.get(i, (None, None))
-        trials.append(
-            TrialResult(
-                i,
-                name,
-                dict(hparams[i]),
-                final,
-                diverged_steps[i] is not None,
-                diverged_steps[i],
-                best_step,
-                best,
-                target_step,
-                stop_step,
-                reason,
-            )
-        )
-    return trials
 
 
 @dataclasses.dataclass
@@ -226,12 +112,11 @@ class SweepResult:
         """Trials best first by ``select.metric`` (final value): trials trained to the end
         first, then those an adaptive strategy stopped early, diverged and NaN trials last."""
         sel = self.selection
-
-        def key(t: TrialResult) -> tuple:
-            early = t.stopped_step is not None
-            return (t.diverged, early, sel.sort_key(t.final.get(sel.metric, math.nan)), t.id)
-
-        return sorted(self.trials, key=key)
+        order = sel.rank({t.id: t.final.get(sel.metric, math.nan) for t in self.trials})
+        place = {i: k for k, i in enumerate(order)}
+        return sorted(
+            self.trials, key=lambda t: (t.diverged, t.stopped_step is not None, place[t.id])
+        )
 
     def best(self, metric: str | None = None, mode: str | None = None) -> TrialResult:
         """The non-diverged trial with the best final ``metric`` (default ``select.metric``);
@@ -254,7 +139,6 @@ class SweepResult:
             raise ValueError(f"metric = {metric!r} is invalid: expected one of {known}")
         if mode not in ("max", "min"):
             raise ValueError(f"mode = {mode!r} is invalid: expected 'max' or 'min'")
-        sel = Selection(metric, mode)
         candidates = [
             t
             for t in self.trials
@@ -262,109 +146,24 @@ class SweepResult:
         ]
         if not candidates:
             raise ValueError("no trial finished with a finite value of " + metric)
-        finished = [t for t in candidates if t.stopped_step is None]
-        return min(finished or candidates, key=lambda t: sel.sort_key(t.final[metric]))
+        pool = {t.id: t for t in [t for t in candidates if t.stopped_step is None] or candidates}
+        first = Selection(metric, mode).rank({i: t.final[metric] for i, t in pool.items()})[0]
+        return pool[first]
 
     def aggregate(self, over: str = "train.seed") -> list[dict[str, Any]]:
-        """Mean, std and a 95% interval of each final metric per setting, across ``over``.
-
-        Trials are grouped by every hyperparameter except ``over``. The interval is the
-        Student-t interval of the mean (``mean +- t_{0.975, n-1} * std / sqrt(n)``).
-        """
-        from scipy import stats
-
-        groups: dict[tuple, list[TrialResult]] = {}
-        for t in self.trials:
-            key = tuple((k, freeze(v)) for k, v in t.hparams.items() if k != over)
-            groups.setdefault(key, []).append(t)
-        rows = []
-        for key, members in groups.items():
-            row: dict[str, Any] = {k: _jsonable(v) for k, v in key}
-            row["n"] = len(members)
-            row["diverged"] = sum(m.diverged for m in members)
-            for metric in members[0].final:
-                vals = np.array([m.final[metric] for m in members], dtype=np.float64)
-                mean = float(np.mean(vals))
-                std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-                n = len(vals)
-                half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
-                row[metric] = {"mean": mean, "std": std, "ci95": (mean - half, mean + half)}
-            rows.append(row)
-        return rows
+        """Mean, std and a 95% interval of each final metric per setting, across ``over``
+        (:func:`jaxtune.engine.aggregate.aggregate`)."""
+        return aggregate_lib.aggregate(self.trials, over)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(),
-            "select": dataclasses.asdict(self.selection),
-            "trials": [
-                {
-                    "id": t.id,
-                    "name": t.name,
-                    "hparams": {k: _jsonable(v) for k, v in t.hparams.items()},
-                    "final": {k: _none_if_nan(v) for k, v in t.final.items()},
-                    "diverged": t.diverged,
-                    "diverged_step": t.diverged_step,
-                    "best_step": t.best_step,
-                    "best": _none_if_nan(t.best),
-                    "target_step": t.target_step,
-                    "stopped_step": t.stopped_step,
-                    "stop_reason": t.stop_reason,
-                }
-                for t in self.trials
-            ],
-            "timing": self.timing,
-            "search": self.search,
-        }
+        """The contents of ``results.json``."""
+        return result_io.to_json(self.config, self.selection, self.trials, self.timing, self.search)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``results.json``, ``results.csv`` and ``history.npz`` into ``directory``."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        _atomic_write(d / "results.json", json.dumps(self.to_json(), indent=2, default=_jsonable))
-        rows = self.table()
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        tmp = d / "results.csv.tmp"
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(d / "results.csv")
-        tmp = d / "history.tmp.npz"
-        np.savez_compressed(tmp, **self.history)
-        tmp.replace(d / "history.npz")
-        return d
+        return result_io.write(directory, self.to_json(), self.table(), self.history)
 
     @classmethod
     def load(cls, directory: str | Path) -> SweepResult:
         """Read a result written by :meth:`save`."""
-        d = Path(directory)
-        blob = json.loads((d / "results.json").read_text())
-        cfg = SweepConfig.from_dict(blob["config"])
-        trials = [
-            TrialResult(
-                t["id"],
-                t["name"],
-                {k: freeze(v) for k, v in t["hparams"].items()},
-                {k: _nan_if_none(v) for k, v in t["final"].items()},
-                t["diverged"],
-                t["diverged_step"],
-                t.get("best_step"),
-                _nan_if_none(t.get("best")),
-                t.get("target_step"),
-                t.get("stopped_step"),
-                t.get("stop_reason"),
-            )
-            for t in blob["trials"]
-        ]
-        history: dict[str, np.ndarray] = {}
-        if (d / "history.npz").exists():
-            with np.load(d / "history.npz") as z:
-                history = {k: z[k] for k in z.files}
-        selection = Selection(**blob["select"])
-        return cls(cfg, trials, history, blob.get("timing", {}), selection, blob.get("search", {}))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+        return cls(**result_io.read(directory))

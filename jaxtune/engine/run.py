@@ -24,12 +24,14 @@ from jaxtune import config as config_lib
 from jaxtune import parallel, registry
 from jaxtune.config import SweepConfig
 from jaxtune.engine.bind import Binder
-from jaxtune.engine.loop import Checkpoints, SweepCallback, empty_history, eval_keys
+from jaxtune.engine.history import empty_history
+from jaxtune.engine.loop import Checkpoints, SweepCallback, eval_keys
 from jaxtune.engine.loop import train as loop_train
 from jaxtune.engine.population import Population
 from jaxtune.engine.prepare import Preparer
 from jaxtune.engine.result import Selection, SweepResult, resolve_selection, summarize
 from jaxtune.errors import ConfigError
+from jaxtune.files import atomic_write
 from jaxtune.tasks import Task
 
 __all__ = ["Sweep", "SweepCallback", "run_all", "run_sweep"]
@@ -299,10 +301,7 @@ def _selection(cfg: SweepConfig, binder: Binder, pop: Population) -> Selection:
 
 def _write_config(out: Path, cfg: SweepConfig) -> None:
     """``<out>/config.toml``, the resolved configuration (re-runnable), written atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "config.toml.tmp"
-    tmp.write_text(config_lib.to_toml(cfg.to_dict()))
-    tmp.replace(out / "config.toml")
+    atomic_write(out / "config.toml", config_lib.to_toml(cfg.to_dict()))
 
 
 def run_all(sweep: Sweep) -> SweepResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,19 +28,26 @@ class Selection:
             return np.zeros(values.shape, bool)
         return values >= self.target if self.mode == "max" else values <= self.target
 
-    def sort_key(self, value: float) -> float:
-        if not math.isfinite(value):
-            return math.inf
-        return -value if self.mode == "max" else value
+    def rank(self, values: Mapping[Hashable, float]) -> list:
+        """The ids of ``values`` best first: by value (``mode``), non-finite values last, ties
+        (and the non-finite ones) in id order.
 
-    def rank(self, values: Mapping[int, float]) -> list[int]:
-        """The ids of ``values`` best first (non-finite last, ties by id).
+        Args:
+          values: id -> value of the metric (a trial id, or any sortable key).
+
+        Returns:
+          The ids, best first.
 
         Example:
-          >>> Selection("valid.loss", "min").rank({0: 0.5, 1: float("nan"), 2: 0.1, 3: 0.5})
+          >>> Selection("valid.accuracy", "max").rank({0: 0.5, 1: float("nan"), 2: 0.9, 3: 0.5})
           [2, 0, 3, 1]
         """
-        return sorted(values, key=lambda i: (self.sort_key(float(values[i])), i))
+
+        def key(i: Hashable) -> tuple:
+            v = float(values[i])
+            return (0, -v if self.mode == "max" else v, i) if math.isfinite(v) else (1, 0.0, i)
+
+        return sorted(values, key=key)
 
 
 def resolve_selection(cfg: SweepConfig, metric_names: Sequence[str]) -> Selection:

@@ -1,5 +1,6 @@
 """Host-side consumers of a sweep: progress bar and table, TensorBoard logs, PNG plots."""
 
+from jaxtune.report import figures as figures
 from jaxtune.report import plots as plots
 from jaxtune.report import progress as progress
 from jaxtune.report import tensorboard as tensorboard
@@ -11,6 +12,7 @@ from jaxtune.report.tensorboard import TensorBoardLogger as TensorBoardLogger
 __all__ = [
     "ProgressBar",
     "TensorBoardLogger",
+    "figures",
     "format_table",
     "plots",
     "progress",

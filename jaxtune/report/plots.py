@@ -4,11 +4,11 @@
   loss against the learning rate (log x), one line per setting of the other varying keys (e.g.
   batch size), diverged trials marked ``x``.
 * :func:`plot_curves`: every trial's training loss (log y, gaps where it is not finite) and the
-  selection metric over the evaluation steps.
+  selection metric over the evaluation steps; a legend names up to 10 trials, more are coloured
+  by the main varying hyperparameter with a colour bar.
 * :func:`write_plots`: both, into ``<out_dir>/plots/``, with the plot of an adaptive strategy.
 
-Figures are built as ``matplotlib.figure.Figure`` with a ``FigureCanvasAgg``, so importing this
-module neither selects a backend nor touches ``pyplot``.
+Figures come from :mod:`jaxtune.report.figures` (an Agg canvas, no ``pyplot``).
 """
 
 from __future__ import annotations
@@ -19,44 +19,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from jaxtune.engine import SweepResult, TrialResult
+from jaxtune.formatting import fmt
+from jaxtune.report.figures import figure, palette, save
+from jaxtune.report.search_plots import write_search_plots
 from jaxtune.tasks import METRIC_MODES
 
-__all__ = ["plot_curves", "plot_lr_vs_metric", "write_plots"]
+__all__ = ["curves_figure", "plot_curves", "plot_lr_vs_metric", "write_plots"]
 
 _LR = "optimizer.learning_rate"
 _SEED = "train.seed"
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.stem + ".tmp" + p.suffix)
-    fig.savefig(tmp, format="png")
-    tmp.replace(p)
-    return p
+_FEW = 10  # trials a legend names one by one
 
 
 def _freeze(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, tuple | list):
-        return "-".join(str(x) for x in v)
-    return str(v)
 
 
 def _short(key: str) -> str:
@@ -71,16 +54,6 @@ def varying_keys(trials: Sequence[TrialResult]) -> list[str]:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    if n <= 10:
-        cmap = colormaps["tab10"]
-        return [cmap(i) for i in range(n)]
-    cmap = colormaps["viridis"]
-    return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
 def _x_axis(result: SweepResult) -> str | None:
@@ -128,8 +101,8 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
             x_of = {t.id: float(v) for t, v in zip(trials, raw, strict=True)}
             categorical, ticks = False, None
         else:
-            labels = list(dict.fromkeys(_fmt(v) for v in raw))
-            x_of = {t.id: float(labels.index(_fmt(v))) for t, v in zip(trials, raw, strict=True)}
+            labels = list(dict.fromkeys(fmt(v) for v in raw))
+            x_of = {t.id: float(labels.index(fmt(v))) for t, v in zip(trials, raw, strict=True)}
             categorical, ticks = True, labels
         x_label = x_key
     xs_all = np.array(list(x_of.values()), float)
@@ -143,9 +116,9 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
     groups: dict[tuple, list[TrialResult]] = {}
     for t in trials:
         groups.setdefault(tuple(_freeze(t.hparams.get(k)) for k in group_keys), []).append(t)
-    colors = _colors(len(groups))
+    colors = palette(len(groups))
     panels = _panels(result)
-    fig = _figure(6 * len(panels), 4.8)
+    fig = figure(6 * len(panels), 4.8)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     caps = {}
     for metric, mode in panels:
@@ -154,7 +127,7 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
         caps[metric] = float(10 * np.median(vals)) if mode == "min" and vals.size else math.inf
     capped = dict.fromkeys(caps, False)
     for color, (gkey, members) in zip(colors, groups.items(), strict=True):
-        label = ", ".join(f"{_short(k)}={_fmt(v)}" for k, v in zip(group_keys, gkey, strict=True))
+        label = ", ".join(f"{_short(k)}={fmt(v)}" for k, v in zip(group_keys, gkey, strict=True))
         for ax, (metric, mode) in zip(axes, panels, strict=True):
             cap = caps[metric]
             ok = [
@@ -203,7 +176,7 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
         labels.append("diverged")
     if handles:
         axes[0].legend(handles, labels, fontsize=8, loc="best")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _moving_average(x: np.ndarray, window: int) -> np.ndarray:
@@ -221,15 +194,38 @@ def _moving_average(x: np.ndarray, window: int) -> np.ndarray:
     return np.where(ok, avg, np.nan)
 
 
-def plot_curves(result: SweepResult, path: str | Path) -> Path:
-    """Training loss of every trial (log y) and the selection metric over the evaluations."""
+def _trial_colors(result: SweepResult) -> tuple[list[Any], ScalarMappable | None, list]:
+    """A colour per trial, keyed by the main varying hyperparameter once there are more trials
+    than a legend can name: ``(colors, mappable, handles)``. A numeric key gets a colour bar
+    (``mappable``, log-scaled like the learning rate), a categorical one a legend of its values
+    (``handles``); a few trials get distinct colours and a legend of their names."""
+    trials = result.trials
+    key = _x_axis(result)
+    if len(trials) <= _FEW or key is None:
+        return palette(len(trials)), None, []
+    raw = [t.hparams.get(key, result.config.base.get(key)) for t in trials]
+    if all(_is_number(v) for v in raw):
+        v = np.asarray(raw, float)
+        lo, hi = float(v.min()), float(v.max())
+        log = lo > 0 and (key == _LR or hi / lo >= 10)
+        norm = LogNorm(lo, hi) if log else Normalize(lo, hi)
+        mappable = ScalarMappable(norm, colormaps["viridis"])
+        return [mappable.to_rgba(x) for x in v], mappable, []
+    labels = list(dict.fromkeys(fmt(x) for x in raw))
+    by_label = dict(zip(labels, palette(len(labels)), strict=True))
+    handles = [Line2D([], [], color=c, label=f"{_short(key)}={lab}") for lab, c in by_label.items()]
+    return [by_label[fmt(x)] for x in raw], None, handles
+
+
+def curves_figure(result: SweepResult) -> Figure:
+    """The figure of :func:`plot_curves`."""
     h = result.history
     if "train.loss" not in h:
         raise ValueError("the result has no history (history.npz is missing); cannot plot curves")
     loss = np.asarray(h["train.loss"], float)
     n, steps = loss.shape
-    colors = _colors(n)
-    fig = _figure(12, 4.8)
+    colors, mappable, handles = _trial_colors(result)
+    fig = figure(12, 4.8)
     ax_loss, ax_acc = fig.subplots(1, 2)
     step_axis = np.arange(steps)
     window = max(1, steps // 50)
@@ -271,9 +267,24 @@ def plot_curves(result: SweepResult, path: str | Path) -> Path:
         ax_acc.set_yscale("log")
     ax_acc.set_title(f"{metric} (selection metric)")
     ax_acc.grid(True, alpha=0.3)
-    if 0 < n <= 16 and eval_step.size:
-        ax_acc.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    if mappable is not None:
+        key = _x_axis(result)
+        fig.colorbar(mappable, ax=[ax_loss, ax_acc], label=f"{key} (line colour)", pad=0.01)
+    elif handles:
+        ax_acc.legend(handles=handles, fontsize=7, loc="best")
+    elif 0 < n <= _FEW:
+        (ax_acc if eval_step.size else ax_loss).legend(fontsize=7, loc="best")
+    return fig
+
+
+def plot_curves(result: SweepResult, path: str | Path) -> Path:
+    """Training loss of every trial (log y) and the selection metric over the evaluations.
+
+    Up to 10 trials get distinct colours and a legend of their names; more are coloured by the
+    main varying hyperparameter (the learning rate when it varies) with a colour bar, or a
+    legend of its values when it is not numeric.
+    """
+    return save(curves_figure(result), path)
 
 
 def write_plots(result: SweepResult, out_dir: str | Path) -> list[Path]:
@@ -282,8 +293,6 @@ def write_plots(result: SweepResult, out_dir: str | Path) -> list[Path]:
 
     ``curves.png`` is skipped when the result carries no history.
     """
-    from jaxtune.report.search_plots import write_search_plots  # it builds on this module
-
     d = Path(out_dir) / "plots"
     paths = [plot_lr_vs_metric(result, d / "lr_vs_metric.png")]
     if "train.loss" in result.history:

@@ -19,6 +19,7 @@ from typing import IO, Any
 import numpy as np
 
 from jaxtune.engine import SweepCallback, SweepResult
+from jaxtune.formatting import fmt
 
 __all__ = ["ProgressBar", "format_table", "summary_line"]
 
@@ -90,7 +91,7 @@ class ProgressBar(SweepCallback):
             return
         parts = [f"step {stop}/{self.steps}"]
         if sel is not None and math.isfinite(self.best):
-            parts.append(f"best {sel.metric} {self.best:.4g}")
+            parts.append(f"best {sel.metric} {fmt(self.best)}")
         if self.num_diverged:
             parts.append(f"diverged {self.num_diverged}")
         self.bar.set_postfix_str(", ".join(parts), refresh=False)
@@ -103,18 +104,6 @@ class ProgressBar(SweepCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}"
-    if isinstance(v, tuple | list):
-        return "[" + ",".join(str(x) for x in v) + "]"
-    return str(v)
 
 
 def _metric_columns(result: SweepResult) -> list[str]:
@@ -136,8 +125,8 @@ def summary_line(result: SweepResult) -> str:
         best = result.best()
     except ValueError:
         return f"{n} trial{'s' if n != 1 else ''}, {diverged} diverged; no trial has a finite {sel}"
-    test = [f"{k} {_fmt(v)}" for k, v in best.final.items() if k.startswith("test.")]
-    shown = f"{sel} {_fmt(best.final[sel])}"
+    test = [f"{k} {fmt(v)}" for k, v in best.final.items() if k.startswith("test.")]
+    shown = f"{sel} {fmt(best.final[sel])}"
     if test:
         shown += "; " + ", ".join(test) + " (reported, not used to choose)"
     line = (
@@ -175,13 +164,13 @@ def format_table(result: SweepResult, *, top: int | None = None) -> str:
     shown = ranked if top is None else ranked[: max(top, 0)]
     rows = []
     for rank, t in enumerate(shown, 1):
-        row = [str(rank), t.name, *[_fmt(t.hparams.get(k)) for k in keys]]
-        row += [_fmt(t.final.get(k)) for k in metrics]
-        row.append(_fmt(t.diverged_step) if t.diverged else "-")
+        row = [str(rank), t.name, *[fmt(t.hparams.get(k)) for k in keys]]
+        row += [fmt(t.final.get(k)) for k in metrics]
+        row.append(fmt(t.diverged_step) if t.diverged else "-")
         if stopped:
-            row.append(_fmt(t.stopped_step))
+            row.append(fmt(t.stopped_step))
         if target:
-            row.append(_fmt(t.target_step))
+            row.append(fmt(t.target_step))
         rows.append(row)
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
     numeric = [False, False] + [True] * (len(header) - 2)

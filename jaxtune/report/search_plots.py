@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxtune.engine import SweepResult
-from jaxtune.report.plots import _colors, _figure, _save
+from jaxtune.report.figures import figure, palette, save
 
 __all__ = ["plot_optuna", "plot_pbt_schedule", "plot_rungs", "write_search_plots"]
 
@@ -45,9 +45,9 @@ def plot_rungs(result: SweepResult, path: str | Path) -> Path:
     """Successive halving's rungs: the metric of every trial until it stopped."""
     steps, values, metric = _metric(result)
     search = result.search
-    fig = _figure(8, 5)
+    fig = figure(8, 5)
     ax = fig.subplots()
-    colors = _colors(len(result.trials))
+    colors = palette(len(result.trials))
     for t in result.trials:
         end = t.stopped_step if t.stopped_step is not None else steps.max(initial=0)
         keep = (steps <= end) & np.isfinite(values[t.id])
@@ -75,7 +75,7 @@ def plot_rungs(result: SweepResult, path: str | Path) -> Path:
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, title="finalists")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_pbt_schedule(result: SweepResult, path: str | Path) -> Path:
@@ -85,7 +85,7 @@ def plot_pbt_schedule(result: SweepResult, path: str | Path) -> Path:
     keys = list(search.get("explored", []))
     total = int(result.config.base["train.steps"])
     steps, values, metric = _metric(result)
-    fig = _figure(8, 3 + 2.2 * max(1, len(keys)))
+    fig = figure(8, 3 + 2.2 * max(1, len(keys)))
     axes = fig.subplots(len(keys) + 1, 1, sharex=True, squeeze=False)[:, 0]
     starts = [s["from_step"] for s in schedule] + [total]
     for ax, key in zip(axes, keys, strict=False):
@@ -100,7 +100,7 @@ def plot_pbt_schedule(result: SweepResult, path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
     axes[0].set_title(f"PBT: hyperparameters of the winning trial ({search.get('winner')})")
     ax = axes[-1]
-    colors = _colors(len(result.trials))
+    colors = palette(len(result.trials))
     for t in result.trials:
         ax.plot(steps, values[t.id], "-", color=colors[t.id], lw=0.8, alpha=0.7)
     for event in search.get("lineage", []):
@@ -111,7 +111,7 @@ def plot_pbt_schedule(result: SweepResult, path: str | Path) -> Path:
     ax.set_ylabel(metric)
     ax.set_xlabel("step (v: a trial copied this one)")
     ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_optuna(result: SweepResult, path: str | Path) -> Path:
@@ -119,12 +119,12 @@ def plot_optuna(result: SweepResult, path: str | Path) -> Path:
     told = result.search.get("told", [])
     batch = int(result.search.get("batch_size", 1))
     mode = result.selection.mode
-    fig = _figure(8, 4.5)
+    fig = figure(8, 4.5)
     ax = fig.subplots()
     xs = [r["trial"] for r in told if r["state"] == "complete"]
     ys = [r["value"] for r in told if r["state"] == "complete"]
     rounds = [x // batch for x in xs]
-    colors = _colors(max(rounds, default=0) + 1)
+    colors = palette(max(rounds, default=0) + 1)
     ax.scatter(xs, ys, c=[colors[r] for r in rounds], s=18, zorder=3)
     pruned = [r["trial"] for r in told if r["state"] == "pruned"]
     if ys:
@@ -139,7 +139,7 @@ def plot_optuna(result: SweepResult, path: str | Path) -> Path:
     ax.set_ylabel(result.selection.metric)
     ax.set_title(f"optuna ({result.search.get('sampler')}): {len(told)} trials")
     ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 _PLOTS = {

@@ -10,24 +10,22 @@ curves simply stop). At the end it writes an hparams session per trial (its hype
 against its final metrics, the ``hparams/*`` scalars) and, for classification tasks, an image grid
 of the selected trial's worst-classified validation examples (highest loss under the task's own
 loss) with their true and predicted labels.
-
-:func:`read_scalars` reads the scalars back from event files without TensorFlow or TensorBoard.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import struct
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jaxtune.engine import SweepCallback, SweepResult
+from jaxtune.report.event_files import last_logged_step
+from jaxtune.report.worst_examples import render_examples, worst_examples
 
-__all__ = ["TensorBoardLogger", "read_events", "read_scalars", "worst_examples"]
+__all__ = ["TensorBoardLogger"]
 
 _SPLITS = ("valid.", "test.")
 
@@ -116,7 +114,7 @@ class TensorBoardLogger(SweepCallback):
             # On resume, continue from the first step the earlier sessions did not log (an
             # interrupt can land after a checkpoint but before the logging of its chunk), and
             # purge what they logged past it, so TensorBoard shows every step exactly once.
-            first = 0 if start == 0 else min(start, _last_logged_step(d) + 1)
+            first = 0 if start == 0 else min(start, last_logged_step(d) + 1)
             self._train_from.append(first)
             self._eval_from.append(max(first, 1))
             self.writers.append(
@@ -223,135 +221,3 @@ class TensorBoardLogger(SweepCallback):
         image = render_examples(ex, title=f"{best.name}: worst-classified validation examples")
         step = int(result.timing.get("steps_done", result.config.base["train.steps"]))
         self.writers[best.id].add_image("valid/worst_examples", image, step, dataformats="HWC")
-
-
-# ----------------------------------------------------------------------------------------------
-# Worst-classified examples.
-
-
-def worst_examples(
-    result: SweepResult, trial_id: int, k: int = 16, *, split: str = "valid"
-) -> dict[str, np.ndarray] | None:
-    """The ``k`` examples of a split with the highest loss for one trial, by the task's loss.
-
-    Returns:
-      ``{"index", "x", "y_true", "y_pred", "loss"}``, worst first; None when the task is not a
-      classification of array inputs (integer targets of shape [N]).
-    """
-    task, hp = result.trial_task(trial_id)
-    x, y = getattr(task.data, split)
-    if (
-        not hasattr(x, "shape")
-        or np.ndim(y) != 1
-        or not np.issubdtype(np.asarray(y).dtype, np.integer)
-    ):
-        return None
-    state = result.trial_state(trial_id)
-    outputs, _ = task.apply(state.params, state.model_state, np.asarray(x), train=False)
-    loss = np.asarray(task.loss(outputs, np.asarray(y), hp), np.float64)
-    loss = np.where(np.isfinite(loss), loss, np.inf)
-    order = np.argsort(-loss, kind="stable")[:k]
-    return {
-        "index": order,
-        "x": np.asarray(x)[order],
-        "y_true": np.asarray(y)[order],
-        "y_pred": np.argmax(np.asarray(outputs)[order], axis=-1),
-        "loss": loss[order],
-    }
-
-
-def _as_image(x: np.ndarray) -> np.ndarray:
-    """One input as a 2-D grey or 3-D RGB image scaled to [0, 1]."""
-    x = np.asarray(x, np.float64)
-    if x.ndim == 1:
-        side = math.isqrt(x.size)
-        x = x.reshape(side, side) if side * side == x.size else x.reshape(1, -1)
-    elif x.ndim == 3:
-        x = x[..., 0] if x.shape[-1] == 1 else (x if x.shape[-1] == 3 else x.mean(-1))
-    elif x.ndim != 2:
-        x = x.reshape(x.shape[0], -1)
-    lo, hi = np.nanmin(x), np.nanmax(x)
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
-
-
-def render_examples(ex: Mapping[str, np.ndarray], *, title: str = "") -> np.ndarray:
-    """An RGB ``uint8`` image (H, W, 3) of a grid of examples titled ``true / pred``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n = len(ex["y_true"])
-    cols = max(1, min(n, math.ceil(math.sqrt(n))))
-    rows = max(1, math.ceil(n / cols))
-    fig = Figure(figsize=(1.7 * cols, 1.8 * rows + 0.4), dpi=80, layout="constrained")
-    canvas = FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for j in range(n):
-        ax = axes[j]
-        ax.imshow(_as_image(ex["x"][j]), cmap="gray", interpolation="nearest", aspect="auto")
-        wrong = int(ex["y_true"][j]) != int(ex["y_pred"][j])
-        ax.set_title(
-            f"true {int(ex['y_true'][j])} / pred {int(ex['y_pred'][j])}",
-            fontsize=9,
-            color="tab:red" if wrong else "black",
-        )
-    if title:
-        fig.suptitle(title, fontsize=9)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading event files back (no TensorFlow needed).
-
-
-def read_events(path: str | Path) -> list[Any]:
-    """Every ``Event`` proto of one event file or of all event files under a folder."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    p = Path(path)
-    files = sorted(p.rglob("events.out.tfevents.*")) if p.is_dir() else [p]
-    events = []
-    for f in files:
-        data = f.read_bytes()
-        pos = 0
-        while pos + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[pos : pos + 8])
-            start = pos + 12  # uint64 length, uint32 masked crc of the length
-            if start + length + 4 > len(data):
-                break  # a record cut short by a crash
-            events.append(Event.FromString(data[start : start + length]))
-            pos = start + length + 4  # the record, then a uint32 masked crc of it
-    return events
-
-
-def _last_logged_step(run_dir: Path) -> int:
-    """The last ``train/*`` step still visible in a run's event files (-1 if none).
-
-    Files are read in order and a purge (``SessionLog.START`` at step p) drops steps >= p.
-    """
-    if not run_dir.is_dir():
-        return -1
-    steps: set[int] = set()
-    for f in sorted(run_dir.glob("events.out.tfevents.*")):
-        for ev in read_events(f):
-            if ev.HasField("session_log") and ev.session_log.status == ev.session_log.START:
-                steps = {s for s in steps if s < ev.step}
-            elif ev.HasField("summary") and any(
-                v.tag.startswith("train/") for v in ev.summary.value
-            ):
-                steps.add(int(ev.step))
-    return max(steps, default=-1)
-
-
-def read_scalars(path: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """``tag -> [(step, value), ...]`` of the scalars in the event files at ``path``."""
-    out: dict[str, list[tuple[int, float]]] = {}
-    for ev in read_events(path):
-        if not ev.HasField("summary"):
-            continue
-        for v in ev.summary.value:
-            if v.WhichOneof("value") == "simple_value":
-                out.setdefault(v.tag, []).append((int(ev.step), float(v.simple_value)))
-    return out

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxtune.engine.result import SweepResult, eval_column
+from jaxtune.engine.history import eval_column
+from jaxtune.engine.result import SweepResult
 from jaxtune.engine.run import Sweep
 from jaxtune.engine.selection import Selection
 

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from jaxtune.config.space import freeze
-from jaxtune.engine.result import SweepResult, eval_column
+from jaxtune.engine.history import eval_column
+from jaxtune.engine.result import SweepResult
 from jaxtune.engine.run import Sweep
 from jaxtune.errors import ConfigError
 

@@ -24,8 +24,9 @@ import numpy as np
 
 from jaxtune.config import space as space_lib
 from jaxtune.config.schema import KEYS, check_value, is_hparam
+from jaxtune.engine.history import eval_column
 from jaxtune.engine.population import Population
-from jaxtune.engine.result import SweepResult, eval_column
+from jaxtune.engine.result import SweepResult
 from jaxtune.engine.run import Sweep
 from jaxtune.engine.selection import Selection
 from jaxtune.errors import ConfigError

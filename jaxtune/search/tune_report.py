@@ -17,6 +17,8 @@ from jaxtune import config as config_lib
 from jaxtune.config import SweepConfig
 from jaxtune.engine import SweepResult
 from jaxtune.errors import ConfigError
+from jaxtune.files import atomic_write
+from jaxtune.formatting import fmt
 from jaxtune.search.tune_config import FOLDERS, STAGES, TuneSettings
 
 __all__ = ["finite", "format_summary", "load_state", "rows_of", "save_state", "trial_steps"]
@@ -48,22 +50,18 @@ def load_state(path: Path, cfg: SweepConfig, settings: TuneSettings, resume: boo
         )
     stored = json.loads(path.read_text())
     if stored.get("hash") != fresh["hash"]:
-        keys = config_lib.diff_configs(SweepConfig.from_dict(stored["config"]), cfg)
-        tune = settings.to_dict()
-        keys += [k for k in tune if stored.get("tune", {}).get(k) != tune[k]]
-        raise ConfigError(
-            f"cannot resume {path.parent}: the configuration differs from the stored run in "
-            + (", ".join(keys) or "its settings")
+        config_lib.check_same(
+            SweepConfig.from_dict(stored["config"]),
+            cfg,
+            f"the tune run in {path.parent}",
+            extra=(stored.get("tune", {}), fresh["tune"]),
         )
     return stored
 
 
 def save_state(path: Path, state: dict) -> None:
     """Write ``tune.json`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(state, indent=2, default=str))
 
 
 def trial_steps(result: SweepResult) -> int:
@@ -96,19 +94,9 @@ def rows_of(result: SweepResult) -> list[dict[str, Any]]:
     ]
 
 
-def _f(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    if isinstance(x, list):
-        return "-".join(map(str, x))
-    return str(x)
-
-
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(_f(c) for c in r) + " |" for r in rows]
+    return out + ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
 
 
 def _trial_table(record: Mapping[str, Any]) -> list[str]:
@@ -135,7 +123,7 @@ def _detail(stage: str, r: Mapping[str, Any]) -> list[str]:
         return _table(["learning rate", "final train loss (- diverged)", "in band"], body)
     if stage == "seeds":
         body = [[s, v] for s, v in zip(r["seeds"], r["valid"], strict=True)]
-        mean, low, high = (_f(x) for x in r["interval"])
+        mean, low, high = (fmt(x) for x in r["interval"])
         return [
             *_table(["seed", r["metric"]], body),
             "",
@@ -171,12 +159,8 @@ def format_summary(state: Mapping[str, Any]) -> str:
     for r in stages.values():
         chosen.update(r["set"])
     if chosen:
-        nested: dict[str, dict[str, Any]] = {}
-        for key, value in chosen.items():
-            section, name = key.split(".", 1)
-            nested.setdefault(section, {})[name] = value
-        lines += ["", "## The chosen setting", "", "```toml", config_lib.to_toml(nested).strip(),
-                  "```"]  # fmt: skip
+        toml = config_lib.to_toml(config_lib.nested(chosen)).strip()
+        lines += ["", "## The chosen setting", "", "```toml", toml, "```"]
         if "seeds" in stages:
             lines.append(
                 f"\nThe full configuration: `{FOLDERS['seeds']}/config.toml` (`jaxtune sweep` "
@@ -191,11 +175,11 @@ def format_summary(state: Mapping[str, Any]) -> str:
     if seeds:
         lines += ["", "## Test split (reported once, never used to choose)", ""]
         if "test" in seeds:
-            mean, low, high = (_f(x) for x in seeds["test_interval"])
+            mean, low, high = (fmt(x) for x in seeds["test_interval"])
             lines.append(
                 f"{seeds['test_metric']} of the chosen setting over {len(seeds['seeds'])} seeds: "
                 f"mean {mean}, {seeds['confidence']:.0%} interval [{low}, {high}] (per seed: "
-                f"{', '.join(_f(x) for x in seeds['test'])})."
+                f"{', '.join(fmt(x) for x in seeds['test'])})."
             )
         else:
             lines.append("The task has no test split.")

@@ -22,7 +22,10 @@ from jaxtune import checkpoint
 from jaxtune import config as config_lib
 from jaxtune.config import SweepConfig
 from jaxtune.engine import SweepResult, run_sweep
+from jaxtune.engine.aggregate import t_interval
 from jaxtune.errors import ConfigError
+from jaxtune.files import atomic_write
+from jaxtune.formatting import fmt
 from jaxtune.search.tune_config import FOLDERS, TuneSettings, refine_grid
 from jaxtune.search.tune_report import finite, rows_of, trial_steps
 
@@ -77,22 +80,6 @@ def lr_band(
     return float(np.sqrt(below * lrs[b])), float(np.sqrt(lrs[b] * above)), best
 
 
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the Student-t interval of the mean of ``values``.
-
-    Example:
-      >>> mean, low, high = t_interval([1.0, 2.0, 3.0])
-      >>> mean, round(low, 3), round(high, 3)
-      (2.0, -0.484, 4.484)
-    """
-    from scipy import stats
-
-    v = np.asarray(values, np.float64)
-    mean = float(np.mean(v))
-    half = stats.t.ppf((1 + confidence) / 2, len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v))
-    return mean, mean - float(half), mean + float(half)
-
-
 @dataclasses.dataclass
 class Run:
     cfg: SweepConfig
@@ -109,12 +96,9 @@ class Run:
 
     def config(self, sweep: Mapping[str, Any], **keys: Any) -> SweepConfig:
         """The base configuration with what was chosen so far, ``keys`` and ``sweep``."""
-        d = self.cfg.to_dict()
-        for key, value in {**self.chosen, **keys}.items():
-            section, name = key.split(".", 1)
-            d.setdefault(section, {})[name] = value
-        d["sweep"] = dict(sweep)
-        return SweepConfig.from_dict(d)
+        base = {k: v for k, v in self.cfg.base.items() if v is not None}
+        base.update(self.chosen, **keys)
+        return SweepConfig.from_dict({**config_lib.nested(base), "sweep": dict(sweep)})
 
     def sweep(self, stage: str, cfg: SweepConfig) -> SweepResult:
         folder = self.out / FOLDERS[stage]
@@ -135,10 +119,6 @@ class Run:
         return result
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def _stage_lr_range(run: Run) -> dict[str, Any]:
     from jaxtune.diagnostics import lr_sweep_test, plot_lr_find
 
@@ -151,7 +131,7 @@ def _stage_lr_range(run: Run) -> dict[str, Any]:
         run.config({}), task=run.task, optimizer=run.optimizer, lrs=lrs, steps=steps
     )
     found.result.save(folder)
-    (folder / "config.toml").write_text(config_lib.to_toml(found.result.config.to_dict()))
+    atomic_write(folder / "config.toml", config_lib.to_toml(found.result.config.to_dict()))
     if run.cfg.base["log.plots"]:
         plot_lr_find(found, out_dir=folder, name="lr_range.png")
     first = found.result.history["train.loss"][:, 0]
@@ -174,7 +154,7 @@ def _stage_lr_range(run: Run) -> dict[str, Any]:
     if rule == "within":
         rule_text = (
             f"the learning rates next to it whose final train loss is within "
-            f"{s['tune.lr_range.within']:g} of the drop from the initial loss {initial:.4g}"
+            f"{s['tune.lr_range.within']:g} of the drop from the initial loss {fmt(initial)}"
         )
     else:
         rule_text = f"a factor {s['tune.lr_range.factor']:g} either side"
@@ -187,8 +167,8 @@ def _stage_lr_range(run: Run) -> dict[str, Any]:
         "trial_steps": len(lrs) * steps,
         "band": [lo, hi],
         "set": {},
-        "chosen": f"band [{lo:.4g}, {hi:.4g}]",
-        "why": f"lowest final train loss {best_loss:.4g} at lr {best:.4g}; the band is "
+        "chosen": f"band [{fmt(lo)}, {fmt(hi)}]",
+        "why": f"lowest final train loss {fmt(best_loss)} at lr {fmt(best)}; the band is "
         f"{rule_text} ({sum(x is None for x in final)} of {len(lrs)} diverged)",
         "lrs": [float(x) for x in found.lrs],
         "losses": final,
@@ -224,14 +204,14 @@ def _stage_lr_batch(run: Run) -> dict[str, Any]:
     full = sum(t.stopped_step is None and not t.diverged for t in result.trials)
     return {
         "searched": f"{len(result.trials)} quasi-random points: learning rate log-uniform in "
-        f"[{lo:.4g}, {hi:.4g}] x batch size in {{{', '.join(map(str, sizes))}}}; successive "
+        f"[{fmt(lo)}, {fmt(hi)}] x batch size in {{{', '.join(map(str, sizes))}}}; successive "
         f"halving, eta {s['tune.lr_batch.eta']:g} (kept {kept or 'all'})",
         "trials": len(result.trials),
         "trial_steps": trial_steps(result),
         "grid_trial_steps": int(result.timing["grid_trial_steps"]),
         "set": {_LR: best.hparams[_LR], _BS: best.hparams[_BS]},
-        "chosen": f"lr {best.hparams[_LR]:.4g}, batch size {best.hparams[_BS]}",
-        "why": f"best {sel.metric} ({sel.mode}) {best.final[sel.metric]:.4g} among the {full} "
+        "chosen": f"lr {fmt(best.hparams[_LR])}, batch size {best.hparams[_BS]}",
+        "why": f"best {sel.metric} ({sel.mode}) {fmt(best.final[sel.metric])} among the {full} "
         f"trial(s) trained to step {steps}",
         "rows": rows_of(result),
         "metric": sel.metric,
@@ -255,15 +235,16 @@ def _stage_refine(run: Run) -> dict[str, Any]:
     sel = result.selection
     incumbent = result.trials[0]
     changed = {k: best.hparams[k] for k in grid if best.hparams[k] != base[k]}
-    searched = " x ".join(f"{k} {{{', '.join(map(_fmt, v))}}}" for k, v in grid.items())
+    searched = " x ".join(f"{k} {{{', '.join(map(fmt, v))}}}" for k, v in grid.items())
     if changed:
         why = (
-            f"{sel.metric} {best.final[sel.metric]:.4g} against {incumbent.final[sel.metric]:.4g} "
-            "for the incumbent (the setting so far, trained in the same sweep)"
+            f"{sel.metric} {fmt(best.final[sel.metric])} against "
+            f"{fmt(incumbent.final[sel.metric])} for the incumbent (the setting so far, trained in "
+            "the same sweep)"
         )
     else:
-        why = f"no combination beat the incumbent's {sel.metric} {incumbent.final[sel.metric]:.4g}"
-    chosen = ", ".join(f"{k} {_fmt(v)}" for k, v in changed.items()) or "the incumbent"
+        why = f"no combination beat the incumbent's {sel.metric} {fmt(incumbent.final[sel.metric])}"
+    chosen = ", ".join(f"{k} {fmt(v)}" for k, v in changed.items()) or "the incumbent"
     return {
         "searched": f"{len(trials)} combinations (every one, trained to the end): {searched}",
         "trials": len(trials),
@@ -293,7 +274,7 @@ def _stage_seeds(run: Run) -> dict[str, Any]:
         "trials": count,
         "trial_steps": trial_steps(result),
         "set": {},
-        "chosen": f"{sel.metric} {mean:.4g}, {conf:.0%} interval [{low:.4g}, {high:.4g}]",
+        "chosen": f"{sel.metric} {fmt(mean)}, {conf:.0%} interval [{fmt(low)}, {fmt(high)}]",
         "why": f"Student t interval of the mean over {count} seeds ({count - 1} degrees of "
         "freedom)",
         "seeds": seeds,
