@@ -98,6 +98,11 @@ SAMPLERS = ("tpe", "cmaes", "gp", "qmc", "random")
 """``optuna.sampler`` names."""
 
 
+#: The schedules whose shape depends on ``train.steps`` (the others ignore it, so sweeps of
+#: different lengths share their compiled programs).
+SCHEDULES_OF_STEPS = ("cosine", "warmup_cosine")
+
+
 def build_schedule(flat: Mapping[str, Any], hp: Mapping[str, Any] | None = None) -> Any:
     """The learning rate (a number or an ``optax.Schedule``) of one trial.
 

@@ -41,8 +41,6 @@ _TASK_KEYS = (
     "task.valid_fraction",
     "task.test_fraction",
 )
-#: Structure keys the configured optimizer chain depends on.
-_OPTIMIZER_KEYS = ("optimizer.name", "schedule.name", "train.steps")
 
 
 class Binding(NamedTuple):
@@ -143,7 +141,9 @@ class Binder:
         def schedule(hp, flat=structure):
             return registry.build_schedule(flat, hp)
 
-        return optimizer, schedule, ("config", tuple(structure[k] for k in _OPTIMIZER_KEYS), use_wd)
+        name = structure["schedule.name"]
+        steps = structure["train.steps"] if name in registry.SCHEDULES_OF_STEPS else None
+        return optimizer, schedule, ("config", structure["optimizer.name"], name, steps, use_wd)
 
     def __call__(self, structure: dict[str, Any], trials: list[dict[str, Any]]) -> Binding:
         task, task_id = self.task_for(structure, trials)
