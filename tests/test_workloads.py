@@ -18,10 +18,10 @@ import pytest
 
 import jaxtune
 from jaxtune.data import text
+from jaxtune.models import decoder_lm
 from jaxtune.workloads import WORKLOADS, get_workload
 from jaxtune.workloads.images import class_templates, make_images
 from jaxtune.workloads.language import make_bytes_lm
-from jaxtune.workloads.transformer import decoder_lm
 
 NAMES = sorted(WORKLOADS)
 # Smaller models for the few-step runs (the engine and factory paths are the same).
