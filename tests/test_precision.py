@@ -24,6 +24,9 @@ INIT = "he_uniform"  # compiles faster on CPU than the truncated normal presets
 # bfloat16 keeps 8 significant bits: each rounding is off by at most 2**-9 relative, and a few
 # layers of sums of such terms stay within 2% of the output scale (measured: under 0.7%).
 BF16_RTOL = 0.02
+# The transformer's residual stream is bfloat16 through every block: measured under 1.5% of the
+# logits' scale (jitted or not) on the small decoder below.
+LM_RTOL = 0.03
 
 
 def _x(shape, seed=0):
@@ -98,10 +101,10 @@ def test_hidden_layers_compute_in_bf16_and_the_output_layer_in_float32(kind):
     assert all(dtypes == ("float32", "float32") for _, dtypes in ops32)
 
 
-def _assert_bf16_close(out, ref):
+def _assert_bf16_close(out, ref, rtol=BF16_RTOL):
     err = float(np.max(np.abs(np.asarray(out, np.float64) - ref)))
     scale = float(np.max(np.abs(ref)))
-    assert err <= BF16_RTOL * scale, (err, scale)
+    assert err <= rtol * scale, (err, scale)
     assert err > 1e-6 * scale, "no rounding at all: the pass did not run in bfloat16"
 
 
@@ -223,7 +226,7 @@ def test_bf16_transformer_matches_the_float32_model_and_is_causal():
 
     ref, out, out_changed = forward(params, x, changed)
     assert out.dtype == jnp.float32
-    _assert_bf16_close(out, np.asarray(ref, np.float64))  # measured: under 1%
+    _assert_bf16_close(out, np.asarray(ref, np.float64), LM_RTOL)
     np.testing.assert_array_equal(out_changed[:, :k], out[:, :k])  # the past does not see it
     scale = float(np.max(np.abs(ref)))
     assert np.all(np.abs(out_changed[:, k:] - out[:, k:]).max(axis=-1) > 1e-3 * scale)

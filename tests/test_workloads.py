@@ -82,6 +82,22 @@ def test_structure_keys_dtype_subset_widths():
     assert params["Dense_1"]["kernel"].shape == (8, 4)
 
 
+def test_task_subset_fails_alike_for_a_workload_and_the_built_in_task():
+    messages = []
+    for build in (
+        lambda: get_workload("digits_mlp").task({"task.subset": 5000}),
+        lambda: jaxtune.registry.load_data(
+            jaxtune.SweepConfig.from_dict({"task": {"dataset": "digits", "subset": 5000}}).base
+        ),
+    ):
+        with pytest.raises(jaxtune.ConfigError, match=r"task\.subset = 5000 .*\[0, 1257\]") as e:
+            build()
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+    base = jaxtune.SweepConfig.from_dict({"task": {"dataset": "digits", "subset": 100}}).base
+    assert jaxtune.data.num_examples(jaxtune.registry.load_data(base).train) == 100
+
+
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_params():
     w = get_workload("digits_mlp")
     t32, t16 = w.task(), w.task({"task.dtype": "bfloat16"})
