@@ -23,6 +23,7 @@ from jaxtune import optimizers as opt_lib
 from jaxtune import schedules as sched_lib
 from jaxtune import tasks as tasks_lib
 from jaxtune.augment import image_augment
+from jaxtune.data.splits import take_subset
 from jaxtune.errors import ConfigError
 
 __all__ = [
@@ -173,15 +174,7 @@ def load_data(flat: Mapping[str, Any]) -> data_lib.Splits:
             splits = entry.load(**kwargs)
         except ValueError as e:
             raise ConfigError(f"task.valid_fraction / task.test_fraction: {e}") from None
-        if flat["task.subset"]:
-            n, have = flat["task.subset"], data_lib.num_examples(splits.train)
-            if n > have:
-                raise ConfigError(
-                    f"task.subset = {n} is larger than the training set ({have} examples): "
-                    f"expected an integer in [0, {have}]"
-                )
-            splits = data_lib.subset(splits, n)
-        _DATA_CACHE[key] = splits
+        _DATA_CACHE[key] = take_subset(splits, flat["task.subset"])
     return _DATA_CACHE[key]
 
 

@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune.models import CNN, MLP, Model, cnn, from_linen, from_nnx, group_count, mlp
+from jaxtune.models import (
+    CNN,
+    MLP,
+    Model,
+    cnn,
+    decoder_lm,
+    from_linen,
+    from_nnx,
+    group_count,
+    mlp,
+)
 from jaxtune.spec import KeySpec
 
 KEY = jax.random.key(0)
@@ -462,6 +472,47 @@ def test_options_are_checked_once_per_build(kind, monkeypatch):
     checked.clear()
     params, state = jax.eval_shape(model.init, KEY)
     x = jax.ShapeDtypeStruct((2, *model.input_shape), jnp.float32)
+    for train in (False, True):
+        jax.eval_shape(partial(model.apply, train=train), params, state, x)
+    assert not checked
+
+
+LM = {"seq_len": 8, "width": 32, "depth": 1, "num_heads": 2}
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"seq_len": 0}, r"seq_len = 0 is invalid: seq_len must be an integer in \[1, inf\)"),
+        ({"width": 2.5}, r"width = 2.5 is invalid"),
+        ({"depth": True}, r"depth = True is invalid"),
+        ({"mlp_ratio": "4"}, r"mlp_ratio = '4' is invalid"),
+        ({"vocab_size": -1}, r"vocab_size = -1 is invalid"),
+        ({"num_heads": 3}, r"num_heads = 3 is invalid: .*divisor of width = 32"),
+        ({"num_heads": 0}, r"num_heads = 0 is invalid"),
+        ({"dtype": "float16"}, r"dtype = 'float16' is invalid: .*'float32', 'bfloat16'"),
+    ],
+)
+def test_bad_decoder_lm_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        decoder_lm(**{**LM, **kwargs})
+
+
+def test_decoder_lm_checks_its_arguments_once_per_build(monkeypatch):
+    checked = collections.Counter()
+    parse = KeySpec.parse
+
+    def counting(self, value):
+        checked[self.kind] += 1
+        return parse(self, value)
+
+    monkeypatch.setattr(KeySpec, "parse", counting)
+    model = decoder_lm(**LM, dtype=jnp.bfloat16)
+    # 5 sizes; num_heads as a size inside its divisor check; the dtype
+    assert checked == {"int": 6, "custom": 1, "dtype": 1}
+    checked.clear()
+    params, state = jax.eval_shape(model.init, KEY)
+    x = jax.ShapeDtypeStruct((2, 8), jnp.int32)
     for train in (False, True):
         jax.eval_shape(partial(model.apply, train=train), params, state, x)
     assert not checked

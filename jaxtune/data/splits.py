@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxtune.errors import TaskError
+from jaxtune.errors import ConfigError, TaskError
 
 __all__ = [
     "Splits",
@@ -23,6 +23,7 @@ __all__ = [
     "num_classes",
     "num_examples",
     "subset",
+    "take_subset",
     "with_validation",
 ]
 
@@ -218,3 +219,23 @@ def subset(splits: Splits, n: int, *, n_eval: int | None = None, seed: int = 0) 
             raise ValueError(f"n_eval = {n_eval} is out of range; allowed range is [1, {size}]")
         out.append(_take(split, np.arange(n_eval)))
     return Splits(*out)
+
+
+def take_subset(splits: Splits, n: int, *, key: str = "task.subset") -> Splits:
+    """:func:`subset` of ``n`` training examples for the configuration key ``key`` (0: all).
+
+    Raises:
+        ConfigError: naming ``key`` and the allowed range when ``n`` is outside ``[0, len(train)]``.
+
+    Example:
+        >>> from jaxtune.data import load_digits
+        >>> num_examples(take_subset(load_digits(), 100).train)
+        100
+    """
+    have = num_examples(splits.train)
+    if not 0 <= n <= have:
+        raise ConfigError(
+            f"{key} = {n} is invalid: expected an integer in [0, {have}] (the training set has "
+            f"{have} examples)"
+        )
+    return subset(splits, n) if n else splits

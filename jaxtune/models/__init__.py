@@ -13,8 +13,10 @@ training step directly.
 The bundled builders (:func:`mlp`, :func:`cnn`) use Flax **linen** on purpose: linen's
 ``init`` / ``apply`` already *is* this pure functional form. Models written with Flax NNX are
 still supported through :func:`from_nnx`; user linen modules are wrapped by :func:`from_linen`.
-The builders take a compute ``dtype`` (``"float32"`` or ``"bfloat16"``); parameters,
-normalization statistics and outputs stay float32 (see :mod:`jaxtune.models.zoo`).
+:func:`decoder_lm` builds a small decoder-only transformer language model
+(:mod:`jaxtune.models.transformer`). Every builder takes a compute ``dtype`` (``"float32"`` or
+``"bfloat16"``); parameters, normalization statistics and outputs stay float32 (see
+:mod:`jaxtune.models.zoo`).
 
 Padding invariance. Sweeps pad the last batch of an epoch to a fixed size so that shapes stay
 static. ``apply`` accepts ``mask``, a boolean ``(batch,)`` vector marking the real examples:
@@ -28,7 +30,8 @@ per-example and therefore padding-invariant already.
 
 Modules: :mod:`~jaxtune.models.model` (the :class:`Model` pair), :mod:`~jaxtune.models.layers`
 (activations, normalizations, per-example dropout), :mod:`~jaxtune.models.options` (the
-builders' options and their specs), :mod:`~jaxtune.models.zoo` (MLP and CNN) and
+builders' options and their specs), :mod:`~jaxtune.models.zoo` (MLP and CNN),
+:mod:`~jaxtune.models.transformer` (the decoder-only language model) and
 :mod:`~jaxtune.models.adapters` (linen and NNX modules as Models).
 
 Example:
@@ -40,6 +43,7 @@ Example:
     (8, 10)
 """
 
+from jaxtune.models import transformer as transformer
 from jaxtune.models.adapters import from_linen as from_linen
 from jaxtune.models.adapters import from_nnx as from_nnx
 from jaxtune.models.layers import ACTIVATIONS as ACTIVATIONS
@@ -51,6 +55,8 @@ from jaxtune.models.model import Model as Model
 from jaxtune.models.options import DTYPES as DTYPES
 from jaxtune.models.options import HEADS as HEADS
 from jaxtune.models.options import POOLINGS as POOLINGS
+from jaxtune.models.transformer import DecoderLM as DecoderLM
+from jaxtune.models.transformer import decoder_lm as decoder_lm
 from jaxtune.models.zoo import CNN as CNN
 from jaxtune.models.zoo import MLP as MLP
 from jaxtune.models.zoo import cnn as cnn
@@ -60,6 +66,7 @@ __all__ = [
     "ACTIVATIONS",
     "CNN",
     "DTYPES",
+    "DecoderLM",
     "HEADS",
     "MLP",
     "NORMALIZATIONS",
@@ -67,9 +74,11 @@ __all__ = [
     "Model",
     "PerExampleDropout",
     "cnn",
+    "decoder_lm",
     "from_linen",
     "from_nnx",
     "group_count",
     "mlp",
     "per_example_dropout",
+    "transformer",
 ]

@@ -18,7 +18,6 @@ from jaxtune.workloads import common as common
 from jaxtune.workloads import images as images
 from jaxtune.workloads import language as language
 from jaxtune.workloads import tabular as tabular
-from jaxtune.workloads import transformer as transformer
 from jaxtune.workloads import vision as vision
 from jaxtune.workloads.workload import WORKLOADS as WORKLOADS
 from jaxtune.workloads.workload import Workload as Workload
@@ -32,6 +31,5 @@ __all__ = [
     "images",
     "language",
     "tabular",
-    "transformer",
     "vision",
 ]

@@ -3,7 +3,7 @@
 Data: :func:`jaxtune.data.text.load_stdlib_text` (the first 32 KiB of each of 20 standard
 library modules, 640 KiB; contiguous 4 KiB blocks, 18 of every 20 for training, one for
 validation, one for test), windows of :data:`SEQ_LEN` bytes. Model:
-:func:`jaxtune.workloads.transformer.decoder_lm` (vocabulary 256). The loss of an example is
+:func:`jaxtune.models.decoder_lm` (vocabulary 256). The loss of an example is
 its mean next-byte cross-entropy over positions, in nats; the metrics are next-byte
 ``accuracy`` and ``bits_per_byte`` (the loss divided by ``ln 2``).
 
@@ -31,12 +31,13 @@ import jax.numpy as jnp
 import optax
 
 from jaxtune import data as data_lib
+from jaxtune.data.splits import take_subset
 from jaxtune.data.text import load_stdlib_text
 from jaxtune.errors import ConfigError
 from jaxtune.initializers import scale_kernels
+from jaxtune.models import decoder_lm
 from jaxtune.tasks import Task
 from jaxtune.workloads import common
-from jaxtune.workloads.transformer import decoder_lm
 
 __all__ = ["NUM_HEADS", "SEQ_LEN", "WIDTHS", "bytes_lm", "make_bytes_lm", "next_byte_loss"]
 
@@ -75,21 +76,25 @@ def make_bytes_lm(
       seq_len: bytes per example.
       widths: one entry per block, all equal: the model width.
       num_heads: attention heads per block.
-      dtype: compute dtype, one of :data:`jaxtune.workloads.common.DTYPES`.
+      dtype: compute dtype, one of :data:`jaxtune.models.DTYPES` (parameters and logits
+        stay float32; see :mod:`jaxtune.models.transformer`).
       subset: training windows kept (0: all).
 
     Raises:
-      ConfigError: widths that differ (``task.widths``) or an unknown dtype.
+      ConfigError: widths that differ (``task.widths``) or a subset larger than the training
+        set (``task.subset``).
+      ValueError: an invalid model argument (e.g. heads that do not divide the width, an
+        unknown dtype), naming it and its allowed values.
     """
     if not widths or len(set(widths)) != 1:
         raise ConfigError(
             f"task.widths = {list(widths)} is invalid for the language model: expected one "
             "entry per block, all equal to the model width (e.g. [64, 64])"
         )
-    structure = {"task.dtype": dtype, "task.subset": subset}
-    splits = common.subset(_text(seq_len), structure)
-    model = decoder_lm(seq_len=seq_len, width=widths[0], depth=len(widths), num_heads=num_heads)
-    model = common.with_compute_dtype(model, common.compute_dtype(structure))
+    splits = take_subset(_text(seq_len), subset)
+    model = decoder_lm(
+        seq_len=seq_len, width=widths[0], depth=len(widths), num_heads=num_heads, dtype=dtype
+    )
 
     def init(key: jax.Array, hp: Mapping[str, Any]) -> tuple[Any, Any]:
         params, state = model.init(key)
@@ -104,6 +109,6 @@ def bytes_lm(structure: Mapping[str, Any]) -> Task:
     ``task.subset`` from ``structure`` (defaults :data:`WIDTHS`, float32, all data)."""
     return make_bytes_lm(
         widths=common.widths(structure, WIDTHS),
-        dtype=common.compute_dtype(structure),
-        subset=int(structure.get("task.subset") or 0),
+        dtype=common.setting(structure, "task.dtype"),
+        subset=common.setting(structure, "task.subset"),
     )

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxtune import data as data_lib
+from jaxtune.data.splits import take_subset
 from jaxtune.models import Model, mlp
 from jaxtune.tasks import Task, classification, regression
 from jaxtune.workloads import common
@@ -47,22 +48,22 @@ def _mlp(
     widths: tuple[int, ...],
     num_outputs: int,
 ) -> Model:
-    model = mlp(
+    return mlp(
         num_outputs=num_outputs,
         input_shape=data_lib.input_shape(splits),
         widths=common.widths(structure, widths),
+        dtype=common.setting(structure, "task.dtype"),
     )
-    return common.with_compute_dtype(model, common.compute_dtype(structure))
 
 
 def digits_mlp(structure: Mapping[str, Any]) -> Task:
     """Flat 64-pixel digits, an MLP 64-256-256-10 (:data:`DIGITS_WIDTHS`), cross-entropy."""
-    splits = common.subset(_digits(), structure)
+    splits = take_subset(_digits(), common.setting(structure, "task.subset"))
     return classification(_mlp(splits, structure, DIGITS_WIDTHS, 10), splits)
 
 
 def diabetes_mlp(structure: Mapping[str, Any]) -> Task:
     """Diabetes progression from 10 standardized features, an MLP 10-64-1
     (:data:`DIABETES_WIDTHS`), squared error in units of the training target's variance."""
-    splits = common.subset(_diabetes(), structure)
+    splits = take_subset(_diabetes(), common.setting(structure, "task.subset"))
     return regression(_mlp(splits, structure, DIABETES_WIDTHS, 1), splits)

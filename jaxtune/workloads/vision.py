@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxtune import data as data_lib
+from jaxtune.data.splits import take_subset
 from jaxtune.models import cnn
 from jaxtune.tasks import Task, classification
 from jaxtune.workloads import common
@@ -48,13 +49,14 @@ def _images32() -> data_lib.Splits:
 def _cnn_task(
     splits: data_lib.Splits, structure: Mapping[str, Any], channels: tuple[int, ...]
 ) -> Task:
-    splits = common.subset(splits, structure)
+    splits = take_subset(splits, common.setting(structure, "task.subset"))
     model = cnn(
         num_outputs=data_lib.num_classes(splits),
         input_shape=data_lib.input_shape(splits),
         channels=common.widths(structure, channels),
+        dtype=common.setting(structure, "task.dtype"),
     )
-    return classification(common.with_compute_dtype(model, common.compute_dtype(structure)), splits)
+    return classification(model, splits)
 
 
 def digits_cnn(structure: Mapping[str, Any]) -> Task:
