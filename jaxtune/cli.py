@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import sys
 import time
@@ -88,10 +87,13 @@ class _Banner:
     """Says in one line, when a sweep starts, what runs where."""
 
     def on_start(self, info: dict[str, Any]) -> None:
+        from jaxtune.report import progress
+
         groups = info["groups"]
         print(
             f"{PROG}: {info['num_trials']} trial(s) in {len(groups)} compiled group(s) on "
-            f"{info['devices']} {info['backend']} device(s); choosing on "
+            f"{info['devices']} {info['backend']} device(s), run as "
+            f"{progress.execution_text(info.get('execution', []))}; choosing on "
             f"{info['selection'].metric} ({info['selection'].mode})",
             file=sys.stderr,
             flush=True,
@@ -274,11 +276,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         written = plots.write_plots(result, out)
     print()
     print(progress.format_table(result))
-    t = result.timing
-    print(
-        f"\ncompile {t.get('compile_s', math.nan):.1f} s, run {t.get('run_s', math.nan):.1f} s, "
-        f"{t.get('trial_steps_per_s', math.nan):.0f} trial-steps/s"
-    )
+    print("\n" + progress.timing_line(result))
     outputs = [
         ("results", out / "results.json"),
         ("table", out / "results.csv"),

@@ -48,6 +48,18 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["sweep", str(tiny), "--set", "task.factory=json:dumps", *out],
             "must return a jaxtune.Task",
         ),
+        "bad execution form": (
+            ["sweep", str(tiny), "--set", 'train.execution="scan/loop"', *out],
+            "train.execution = 'scan/loop' is invalid: expected 'auto' or LOOP/TRIALS",
+        ),
+        "bad precision": (
+            ["sweep", str(tiny), "--set", 'train.precision="fp8"', *out],
+            "train.precision = 'fp8' is invalid: expected one of 'float32', 'tensorfloat32'",
+        ),
+        "bad dtype": (
+            ["sweep", str(tiny), "--set", 'task.dtype="float16"', *out],
+            "task.dtype = 'float16' is invalid: expected one of 'float32', 'bfloat16'",
+        ),
     }
 
 
@@ -66,6 +78,9 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "resume without out",
         "factory import fails",
         "factory returns no task",
+        "bad execution form",
+        "bad precision",
+        "bad dtype",
     ],
 )
 def test_bad_config_exits_2_with_one_line(case, tmp_path, capsys):

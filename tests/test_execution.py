@@ -158,10 +158,14 @@ def test_candidates_follow_the_backend_and_the_model():
     cpu_conv = execution.candidates("cpu", True, 4)
     assert [str(f) for f in cpu_conv] == ["host/unroll", "host/vmap", "host/map"]
     assert all(f.loop == "host" for f in execution.candidates("cpu", True, 32))
-    assert [str(f) for f in execution.candidates("cpu", False, 1)] == ["scan:16/vmap", "host/vmap"]
+    assert [str(f) for f in execution.candidates("cpu", True, 1)] == ["host/unroll"]
+    assert [str(f) for f in execution.candidates("cpu", False, 1)] == [
+        "scan/unroll",
+        "host/unroll",
+    ]
+    assert [str(f) for f in execution.candidates("cpu", False, 64)] == ["scan/vmap", "host/vmap"]
     gpu = execution.candidates("gpu", True, 8)
-    assert [str(f) for f in gpu] == ["scan:16/vmap", "scan:16/map", "host/vmap"]
-    assert str(execution.unmeasured(gpu)) == "scan/vmap"
+    assert [str(f) for f in gpu] == ["scan/vmap", "scan/map", "host/vmap"]
 
 
 def test_choose_measures_while_the_budget_lasts_and_keeps_the_fastest():
@@ -173,12 +177,19 @@ def test_choose_measures_while_the_budget_lasts_and_keeps_the_fastest():
         seen.append(str(form))
         return rates[str(form)], 1.0, 2.0
 
-    chosen = execution.choose(forms, measure, budget_s=100.0)
+    kw = {"work": lambda f: 1.0, "rate_guess": 10.0, "compile_guess": 2.0}
+    chosen = execution.choose(forms, measure, 100.0, **kw)
     assert str(chosen.form) == "host/vmap" and seen == list(rates)
     assert chosen.spent_s == pytest.approx(1.0 + 3.0 + 3.0)  # the first's compile is free
+    assert chosen.rates == rates
+    # 4.5 s: the first two fit (0.2 + 2.2 predicted), the third (predicted 2 + 0.2) does not.
     seen.clear()
-    assert str(execution.choose(forms, measure, budget_s=3.0).form) == "host/unroll"
-    assert seen == ["host/unroll"]  # the next one would cost 3 s more: over the budget
+    assert str(execution.choose(forms, measure, 4.5, **kw).form) == "host/vmap"
+    assert seen == ["host/unroll", "host/vmap"]
+    # Too little for two measurements: nothing is measured, the first candidate runs.
+    seen.clear()
+    chosen = execution.choose(forms, measure, 2.0, **kw)
+    assert (str(chosen.form), chosen.rates, seen) == ("host/unroll", {}, [])
 
 
 def test_convolutions_are_found_at_any_depth():
@@ -196,3 +207,55 @@ def test_convolutions_are_found_at_any_depth():
     key = jax.random.PRNGKey(0)
     assert execution.has_convolution(loss(conv, x4), key)
     assert not execution.has_convolution(loss(dense, x3), key)
+
+
+def test_auto_measures_records_its_choice_and_a_resumed_run_reuses_it(tmp_path, monkeypatch):
+    from jaxtune.engine import prepare
+
+    monkeypatch.setattr(prepare, "MEASURE_FRACTION", 1e9)  # measure whatever the sweep's length
+    monkeypatch.setattr(prepare, "_CHOSEN", {})
+    cfg = {
+        "task": {"dataset": "synthetic", "widths": [16]},
+        "train": {"steps": 30, "eval_every": 10, "batch_size": 16},
+        "checkpoint": {"every": 10},
+        "log": {"tensorboard": False, "plots": False},
+        "sweep": {"grid": {"optimizer.learning_rate": [0.01, 0.1, 0.3]}},
+    }
+    whole = jaxtune.run_sweep(cfg, out_dir=tmp_path / "whole")
+    (chosen,) = whole.timing["execution"]
+    assert chosen["how"] == "auto: measured"
+    assert chosen["form"] in chosen["rates"] and len(chosen["rates"]) >= 2
+    assert all(r > 0 for r in chosen["rates"].values())
+
+    class StopAt(jaxtune.SweepCallback):
+        def on_chunk(self, start, stop, history):
+            if stop == 20:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        jaxtune.run_sweep(cfg, out_dir=tmp_path / "cut", callbacks=[StopAt()])
+    # A new process knows nothing of this one's measurements: the resumed run must take the
+    # checkpoint's record, never measure again.
+    monkeypatch.setattr(prepare, "_CHOSEN", {})
+    monkeypatch.setattr(execution, "choose", lambda *a, **k: pytest.fail("measured again"))
+    resumed = jaxtune.run_sweep(cfg, out_dir=tmp_path / "cut", resume=True)
+    (again,) = resumed.timing["execution"]
+    assert (again["form"], again["how"]) == (chosen["form"], "recorded (resumed run)")
+    for key, value in whole.history.items():
+        np.testing.assert_array_equal(resumed.history[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize(("precision", "hlo"), [("float32", "HIGHEST"), ("bfloat16", "DEFAULT")])
+def test_precision_is_the_matmul_precision_of_every_program_and_is_recorded(precision, hlo):
+    from jaxtune.engine.bind import Binder
+    from jaxtune.engine.prepare import Preparer
+
+    d = {
+        "task": {"dataset": "synthetic", "widths": [8]},
+        "train": {"steps": 4, "eval_every": 2, "batch_size": 8, "precision": precision},
+    }
+    cfg = jaxtune.SweepConfig.from_dict(d)
+    pop = Preparer(cfg, Binder(cfg), planned_trial_steps=4).population([(0, {})], fresh=False)
+    text = pop.calls[0].program.lower_steps(1, 2).as_text()
+    assert f"precision = [{hlo}, {hlo}]" in text
+    assert jaxtune.run_sweep(d).timing["precision"] == precision

@@ -183,6 +183,13 @@ def test_result_table_best_aggregate_and_save(mixed_sweep, tmp_path):
     best = result.best()
     assert result.selection.metric == "valid.accuracy" and result.selection.mode == "max"
     assert best.final["valid.accuracy"] == max(t.final["valid.accuracy"] for t in result.trials)
+    # The whole order, not only the best value: ties on the validation metric are common here,
+    # and a ranking on the wrong split would hide behind them. The documented rule, by hand:
+    # finished trials first, by valid.accuracy descending, ties by id.
+    acc = np.array([t.final["valid.accuracy"] for t in result.trials])
+    order = np.lexsort((np.arange(len(acc)), -acc, [t.diverged for t in result.trials]))
+    assert [t.id for t in result.ranked()] == [int(i) for i in order]
+    assert best.id == int(order[0])
     with pytest.raises(ValueError, match="test metrics are reported, never used to choose"):
         result.best("test.accuracy")
     rows = result.aggregate(over="train.seed")

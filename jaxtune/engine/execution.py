@@ -46,15 +46,16 @@ __all__ = [
     "choose",
     "has_convolution",
     "parse_form",
+    "time_calls",
 ]
 
 _P = jax.sharding.PartitionSpec
 LOOPS = ("scan", "unroll", "host")
 TRIAL_AXES = ("vmap", "unroll", "map")
 
-#: The steps per dispatch of a scan that ``auto`` measures (a short scan is as fast as a
-#: whole-chunk one for any model large enough to be worth measuring, and cheap to time).
-MEASURED_SCAN = 16
+#: A measurement times calls for at least this many seconds (after one warm-up call, unless
+#: a single call already lasts that long).
+MIN_TIMING_S = 0.2
 
 #: No more trials than this per device are unrolled into one program (compile time grows
 #: with every unrolled trial).
@@ -232,34 +233,27 @@ def candidates(backend: str, convolution: bool, per_device: int) -> list[Form]:
     pass slowly inside any loop body) and vmap is measured against unrolled trials (vmapped
     kernels become one grouped convolution). On GPUs and TPUs a scan costs nothing; vmapped
     convolutions are measured against ``lax.map``. Unrolling is pruned past
-    :data:`MAX_UNROLLED_TRIALS` trials per device; with one trial per device every trial axis
-    is the same program, so only ``vmap`` is kept.
+    :data:`MAX_UNROLLED_TRIALS` trials per device; with one trial per device, ``unroll`` is
+    exactly the solo program (no batch axis at all), so it is the only trial axis kept.
     """
-    several = per_device > 1
-    unroll = several and per_device <= MAX_UNROLLED_TRIALS
-    scan = Form("scan", MEASURED_SCAN)
+    one = per_device == 1
+    unroll = per_device <= MAX_UNROLLED_TRIALS
     if backend == "cpu":
         if convolution:
+            if one:
+                return [Form("host", trials="unroll")]
             out = [Form("host", trials="unroll")] if unroll else []
-            out.append(Form("host"))
-            if several:
-                out.append(Form("host", trials="map"))
-            return out
-        out = [scan, Form("host")]
-        if unroll:
-            out.append(Form("host", trials="unroll"))
-        return out
-    out = [scan]
-    if convolution and several:
-        out.append(Form("scan", MEASURED_SCAN, "map"))
-    out.append(Form("host"))
-    return out
-
-
-def unmeasured(forms: Sequence[Form]) -> Form:
-    """The form ``auto`` runs without measuring: the first candidate, over whole chunks."""
-    first = forms[0]
-    return dataclasses.replace(first, steps=None) if first.loop == "scan" else first
+            return [*out, Form("host"), Form("host", trials="map")]
+        if one:
+            return [Form("scan", trials="unroll"), Form("host", trials="unroll")]
+        out = [Form(), Form("host")]
+        return [*out, Form("host", trials="unroll")] if unroll else out
+    if one:
+        return [Form("scan", trials="unroll"), Form("host", trials="unroll")]
+    out = [Form()]
+    if convolution:
+        out.append(Form("scan", trials="map"))
+    return [*out, Form("host")]
 
 
 class Measured(NamedTuple):
@@ -272,39 +266,58 @@ def choose(
     forms: Sequence[Form],
     measure: Callable[[Form], tuple[float, float, float]],
     budget_s: float,
+    *,
+    work: Callable[[Form], float],
+    rate_guess: float,
+    compile_guess: float,
 ) -> Measured:
     """Measure candidates in order while the budget lasts; the fastest wins.
 
     ``measure(form) -> (trial-steps per second, seconds timing, seconds compiling)`` compiles
-    and times one form. The first candidate is always measured (its programs are needed
-    anyway, so only its timing counts against the budget); each next one only while the
-    seconds spent so far plus the costliest measurement so far stay within ``budget_s``. A
-    later candidate must beat the leader by 3% to replace it (timings are noisy).
+    and times one form; ``work(form)`` is the trial-steps one of its calls runs. Before each
+    measurement its cost is predicted: a compile as long as the costliest so far (at first
+    ``compile_guess``) plus two calls at the best rate measured so far (at first
+    ``rate_guess``), at least :data:`MIN_TIMING_S`. Nothing is measured unless the first two
+    candidates fit the budget (one measurement alone decides nothing); a candidate that would
+    overrun it is skipped. The first candidate's compile is free (its programs are needed if
+    it wins). A later candidate must beat the leader by 3% to replace it (timings are noisy).
     """
+
+    def predicted(form: Form, rate: float, compile_s: float) -> float:
+        return compile_s + max(MIN_TIMING_S, 2 * work(form) / max(rate, 1e-9))
+
+    first, rest = forms[0], list(forms[1:])
+    opening = predicted(first, rate_guess, 0.0)
+    if not rest or opening + predicted(rest[0], rate_guess, compile_guess) > budget_s:
+        return Measured(first, {}, 0.0)
     rates: dict[str, float] = {}
-    spent, worst, best = 0.0, 0.0, None
-    for form in forms:
-        if best is not None and spent + worst > budget_s:
-            break
+    rate, timing_s, compile_s = measure(first)
+    rates[str(first)] = rate
+    spent, costliest, best = timing_s, max(compile_s, compile_guess), first
+    for form in rest:
+        if spent + predicted(form, max(rates.values()), costliest) > budget_s:
+            continue
         rate, timing_s, compile_s = measure(form)
         rates[str(form)] = rate
-        spent += timing_s + (compile_s if best is not None else 0.0)
-        worst = max(worst, timing_s + compile_s)
-        if best is None or rate > 1.03 * rates[str(best)]:
+        spent += timing_s + compile_s
+        costliest = max(costliest, compile_s)
+        if rate > 1.03 * rates[str(best)]:
             best = form
     return Measured(best, rates, spent)
 
 
-def time_calls(call: Callable[[Any], Any], state: Any, work: float, min_s: float = 0.2) -> float:
-    """Units of ``work`` per second of ``state = call(state)`` after one warm-up call, timed
-    over at least ``min_s`` seconds (and at least one call)."""
-    state = call(state)
-    jax.block_until_ready(state)
+def time_calls(call: Callable[[Any], Any], state: Any, work: float) -> float:
+    """Units of ``work`` per second of ``state = call(state)``: a single call when it lasts
+    :data:`MIN_TIMING_S` or more, else one warm-up call and then calls for at least that long."""
+    t0 = time.perf_counter()
+    state = jax.block_until_ready(call(state))
+    first = time.perf_counter() - t0
+    if first >= MIN_TIMING_S:
+        return work / first
     calls, t0 = 0, time.perf_counter()
     while True:
-        state = call(state)
-        jax.block_until_ready(state)
+        state = jax.block_until_ready(call(state))
         calls += 1
         elapsed = time.perf_counter() - t0
-        if elapsed >= min_s or calls >= 50:
+        if elapsed >= MIN_TIMING_S or calls >= 100:
             return calls * work / elapsed if elapsed > 0 else math.inf

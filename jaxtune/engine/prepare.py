@@ -216,7 +216,7 @@ class Preparer:
         recorded = self.forms.get(f"{plan.groups[spec.group].signature}@{spec.size}")
         if recorded is not None:
             return parse_form(recorded)
-        return execution.unmeasured(self._candidates(plan, spec))
+        return self._candidates(plan, spec)[0]
 
     def _form_of(self, plan: Plan, spec: CallSpec, widest: Form) -> Form:
         """A call's form: the recorded one of its size, else its group's."""
@@ -249,26 +249,30 @@ class Preparer:
         if recorded is not None:
             return parse_form(recorded), {"form": recorded, "how": "recorded (resumed run)"}
         forms = self._candidates(plan, spec)
-        first = self._call(plan, spec, execution.unmeasured(forms))
+        first = self._call(plan, spec, forms[0])
         key = first.program.shape_key
         if key in _CHOSEN:
             chosen = _CHOSEN[key]
             return chosen.form, _info(chosen, "auto: chosen earlier in this process")
-        budget = self._budget(first, spec)
-        if len(forms) == 1 or budget <= 0:
-            form = execution.unmeasured(forms)
-            how = "auto: one candidate" if len(forms) == 1 else "auto: too short to measure"
-            return form, {"form": str(form), "how": how}
-        chosen = execution.choose(forms, lambda f: self._measure(plan, spec, f), budget)
+        if len(forms) == 1:
+            return forms[0], {"form": str(forms[0]), "how": "auto: one candidate"}
+        length = max(self.lengths)
+        compile_s = first.program.compile_all(self.lengths)  # needed if the first one wins
+        step_s = _trial_step_seconds(first, length)
+        budget = min(MEASURE_FRACTION * self.planned * step_s, MEASURE_CAP_S) - self.measured_s
+        chosen = execution.choose(
+            forms,
+            lambda f: self._measure(plan, spec, f),
+            budget,
+            work=lambda f: f.steps_per_call(length) * spec.size,
+            rate_guess=1.0 / max(step_s, 1e-12),
+            compile_guess=compile_s,
+        )
+        if not chosen.rates:
+            return forms[0], {"form": str(forms[0]), "how": "auto: too short to measure"}
         self.measured_s += chosen.spent_s
         _CHOSEN[key] = chosen
         return chosen.form, _info(chosen, "auto: measured")
-
-    def _budget(self, call: Call, spec: CallSpec) -> float:
-        """Seconds ``auto`` may spend measuring: a fraction of the sweep's estimated time."""
-        est = self.planned * _trial_step_seconds(call, max(self.lengths))
-        left = min(MEASURE_FRACTION * est, MEASURE_CAP_S) - self.measured_s
-        return left if left > 0.5 else 0.0
 
     def _measure(self, plan: Plan, spec: CallSpec, form: Form) -> tuple[float, float, float]:
         """``(trial-steps per second, seconds timing, seconds compiling)`` of a form."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -114,6 +115,38 @@ def _metric_columns(result: SweepResult) -> list[str]:
     test = [k for k in keys if k.startswith("test.")]
     head = [k for k in ("train.loss",) if k in keys]
     return head + ([sel] if sel in keys else []) + valid + test
+
+
+def execution_text(execution: Sequence[dict[str, Any]]) -> str:
+    """How each compiled group ran: ``host/unroll (auto: measured: host/unroll 37.2, host/vmap
+    30.1 trial-steps/s)``, one entry per group (groups that ran alike are said once).
+
+    Example:
+      >>> execution_text([{"form": "scan/vmap", "how": "auto: too short to measure"}])
+      'scan/vmap (auto: too short to measure)'
+    """
+    parts = []
+    for e in execution:
+        rates = e.get("rates") or {}
+        measured = ", ".join(f"{f} {fmt(r)}" for f, r in rates.items())
+        text = f"{e['form']} ({e['how']}{': ' + measured + ' trial-steps/s' if measured else ''})"
+        if text not in parts:
+            parts.append(text)
+    return "; ".join(parts)
+
+
+def timing_line(result: SweepResult) -> str:
+    """``compile C s, run R s, X trial-steps/s; execution ...; precision P``."""
+    t = result.timing
+    line = (
+        f"compile {t.get('compile_s', math.nan):.1f} s, run {t.get('run_s', math.nan):.1f} s, "
+        f"{t.get('trial_steps_per_s', math.nan):.0f} trial-steps/s"
+    )
+    if t.get("execution"):
+        line += f"; execution {execution_text(t['execution'])}"
+    if t.get("precision"):
+        line += f"; precision {t['precision']}"
+    return line
 
 
 def summary_line(result: SweepResult) -> str:
