@@ -59,8 +59,6 @@ class _ArrayColumn:
     """One array (or memmap) with a leading example axis."""
 
     def __init__(self, array: Any, where: str):
-        if isinstance(array, jax.Array):
-            array = np.asarray(array)
         if array.ndim == 0:
             raise TaskError(
                 f"{where}: every input and target must be an array with a leading example axis, "
@@ -190,8 +188,7 @@ class HostSource:
         lengths = {len(c) for c in columns}
         if len(lengths) != 1:
             raise TaskError(
-                f"{name}: inputs and targets disagree on the number of examples "
-                f"({sorted(lengths)})"
+                f"{name}: inputs and targets disagree on the number of examples ({sorted(lengths)})"
             )
         self._paths = [p for p, _ in paths]
         self._columns = columns
