@@ -82,15 +82,16 @@ def num_classes(splits: Splits) -> int:
         >>> num_classes(load_digits())
         10
     """
-    labels = [y for s in splits if s is not None and np.size(y := _targets(s))]
+    targets = [_targets(s, n) for n, s in zip(SPLITS, splits, strict=True) if s is not None]
+    labels = [y for y in targets if np.size(y)]
     return max(int(y.max()) for y in labels) + 1 if labels else 0
 
 
-def _targets(split: Any) -> Any:
+def _targets(split: Any, name: str) -> Any:
     """A split's targets; those of a host source are read alone (its inputs are not)."""
     if not is_host_source(split):
         return np.asarray(split[1])
-    targets = as_source(split).part(1)
+    targets = as_source(split, name=f"data.{name}").part(1)
     return targets.gather(np.arange(len(targets)))
 
 
@@ -183,7 +184,7 @@ def check_classification(splits: Splits, *, num_classes: int | None = None) -> N
         split = getattr(splits, name)
         if split is None:
             continue
-        y = _targets(split)
+        y = _targets(split, name)
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise TaskError(
                 f"data.{name} targets must be integer labels of shape [N], got shape {y.shape} "
