@@ -55,6 +55,10 @@ def _spec_text(shape: tuple[int, ...], dtype: Any) -> str:
     return f"shape {tuple(shape)} and dtype {np.dtype(dtype)}"
 
 
+# A column is one leaf of a HostSource's tree: an array, a record source, or a HostSource. Each
+# has ``len``, ``_spec(where)`` (per-example spec) and ``_read(idx, where)`` (rows, unchecked).
+
+
 class _ArrayColumn:
     """One array (or memmap) with a leading example axis."""
 
@@ -69,10 +73,10 @@ class _ArrayColumn:
     def __len__(self) -> int:
         return int(self.array.shape[0])
 
-    def spec(self, where: str) -> jax.ShapeDtypeStruct:
+    def _spec(self, where: str) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(tuple(self.array.shape[1:]), self.array.dtype)
 
-    def read(self, idx: np.ndarray, where: str) -> np.ndarray:
+    def _read(self, idx: np.ndarray, where: str) -> np.ndarray:
         return np.asarray(self.array[idx])
 
 
@@ -90,7 +94,7 @@ class _RecordColumn:
 
     def __init__(self, records: Any):
         self.records = records
-        self._spec: Any = None
+        self._cached: Any = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -103,18 +107,18 @@ class _RecordColumn:
             )
         return item
 
-    def spec(self, where: str) -> Any:
-        if self._spec is None:
+    def _spec(self, where: str) -> Any:
+        if self._cached is None:
             if len(self.records) == 0:
                 raise TaskError(f"{where} is empty: it needs at least one example")
             item = self._item(self.records[0], 0, where)
-            self._spec = jax.tree.map(
+            self._cached = jax.tree.map(
                 lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), item
             )
-        return self._spec
+        return self._cached
 
-    def read(self, idx: np.ndarray, where: str) -> Any:
-        spec = self.spec(where)
+    def _read(self, idx: np.ndarray, where: str) -> Any:
+        spec = self._spec(where)
         paths, treedef = jax.tree_util.tree_flatten_with_path(spec)
         items = _read_items(self.records, idx)
         if len(items) != len(idx):
@@ -217,11 +221,10 @@ class HostSource:
     @functools.cached_property
     def element_spec(self) -> Any:
         """Per-example ``jax.ShapeDtypeStruct`` of every leaf (no leading example axis)."""
-        return self.spec(self.name)
+        return self._spec(self.name)
 
-    def spec(self, where: str) -> Any:
-        """:attr:`element_spec`, with errors naming ``where`` (the column protocol)."""
-        specs = [c.spec(w) for c, w in zip(self._columns, self._names(where), strict=True)]
+    def _spec(self, where: str) -> Any:
+        specs = [c._spec(w) for c, w in zip(self._columns, self._names(where), strict=True)]
         return jax.tree.unflatten(self._treedef, specs)
 
     @property
@@ -244,13 +247,12 @@ class HostSource:
         idx = _check_indices(indices, len(self), self.name)
         if idx.ndim != 1:
             raise ValueError(f"{self.name}: gather takes 1-D indices, got shape {idx.shape}")
-        return self.read(idx, self.name)
+        return self._read(idx, self.name)
 
-    def read(self, idx: np.ndarray, where: str) -> Any:
-        """:meth:`gather` without the checks, errors naming ``where`` (the column protocol)."""
+    def _read(self, idx: np.ndarray, where: str) -> Any:
         if self._index is not None:
             idx = self._index[idx]
-        rows = [c.read(idx, w) for c, w in zip(self._columns, self._names(where), strict=True)]
+        rows = [c._read(idx, w) for c, w in zip(self._columns, self._names(where), strict=True)]
         return jax.tree.unflatten(self._treedef, rows)
 
     def take(self, indices: Any, *, name: str | None = None) -> HostSource:
