@@ -149,12 +149,12 @@ def regression(model: Model, data: Splits, *, valid_fraction: float = 0.1) -> Ta
       valid_fraction: see :func:`jaxtune.data.with_validation`.
     """
     data = data_lib.with_validation(data, valid_fraction)
-    targets = np.asarray(data.train[1])
-    want = 1 if targets.ndim == 1 else int(np.prod(targets.shape[1:]))
+    shape = tuple(data_lib.as_source(data.train).element_spec[1].shape)
+    want = int(np.prod(shape)) if shape else 1
     if model.num_outputs != want:
         raise TaskError(
             f"model.num_outputs = {model.num_outputs} does not match the targets: expected "
-            f"{want} output(s) for targets of per-example shape {targets.shape[1:]}"
+            f"{want} output(s) for targets of per-example shape {shape}"
         )
     return Task(_model_init(model), model.apply, _squared_error, _regression_metrics, data)
 
@@ -205,10 +205,10 @@ def check_task(task: Any, hp: Mapping[str, Any], *, where: str = "task") -> list
             f"{type(task).__name__}"
         )
     data_lib.check_splits(task.data, where=f"{where}.data")
-    inputs, targets = task.data.train
+    inputs, targets = data_lib.as_source(task.data.train).element_spec  # per example, unread
     b = min(2, data_lib.num_examples(task.data.train))
-    x = jax.tree.map(lambda a: jax.ShapeDtypeStruct((b, *np.shape(a)[1:]), _dtype(a)), inputs)
-    y = jax.tree.map(lambda a: jax.ShapeDtypeStruct((b, *np.shape(a)[1:]), _dtype(a)), targets)
+    x = jax.tree.map(lambda a: jax.ShapeDtypeStruct((b, *a.shape), _dtype(a)), inputs)
+    y = jax.tree.map(lambda a: jax.ShapeDtypeStruct((b, *a.shape), _dtype(a)), targets)
     hp = {k: jnp.asarray(v) for k, v in hp.items()}
     key = jax.random.PRNGKey(0)
     try:

@@ -2,8 +2,10 @@
 
 A split is a pair ``(inputs, targets)`` whose leaves are arrays with a leading example axis:
 plain arrays, or pytrees of arrays (several inputs, token ids with masks, multi-output targets).
-:class:`Splits` holds three of them; ``test`` may be ``None``. Hyperparameters are chosen on
-``valid``; ``test`` is reported, never used to choose.
+A split may also be read on the host (:mod:`jaxtune.data.sources`): a pair with ``np.memmap`` or
+random-access sources among its leaves, a :class:`~jaxtune.data.HostSource`, or a source whose
+items are ``(inputs, targets)`` pairs. :class:`Splits` holds three splits; ``test`` may be
+``None``. Hyperparameters are chosen on ``valid``; ``test`` is reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxtune.data.sources import as_source, check_source, is_host_source
 from jaxtune.errors import ConfigError, TaskError
 
 __all__ = [
@@ -46,7 +49,14 @@ class Splits(NamedTuple):
 
 
 def num_examples(split: Any) -> int:
-    """The length of the leading axis shared by every leaf of a split."""
+    """The length of the leading axis shared by every leaf of a split (a host source's length).
+
+    Example:
+        >>> num_examples((np.zeros((5, 2)), np.zeros(5)))
+        5
+    """
+    if is_host_source(split):
+        return len(as_source(split))
     leaves = jax.tree.leaves(split)
     return int(np.shape(leaves[0])[0]) if leaves else 0
 
@@ -59,6 +69,8 @@ def input_shape(splits: Splits) -> tuple[int, ...]:
         >>> input_shape(load_digits(flat=False))
         (8, 8, 1)
     """
+    if is_host_source(splits.train):
+        return tuple(int(d) for d in as_source(splits.train).element_spec[0].shape)
     return tuple(int(d) for d in np.shape(splits.train[0])[1:])
 
 
@@ -70,11 +82,23 @@ def num_classes(splits: Splits) -> int:
         >>> num_classes(load_digits())
         10
     """
-    labels = [np.asarray(s[1]) for s in splits if s is not None and np.size(s[1])]
+    targets = [_targets(s, n) for n, s in zip(SPLITS, splits, strict=True) if s is not None]
+    labels = [y for y in targets if np.size(y)]
     return max(int(y.max()) for y in labels) + 1 if labels else 0
 
 
+def _targets(split: Any, name: str) -> Any:
+    """A split's targets; those of a host source are read alone (its inputs are not)."""
+    if not is_host_source(split):
+        return np.asarray(split[1])
+    targets = as_source(split, name=f"data.{name}").part(1)
+    return targets.gather(np.arange(len(targets)))
+
+
 def _take(split: Any, idx: np.ndarray) -> Any:
+    """The examples at ``idx``; of a host source, a view that reads nothing."""
+    if is_host_source(split):
+        return as_source(split).take(idx)
     return jax.tree.map(lambda a: np.asarray(a)[idx], split)
 
 
@@ -84,7 +108,8 @@ def check_splits(splits: Any, *, where: str = "data") -> None:
     Each of ``train`` and ``valid`` (and ``test`` unless None) must be an ``(inputs, targets)``
     pair of numeric arrays (or pytrees of them) with one shared, non-zero leading length;
     floating inputs must be finite; per-example shapes and the tree structure must agree
-    across splits.
+    across splits. A host source (:func:`jaxtune.data.is_host_source`) is not read whole:
+    :func:`jaxtune.data.check_source` checks a seeded sample of its rows.
     """
     if not isinstance(splits, Splits):
         raise TaskError(
@@ -100,40 +125,51 @@ def check_splits(splits: Any, *, where: str = "data") -> None:
                 f"{where}.{name} is None: jaxtune chooses hyperparameters on a validation split; "
                 "give one, or carve it out of train with jaxtune.data.with_validation"
             )
-        if not isinstance(split, tuple | list) or len(split) != 2:
-            raise TaskError(f"{where}.{name} must be an (inputs, targets) pair")
-        leaves = jax.tree.leaves(split)
-        lengths = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
-        if not leaves or -1 in lengths:
-            raise TaskError(
-                f"{where}.{name}: every input and target must be an array with a leading "
-                "example axis"
-            )
-        if len(lengths) != 1:
-            raise TaskError(
-                f"{where}.{name}: inputs and targets disagree on the number of examples "
-                f"({sorted(lengths)})"
-            )
-        if lengths == {0}:
-            raise TaskError(f"{where}.{name} is empty: it needs at least one example")
-        for part, tree in zip(("inputs", "targets"), split, strict=True):
-            for a in jax.tree.leaves(tree):
-                a = np.asarray(a)
-                if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-                    raise TaskError(f"{where}.{name} {part} must be numeric, got dtype {a.dtype}")
-                if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-                    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
-                    raise TaskError(
-                        f"{where}.{name} {part} contain {bad} non-finite value(s) (NaN or inf)"
-                    )
-        shape = jax.tree.map(lambda a: np.shape(a)[1:], split)
+        if is_host_source(split):
+            spec = check_source(split, f"{where}.{name}")
+            if not isinstance(spec, tuple | list) or len(spec) != 2:
+                raise TaskError(
+                    f"{where}.{name} must be an (inputs, targets) pair: its items have "
+                    f"structure {jax.tree.structure(spec)}"
+                )
+        else:
+            _check_arrays(split, f"{where}.{name}")
+            spec = as_source(split).element_spec
+        spec = tuple(spec)
+        structure, shape = jax.tree.structure(spec), jax.tree.map(lambda a: a.shape, spec)
         if reference is None:
-            reference = (name, jax.tree.structure(split), shape)
-        elif jax.tree.structure(split) != reference[1] or shape != reference[2]:
+            reference = (name, structure, shape)
+        elif structure != reference[1] or shape != reference[2]:
             raise TaskError(
                 f"{where}.{name} does not match {where}.{reference[0]}: per-example shapes "
                 f"{shape} vs {reference[2]}"
             )
+
+
+def _check_arrays(split: Any, where: str) -> None:
+    """An in-memory pair: numeric arrays of one shared, non-zero length, finite floats."""
+    if not isinstance(split, tuple | list) or len(split) != 2:
+        raise TaskError(f"{where} must be an (inputs, targets) pair")
+    leaves = jax.tree.leaves(split)
+    lengths = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
+    if not leaves or -1 in lengths:
+        raise TaskError(
+            f"{where}: every input and target must be an array with a leading example axis"
+        )
+    if len(lengths) != 1:
+        raise TaskError(
+            f"{where}: inputs and targets disagree on the number of examples ({sorted(lengths)})"
+        )
+    if lengths == {0}:
+        raise TaskError(f"{where} is empty: it needs at least one example")
+    for part, tree in zip(("inputs", "targets"), split, strict=True):
+        for a in jax.tree.leaves(tree):
+            a = np.asarray(a)
+            if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+                raise TaskError(f"{where} {part} must be numeric, got dtype {a.dtype}")
+            if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+                bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+                raise TaskError(f"{where} {part} contain {bad} non-finite value(s) (NaN or inf)")
 
 
 def check_classification(splits: Splits, *, num_classes: int | None = None) -> None:
@@ -148,7 +184,7 @@ def check_classification(splits: Splits, *, num_classes: int | None = None) -> N
         split = getattr(splits, name)
         if split is None:
             continue
-        y = np.asarray(split[1])
+        y = _targets(split, name)
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise TaskError(
                 f"data.{name} targets must be integer labels of shape [N], got shape {y.shape} "
@@ -165,7 +201,9 @@ def with_validation(splits: Splits, fraction: float, *, seed: int = 0) -> Splits
     """``splits`` itself when it has a validation split; otherwise one carved out of train.
 
     The last ``round(fraction * n)`` examples of a seeded permutation of the training split
-    become ``valid`` (at least one); the rest stay in ``train`` in their original order.
+    become ``valid`` (at least one); the rest stay in ``train`` in their original order. A
+    host-source training split becomes two views of it (:meth:`HostSource.take`); nothing is
+    read.
 
     Example:
         >>> import numpy as np
@@ -199,6 +237,9 @@ def subset(splits: Splits, n: int, *, n_eval: int | None = None, seed: int = 0) 
             permutation, kept in their original order.
         n_eval: if given, keep only the first ``n_eval`` examples of ``valid`` and ``test``.
         seed: seed of the permutation.
+
+    Returns:
+        The cut-down splits; a host-source split becomes a view of it that reads nothing.
 
     Example:
         >>> from jaxtune.data import load_digits

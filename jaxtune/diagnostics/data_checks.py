@@ -5,6 +5,10 @@ zero mean and unit variance on the training split, held-out splits standardized 
 statistics or with statistics fit on all the data (leakage), a standardizer that was not fit on
 the training split, and held-out values far outside the training range; for integer class labels,
 labels outside the model's outputs and class imbalance.
+
+A split read on the host (:func:`jaxtune.data.is_host_source`: a memmap, a grain source) is not
+read whole: the statistics come from a seeded random sample of at most ``sample_rows`` rows and
+``sample_bytes`` bytes of it, and the report says so and how many rows it read.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxtune.data import Splits, Standardizer
+from jaxtune.data import Splits, Standardizer, as_source, is_host_source
 from jaxtune.diagnostics.subject import Check
+from jaxtune.errors import TaskError
 
 __all__ = ["DataCheckResult", "data_checks"]
 
@@ -61,6 +66,34 @@ def _labels(splits: Splits) -> dict[str, np.ndarray] | None:
             return None
         out[name] = np.asarray(y)
     return out
+
+
+def _sample(
+    splits: Splits, max_rows: int, max_bytes: int, seed: int
+) -> tuple[Splits, dict[str, tuple[int, int]]]:
+    """``splits`` with every host-source split replaced by in-memory rows of it.
+
+    Returns the new splits and, per split that was cut down, ``(rows read, rows in the split)``.
+    """
+    out, sampled = {}, {}
+    for name, split in splits._asdict().items():
+        if split is None or not is_host_source(split):
+            out[name] = split
+            continue
+        src = as_source(split, name=f"data.{name}")
+        n = len(src)
+        row_bytes = max(1, src.nbytes // max(n, 1))
+        k = max(1, min(n, int(max_rows), int(max_bytes) // row_bytes))
+        if k < n:
+            idx = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+            sampled[name] = (k, n)
+        else:
+            idx = np.arange(n)
+        rows = src.gather(idx)
+        if not isinstance(rows, tuple | list) or len(rows) != 2:
+            raise TaskError(f"data.{name} must be an (inputs, targets) pair")
+        out[name] = tuple(rows)
+    return Splits(**out), sampled
 
 
 def _leakage(x_tr: np.ndarray, x_ho: np.ndarray, split: str, add: Any, tight: float) -> bool:
@@ -112,6 +145,9 @@ def data_checks(
     std_range: tuple[float, float] = (0.5, 2.0),
     imbalance: float = 10.0,
     outlier: float = 50.0,
+    sample_rows: int = 10_000,
+    sample_bytes: int = 256 << 20,
+    seed: int = 0,
 ) -> DataCheckResult:
     """Check a task's splits for the defects the checklist warns about.
 
@@ -119,6 +155,10 @@ def data_checks(
       splits: the task's data.
       num_outputs: the model's number of outputs (bounds integer class labels).
       standardizer: the standardizer that produced the inputs, if known.
+      sample_rows: the most rows read from a split kept on the host (a memmap, a grain
+        source); in-memory arrays are always looked at whole.
+      sample_bytes: the most bytes read from such a split.
+      seed: seed of those samples.
 
     Returns:
       A :class:`DataCheckResult`: errors (non-finite values, unstandardized features, leakage,
@@ -130,6 +170,17 @@ def data_checks(
 
     def add(name: str, severity: str, msg: str) -> None:
         findings.append((name, severity, msg))
+
+    splits, sampled = _sample(splits, sample_rows, sample_bytes, seed)
+    for name, (k, n) in sampled.items():
+        add(
+            "sampled",
+            "note",
+            f"{name} is read on the host: statistics from a seeded random sample of {k} of {n} "
+            "rows (estimates; non-finite values outside the sample are not seen)",
+        )
+    if sampled:
+        stats["sampled_rows"] = {name: k for name, (k, _) in sampled.items()}
 
     present = {
         n: getattr(splits, n) for n in ("train", *_HELD_OUT) if getattr(splits, n) is not None
@@ -239,6 +290,9 @@ def data_checks(
         reason += f" ({len(warnings)} warning(s))" if warnings else ""
     else:
         reason = "; ".join(sorted({f[0] for f in errors})) + " problem(s) found"
+    if sampled:
+        reason += " (sampled " + ", ".join(f"{k} of {n} {m} rows" for m, (k, n) in sampled.items())
+        reason += ")"
     out = DataCheckResult(not errors, reason, findings=findings, stats=stats)
     out.name = "data checks"
     return out

@@ -24,6 +24,7 @@ from jaxtune.config import SweepConfig
 from jaxtune.engine.bind import Binder
 from jaxtune.engine.step import TrainStep, make_train_step, trial_keys
 from jaxtune.engine.trials import hp_arrays, structure_of
+from jaxtune.errors import TaskError
 from jaxtune.report import figures
 from jaxtune.tasks import Task
 
@@ -101,11 +102,19 @@ class Subject:
         n = data_lib.num_examples(self.task.data.train)
         data_key = trial_keys(self.key)[1]
         idx = np.asarray(data_lib.batch_indices(data_key, step, min(size, n), n))
-        return jax.tree.map(lambda a: np.asarray(a)[idx], self.task.data.train)
+        return data_lib.stack_batches(self.task.data.train, idx)
 
     def labels(self) -> np.ndarray | None:
         """The training targets when they are integer class labels ``[N]``, else None."""
-        y = self.task.data.train[1]
+        train = self.task.data.train
+        if data_lib.is_host_source(train):
+            try:
+                targets = data_lib.as_source(train).part(1)
+            except TaskError:  # one source of (inputs, targets) items: not read whole
+                return None
+            y = targets.gather(np.arange(len(targets)))
+        else:
+            y = train[1]
         is_array = isinstance(y, np.ndarray | jax.Array) and np.ndim(y) == 1
         if is_array and np.issubdtype(np.asarray(y).dtype, np.integer):
             return np.asarray(y)
