@@ -90,6 +90,8 @@ KEYS: dict[str, KeySpec] = {
     "augment.noise": KeySpec("float", 0.0, low=0.0),
     "augment.cutout": KeySpec("float", 0.0, low=0.0),
     "eval.batch_size": KeySpec("int", 1024, low=1),
+    "data.placement": KeySpec("choice", "auto", ("auto", "device", "host")),
+    "data.device_bytes": KeySpec("int", None, low=1, optional=True),
     "halving.min_steps": KeySpec("int", None, low=1, optional=True),
     "halving.eta": KeySpec("float", 3.0, low=1.0, low_open=True),
     "pbt.interval": KeySpec("int", None, low=1, optional=True),

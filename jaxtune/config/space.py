@@ -39,7 +39,17 @@ UNSWEEPABLE = (
     "task.valid_fraction",
     "task.test_fraction",
 )
-_GLOBAL_SECTIONS = ("checkpoint", "log", "parallel", "select", "eval", "halving", "pbt", "optuna")
+_GLOBAL_SECTIONS = (
+    "checkpoint",
+    "log",
+    "parallel",
+    "select",
+    "eval",
+    "data",
+    "halving",
+    "pbt",
+    "optuna",
+)
 
 _SHORT = {
     "optimizer.learning_rate": "lr",

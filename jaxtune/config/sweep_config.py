@@ -254,7 +254,7 @@ def expand_trials(cfg: SweepConfig) -> list[dict[str, Any]]:
 
 
 #: What may change between a run and its resume: where and how it runs, not what it computes.
-_NOT_HASHED_SECTIONS = ("checkpoint", "log", "parallel")
+_NOT_HASHED_SECTIONS = ("checkpoint", "log", "parallel", "data")
 _NOT_HASHED_KEYS = ("train.max_trials_per_call", "train.execution")
 
 

@@ -80,13 +80,19 @@ class _ArrayColumn:
         return np.asarray(self.array[idx])
 
 
-def _read_items(records: Any, idx: np.ndarray) -> Sequence[Any]:
+def _read_items(records: Any, idx: np.ndarray, where: str = "data") -> Sequence[Any]:
     keys = [int(i) for i in idx]
-    if hasattr(records, "__getitems__"):
-        return records.__getitems__(keys)
-    if callable(getattr(records, "_getitems", None)):  # grain's batched-read protocol
-        return records._getitems(keys)
-    return [records[i] for i in keys]
+    try:
+        if hasattr(records, "__getitems__"):
+            return records.__getitems__(keys)
+        if callable(getattr(records, "_getitems", None)):  # grain's batched-read protocol
+            return records._getitems(keys)
+        return [records[i] for i in keys]
+    except Exception as e:
+        raise TaskError(
+            f"{where} says it has {len(records)} examples but reading indices "
+            f"{keys[0]}..{keys[-1]} failed: {type(e).__name__}: {e}"
+        ) from None
 
 
 class _RecordColumn:
@@ -120,7 +126,7 @@ class _RecordColumn:
     def _read(self, idx: np.ndarray, where: str) -> Any:
         spec = self._spec(where)
         paths, treedef = jax.tree_util.tree_flatten_with_path(spec)
-        items = _read_items(self.records, idx)
+        items = _read_items(self.records, idx, where)
         if len(items) != len(idx):
             raise TaskError(
                 f"{where}: a batched read of {len(idx)} indices returned {len(items)} items"

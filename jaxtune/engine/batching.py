@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxtune import data as data_lib
 from jaxtune.engine.step import TrainStep, trial_keys
 
-__all__ = ["BatchLayout", "make_evaluate", "make_shuffle", "make_step"]
+__all__ = ["BatchLayout", "make_evaluate", "make_shuffle", "make_step", "num_epochs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ class BatchLayout:
     splits: tuple[str, ...]
 
 
-def _num_epochs(layout: BatchLayout, n_train: int, length: int) -> int:
+def num_epochs(layout: BatchLayout, n_train: int, length: int) -> int:
     """How many epochs a chunk of ``length`` steps can touch (at the smallest steps/epoch)."""
     return min(math.ceil(length / (n_train // layout.max_batch)) + 1, length)
 
@@ -61,7 +61,7 @@ def make_shuffle(layout: BatchLayout, n_train: int, length: int) -> Callable:
     With a shared batch, ``perms`` is ``[epochs, n_train]`` and ``first`` a scalar (the shared
     ``data_key`` decides); otherwise both have a leading trial axis (each trial's own key).
     """
-    num = _num_epochs(layout, n_train, length)
+    num = num_epochs(layout, n_train, length)
 
     def one(data_key, batch, start):
         first = start // (n_train // batch)
@@ -84,44 +84,69 @@ def _gather(train: Any, perms: Any, first: Any, step: Any, batch: Any, size: int
     return jax.tree.map(lambda a: a[idx], train)
 
 
-def make_step(layout: BatchLayout, fns: TrainStep) -> Callable:
-    """``step(train, perms, first, t) -> (trial_step, per_trial)``: one step at step ``t``.
+def make_step(layout: BatchLayout, fns: TrainStep, *, fed: bool = False) -> Callable:
+    """``step(data, batches, t, i) -> (trial_step, per_trial)``: step ``t``, the ``i``-th of
+    its dispatch.
 
     ``trial_step(state, hp, *per_trial_i) -> (state, metrics)`` trains one trial; the caller
     batches it over ``(state, hp, *per_trial)``, whose leaves all have a leading trial axis.
-    For a shared batch the batch is gathered here, once for every trial of the call, and
-    ``per_trial`` is empty; otherwise it is the trials' own ``(perms, first)``.
+    On the device (``fed=False``) ``batches`` is the chunk's ``(perms, first)`` and each batch
+    is gathered from ``data["train"]``; fed from the host, ``batches`` is ``(feed, which,
+    offset)``: ``feed`` holds the chunk's batches ``[distinct, steps, batch, ...]`` (one per
+    distinct data seed and batch size), ``which`` each trial's row of it and ``offset`` the
+    dispatch's first step within the chunk. For a shared batch the batch is taken once for
+    every trial of the call and ``per_trial`` is empty.
     """
 
-    def step(train, perms, first, t):
+    def mask_of(hp):
+        if layout.batch_size is not None:
+            return None
+        return jnp.arange(layout.max_batch) < hp["train.batch_size"]
+
+    def step(data, batches, t, i):
+        if fed:
+            feed, which, offset = batches
+
+            def row(r):
+                return jax.tree.map(lambda a: a[r, offset + i], feed)
+
         if layout.shared_batch:
-            batch = _gather(train, perms, first, t, layout.max_batch, layout.max_batch)
+            if fed:
+                batch = row(0)
+            else:
+                perms, first = batches
+                batch = _gather(data["train"], perms, first, t, layout.max_batch, layout.max_batch)
 
             def shared(state, hp):
                 return fns.train_step(state, hp, batch, t)
 
             return shared, ()
 
+        if fed:
+
+            def streamed(state, hp, which_i):
+                return fns.train_step(state, hp, row(which_i), t, mask_of(hp))
+
+            return streamed, (which,)
+
         def own(state, hp, perms_i, first_i):
             size = layout.batch_size or hp["train.batch_size"]
-            mask = None
-            if layout.batch_size is None:
-                mask = jnp.arange(layout.max_batch) < hp["train.batch_size"]
-            batch = _gather(train, perms_i, first_i, t, size, layout.max_batch)
-            return fns.train_step(state, hp, batch, t, mask)
+            batch = _gather(data["train"], perms_i, first_i, t, size, layout.max_batch)
+            return fns.train_step(state, hp, batch, t, mask_of(hp))
 
-        return own, (perms, first)
+        return own, tuple(batches)
 
     return step
 
 
 def make_evaluate(layout: BatchLayout, fns: TrainStep) -> Callable:
-    """``evaluate(data) -> trial_eval`` where ``trial_eval(state, hp) -> {"<split>.<m>": v}``."""
+    """``evaluate(data) -> trial_eval`` where ``trial_eval(state, hp) -> {"<split>.<m>": v}``
+    over the evaluated splits that ``data`` holds on the device."""
 
     def evaluate(data):
         def trial_eval(state, hp):
             out = {}
-            for split in layout.splits:
+            for split in (s for s in layout.splits if s in data):
                 ev = fns.evaluate(state, hp, data[split], batch_size=layout.eval_batch)
                 out.update({f"{split}.{k}": v for k, v in ev.items()})
             return out

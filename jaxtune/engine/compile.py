@@ -71,8 +71,11 @@ class CompiledCall:
 
     Args:
       group: the call's group; ``size``: its trials (padded).
-      hp, keys, data_key, data: the call's device arrays (shapes and shardings are read).
+      hp, keys, data_key, data: the call's device arrays (shapes and shardings are read);
+        ``data`` holds the splits on the devices.
       n_train: training examples; ``mesh``: the devices; ``form``, ``precision``: how to run.
+      feed: the call's :class:`jaxtune.engine.feed.HostFeed` when its training batches stream
+        from the host (else None); ``host_evals``: its evaluation splits on the host, by name.
     """
 
     def __init__(
@@ -87,9 +90,15 @@ class CompiledCall:
         mesh: jax.sharding.Mesh,
         form: Form,
         precision: str,
+        *,
+        feed: Any = None,
+        host_evals: dict[str, Any] | None = None,
     ) -> None:
         self.form, self.precision, self.mesh = form, precision, mesh
+        self.feed, self.host_evals = feed, dict(host_evals or {})
         self._args = (hp, keys, data_key, data)
+        fed = None if feed is None else (len(feed.pairs), _shapes(feed.spec(1)))
+        evals = tuple((k, _shapes(v.spec())) for k, v in sorted(self.host_evals.items()))
         #: What the call's programs depend on besides the form.
         self.shape_key = (
             group.layout,
@@ -99,11 +108,15 @@ class CompiledCall:
             tuple(d.id for d in mesh.devices.flat),
             group.binding.cache_key,
             precision,
+            fed,
+            evals,
         )
         key = (*self.shape_key, str(form))
 
         def make() -> dict:
-            fns = call_functions(form, group.layout, group.binding.step, n_train, mesh)
+            fns = call_functions(
+                form, group.layout, group.binding.step, n_train, mesh, fed=feed is not None
+            )
             with jax.default_matmul_precision(precision):
                 shape = jax.eval_shape(fns.init, hp, keys)
             sh = trial_sharding(mesh)
@@ -143,19 +156,28 @@ class CompiledCall:
             ),
         )
 
-    def lower_steps(self, length: int, chunk: int) -> Any:
-        """The lowered (not compiled) program of :meth:`steps`."""
-        hp, keys, data_key, data = self._args
-        perms, first = jax.eval_shape(
+    def batches_shape(self, chunk: int) -> tuple:
+        """The abstract ``batches`` argument of :meth:`steps` for chunks of ``chunk`` steps."""
+        hp, keys, data_key, _ = self._args
+        if self.feed is not None:
+            which = jax.ShapeDtypeStruct(keys.shape[:1], np.int32)
+            return (self.feed.spec(chunk), which, np.int32(0))
+        return jax.eval_shape(
             lambda *a: self.fns.shuffle(*a, length=chunk), data_key, keys, hp, np.int32(0)
         )
+
+    def lower_steps(self, length: int, chunk: int) -> Any:
+        """The lowered (not compiled) program of :meth:`steps`."""
+        hp, _, _, data = self._args
         fn = jax.jit(self.fns.steps, static_argnames="length", donate_argnums=0)
         with jax.default_matmul_precision(self.precision):
-            return fn.lower(self.state_shape, hp, data, perms, first, np.int32(0), length=length)
+            return fn.lower(
+                self.state_shape, hp, data, self.batches_shape(chunk), np.int32(0), length=length
+            )
 
     def steps(self, length: int, chunk: int) -> Any:
         """The program of ``length`` steps per dispatch within chunks of ``chunk`` steps (the
-        shuffles it reads are those of the chunk)."""
+        shuffles, or the feed, it reads are the chunk's)."""
         return self._compiled(f"steps{length}/{chunk}", lambda: self.lower_steps(length, chunk))
 
     def evaluate(self) -> Any:
@@ -164,16 +186,28 @@ class CompiledCall:
             "evaluate", lambda: jax.jit(self.fns.evaluate).lower(self.state_shape, hp, data)
         )
 
+    def evaluate_batch(self, split: str) -> Any:
+        """The program of one evaluation batch of a split on the host."""
+        hp = self._args[0]
+        batch, mask = self.host_evals[split].spec()
+        return self._compiled(
+            f"evaluate_batch/{split}",
+            lambda: jax.jit(self.fns.evaluate_batch).lower(self.state_shape, hp, batch, mask),
+        )
+
     def compile_all(self, lengths: Sequence[int], *, init: bool = True) -> float:
         """Compile every program the chunk ``lengths`` need; returns the seconds spent now."""
         before = self.seconds
         if init:
             self.init()
         for length in lengths:
-            self.shuffle(length)
+            if self.feed is None:
+                self.shuffle(length)
             for m in sorted(set(dispatches(self.form, length))):
                 self.steps(m, length)
         self.evaluate()
+        for split in self.host_evals:
+            self.evaluate_batch(split)
         return self.seconds - before
 
 

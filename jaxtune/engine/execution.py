@@ -141,24 +141,37 @@ class CallFunctions(NamedTuple):
 
     * ``init(hp, keys) -> state``
     * ``shuffle(data_key, keys, hp, start, *, length) -> (perms, first)``
-    * ``steps(state, hp, data, perms, first, start, *, length) -> (state, metrics [length, n])``
-    * ``evaluate(state, hp, data) -> {"<split>.<metric>": [n]}``
+    * ``steps(state, hp, data, batches, start, *, length) -> (state, metrics [length, n])``:
+      ``batches`` is the chunk's ``(perms, first)`` on the device, or ``(feed, which,
+      offset)`` fed from the host (:func:`jaxtune.engine.batching.make_step`)
+    * ``evaluate(state, hp, data) -> {"<split>.<metric>": [n]}`` over the splits in ``data``
+    * ``evaluate_batch(state, hp, batch, mask) -> {"<metric>": [n]}``: sums over one batch of
+      a split streamed from the host
     """
 
     init: Callable
     shuffle: Callable
     steps: Callable
     evaluate: Callable
+    evaluate_batch: Callable
 
 
 def call_functions(
-    form: Form, layout: BatchLayout, fns: TrainStep, n_train: int, mesh: jax.sharding.Mesh
+    form: Form,
+    layout: BatchLayout,
+    fns: TrainStep,
+    n_train: int,
+    mesh: jax.sharding.Mesh,
+    *,
+    fed: bool = False,
 ) -> CallFunctions:
-    """The functions of one call of a group in ``form``, sharded over ``mesh``'s trial axis."""
-    step_at = make_step(layout, fns)
+    """The functions of one call of a group in ``form``, sharded over ``mesh``'s trial axis;
+    ``fed``: the training batches come from the host."""
+    step_at = make_step(layout, fns, fed=fed)
     evaluate_on = make_evaluate(layout, fns)
     own = _P() if layout.shared_batch else _P("trials")
     trials = _P("trials")
+    batch_specs = (_P(), trials, _P()) if fed else (own, own)
 
     def init(hp, keys):
         # lax.map (a loop inside one program) instead of vmap: vmapped key-dependent
@@ -168,29 +181,30 @@ def call_functions(
     def shuffle(data_key, keys, hp, start, *, length):
         return make_shuffle(layout, n_train, length)(data_key, keys, hp, start)
 
-    def local_steps(state, hp, data, perms, first, start, length):
-        def body(s, t):
-            trial_step, per_trial = step_at(data["train"], perms, first, t)
+    def local_steps(state, hp, data, batches, start, length):
+        def body(s, ti):
+            t, i = ti
+            trial_step, per_trial = step_at(data, batches, t, i)
             return _over_trials(form, trial_step, (s, hp, *per_trial))
 
-        ts = start + jnp.arange(length, dtype=jnp.int32)
+        local = jnp.arange(length, dtype=jnp.int32)
         if form.loop == "scan":
-            return jax.lax.scan(body, state, ts)
+            return jax.lax.scan(body, state, (start + local, local))
         outs = []
         for i in range(length):
-            state, metrics = body(state, ts[i])
+            state, metrics = body(state, (start + i, i))
             outs.append(metrics)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
-    def steps(state, hp, data, perms, first, start, *, length):
+    def steps(state, hp, data, batches, start, *, length):
         fn = jax.shard_map(
             lambda *a: local_steps(*a, length),
             mesh=mesh,
-            in_specs=(trials, trials, _P(), own, own, _P()),
+            in_specs=(trials, trials, _P(), batch_specs, _P()),
             out_specs=(trials, _P(None, "trials")),
             check_vma=False,
         )
-        return fn(state, hp, data, perms, first, start)
+        return fn(state, hp, data, tuple(batches), start)
 
     def evaluate(state, hp, data):
         fn = jax.shard_map(
@@ -202,7 +216,20 @@ def call_functions(
         )
         return fn(state, hp, data)
 
-    return CallFunctions(init, shuffle, steps, evaluate)
+    def evaluate_batch(state, hp, batch, mask):
+        def local(s, h, b, m):
+            return _over_trials(form, lambda si, hi: fns.evaluate_batch(si, hi, b, m), (s, h))
+
+        fn = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(trials, trials, _P(), _P()),
+            out_specs=trials,
+            check_vma=False,
+        )
+        return fn(state, hp, batch, mask)
+
+    return CallFunctions(init, shuffle, steps, evaluate, evaluate_batch)
 
 
 # ----------------------------------------------------------------------------------------------

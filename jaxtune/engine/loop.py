@@ -188,6 +188,11 @@ def train(
     pending: _Chunk | None = None
     ahead: _Chunk | None = None
     interrupted = False
+    chunks, at = [], start
+    while at < stop:
+        chunks.append((at, min(eval_every, stop - at)))
+        at += chunks[-1][1]
+    population.prefetch(chunks)  # streamed batches are built one chunk ahead
     with deferred_interrupt() as stop_requested:
         try:
             while True:
@@ -209,6 +214,8 @@ def train(
             for chunk in (pending, ahead):
                 if chunk is not None and chunk.stop > done:
                     history, done = rec(chunk), chunk.stop
+        finally:
+            population.close_feeds()
         interrupted = interrupted or stop_requested()
         if interrupted and checkpoints is not None and done > checkpoints.last:
             checkpoints.save(done, population, history, extra)

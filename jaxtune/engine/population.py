@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune import parallel
+from jaxtune.data import Prefetcher
 from jaxtune.engine.compile import CompiledCall, dispatches
 from jaxtune.engine.plan import CallSpec, Plan, trial_sharding
 from jaxtune.engine.result import TrainedUnit
@@ -40,22 +41,42 @@ class Call:
     data: dict[str, Any]  # the group's splits on the devices
     program: CompiledCall
     state: TrainState | None = None
+    which: jax.Array | None = None  # each trial's row of a host feed (streamed calls)
 
-    def run(self, start: int, length: int) -> tuple[list[dict], dict]:
+    def run(self, start: int, length: int, feed: Any = None) -> tuple[list[dict], dict]:
         """Dispatch one chunk of steps ``[start, start + length)``; returns at once (JAX runs
-        it asynchronously) with the per-dispatch metrics and the evaluation after it."""
+        it asynchronously) with the per-dispatch metrics and the evaluation after it. A call
+        fed from the host gets the chunk's ``feed`` (its batches, on the devices)."""
         p = self.program
-        perms, first = p.shuffle(length)(self.data_key, self.keys, self.hp, np.int32(start))
+        if p.feed is None:
+            batches = p.shuffle(length)(self.data_key, self.keys, self.hp, np.int32(start))
         metrics, t = [], start
         for m in dispatches(p.form, length):
+            if p.feed is not None:
+                batches = (feed, self.which, np.int32(t - start))
             self.state, out = p.steps(m, length)(
-                self.state, self.hp, self.data, perms, first, np.int32(t)
+                self.state, self.hp, self.data, batches, np.int32(t)
             )
             metrics.append(out)
             t += m
         if len(metrics) > 1:  # one transfer per metric when the host records the chunk
             metrics = [jax.tree.map(lambda *xs: jnp.concatenate(xs), *metrics)]
-        return metrics, p.evaluate()(self.state, self.hp, self.data)
+        return metrics, self.evaluate()
+
+    def evaluate(self) -> dict[str, jax.Array]:
+        """Every trial's means on each evaluated split (those on the host batch by batch, their
+        sums added in the device path's order)."""
+        p = self.program
+        out = dict(p.evaluate()(self.state, self.hp, self.data))
+        for split, host in p.host_evals.items():
+            program, total = p.evaluate_batch(split), None
+            for batch, mask in host.batches():
+                sums = program(self.state, self.hp, batch, mask)
+                if total is None:
+                    total = jax.tree.map(jnp.zeros_like, sums)
+                total = jax.tree.map(jnp.add, total, sums)
+            out.update({f"{split}.{k}": v / host.n for k, v in total.items()})
+        return out
 
 
 class Population:
@@ -67,6 +88,7 @@ class Population:
       execution: per group, the execution form and how it was chosen.
       per_call: the trials per call the plan was cut with (None: one call per group).
       compile_s: seconds spent compiling (and measuring forms) for this population.
+      data: where each dataset lives (on the devices, or streamed from the host).
     """
 
     def __init__(
@@ -79,10 +101,15 @@ class Population:
         per_call: int | None,
         call_choice: str,
         compile_s: float,
+        data: list[dict[str, Any]] | None = None,
     ) -> None:
         self.plan, self.mesh, self.calls = plan, mesh, calls
         self.execution, self.per_call, self.call_choice = execution, per_call, call_choice
         self.compile_s = compile_s
+        #: Where each dataset lives (:meth:`jaxtune.engine.placement.Placed.info`).
+        self.data = data or []
+        self._prefetcher: Prefetcher | None = None
+        self._planned: list[tuple[int, int]] = []
 
     @property
     def ids(self) -> list[int]:
@@ -117,7 +144,39 @@ class Population:
 
     def dispatch(self, start: int, length: int) -> list[tuple[list[dict], dict]]:
         """Run one chunk on every call (asynchronously); see :meth:`Call.run`."""
-        return [call.run(start, length) for call in self.calls]
+        feeds = self._feeds(start, length)
+        return [call.run(start, length, f) for call, f in zip(self.calls, feeds, strict=True)]
+
+    @property
+    def streamed(self) -> bool:
+        """Whether some call reads its training batches from the host."""
+        return any(c.program.feed is not None for c in self.calls)
+
+    def _build_feeds(self, chunk: tuple[int, int]) -> list[Any]:
+        return [c.program.feed and c.program.feed.build(*chunk) for c in self.calls]
+
+    def prefetch(self, chunks: Sequence[tuple[int, int]]) -> None:
+        """The chunks ``(start, length)`` about to be dispatched, in order: their host feeds are
+        built in a background thread, one chunk ahead (nothing to do without streamed calls)."""
+        self.close_feeds()
+        if self.streamed and chunks:
+            self._planned = list(chunks)
+            self._prefetcher = Prefetcher(self._build_feeds, list(chunks))
+
+    def close_feeds(self) -> None:
+        """Stop building feeds ahead (the chunks left unrun are dropped)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+        self._prefetcher, self._planned = None, []
+
+    def _feeds(self, start: int, length: int) -> list[Any]:
+        if not self.streamed:
+            return [None] * len(self.calls)
+        planned = self._planned
+        if planned and planned[0] == (start, length):
+            planned.pop(0)
+            return self._prefetcher.get()
+        return self._build_feeds((start, length))
 
     def describe(self) -> str:
         """What the engine chose: devices, groups, calls, batch utilization, forms."""

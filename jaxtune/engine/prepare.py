@@ -28,11 +28,13 @@ import numpy as np
 
 from jaxtune import parallel
 from jaxtune.config import SweepConfig
-from jaxtune.data import num_examples
+from jaxtune.data import as_source, num_examples
 from jaxtune.engine import execution
 from jaxtune.engine.bind import Binder
 from jaxtune.engine.compile import CompiledCall, call_memory_bytes, fit_memory, make_mesh
 from jaxtune.engine.execution import Form, Measured, parse_form
+from jaxtune.engine.feed import HostEval, HostFeed
+from jaxtune.engine.placement import Placed, place
 from jaxtune.engine.plan import CallSpec, Plan, call_arrays, cut_calls, group, trial_sharding
 from jaxtune.engine.population import Call, Population
 
@@ -140,6 +142,7 @@ class Preparer:
             per_call=self.per_call,
             call_choice=self.call_choice,
             compile_s=spent,
+            data=[self._placed(d).info() for d in plan.data],
         )
 
     def _remember(self, plan: Plan, call: Call) -> None:
@@ -149,13 +152,10 @@ class Preparer:
             sizes.append(call.spec.size)
         self.forms[f"{signature}@{call.spec.size}"] = str(call.program.form)
 
-    def _data_on_devices(self, splits: Any) -> dict[str, Any]:
+    def _placed(self, splits: Any) -> Placed:
+        """Where a dataset's splits live (decided once per dataset; see :func:`place`)."""
         if id(splits) not in self._data:
-            replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-            host = {
-                k: jax.tree.map(np.asarray, v) for k, v in splits._asdict().items() if v is not None
-            }
-            self._data[id(splits)] = (splits, parallel.put(host, replicated))
+            self._data[id(splits)] = (splits, place(splits, self.cfg, self.mesh))
         return self._data[id(splits)][1]
 
     def _call(self, plan: Plan, spec: CallSpec, form: Form) -> Call:
@@ -166,20 +166,32 @@ class Preparer:
         hp, keys = parallel.put((hp, keys), sharding)
         data_key = parallel.put(data_key, replicated)
         splits = plan.data[grp.data_index]
-        data = self._data_on_devices(splits)
+        placed = self._placed(splits)
+        feed, which, evals = None, None, {}
+        if placed.train is not None:
+            trials = [plan.trials[i] for i in spec.positions]
+            trials += [trials[0]] * (spec.size - len(trials))
+            first = plan.trials[grp.members[0]]
+            feed = HostFeed(placed.train, grp.layout, trials, first, self.mesh)
+            which = parallel.put(feed.which, sharding)
+        for name, source in placed.evals.items():
+            if name in grp.layout.splits:
+                evals[name] = HostEval(source, grp.layout.eval_batch, self.mesh)
         program = CompiledCall(
             grp,
             spec.size,
             hp,
             keys,
             data_key,
-            data,
+            placed.device,
             num_examples(splits.train),
             self.mesh,
             form,
             self.precision,
+            feed=feed,
+            host_evals=evals,
         )
-        return Call(spec, hp, keys, data_key, data, program)
+        return Call(spec, hp, keys, data_key, placed.device, program, which=which)
 
     # --- trials per call ----------------------------------------------------------------------
 
@@ -230,7 +242,7 @@ class Preparer:
         fns = grp.binding.step
         hp, keys, _ = call_arrays(plan, spec)
         h0 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
-        x, y = jax.tree.map(lambda a: np.asarray(a)[:2], plan.data[grp.data_index].train)
+        x, y = as_source(plan.data[grp.data_index].train).gather(np.arange(2))
 
         def one_step(key):
             state = fns.init(key, h0)

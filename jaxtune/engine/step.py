@@ -9,7 +9,10 @@ loop to train one trial the same way:
 * ``train_step(state, hp, batch, step, mask=None) -> (state, metrics)`` on one gathered batch
   ``(inputs, targets)``; ``mask`` marks the real rows of a padded batch;
 * ``evaluate(state, hp, split, *, batch_size=None) -> {"loss": ..., <metric>: ...}``, exact
-  means over a whole split, walked in batches of ``batch_size`` (the last one masked).
+  means over a whole split, walked in batches of ``batch_size`` (the last one masked);
+* ``evaluate_batch(state, hp, batch, mask=None) -> {"loss": ..., <metric>: ...}``, the sums
+  over one batch that ``evaluate`` adds up (in batch order, so a split streamed from the host
+  a batch at a time gives the same means).
 
 Keys: ``init_key, data_key, dropout_key, augment_key = jax.random.split(root, 4)``. The batch of
 step ``t`` is ``jaxtune.data.batch_indices(data_key, t, batch_size, n_train)``; the dropout key of
@@ -77,6 +80,7 @@ class TrainStep(NamedTuple):
     init: Callable[..., TrainState]
     train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
     evaluate: Callable[..., dict[str, jax.Array]]
+    evaluate_batch: Callable[..., dict[str, jax.Array]]
 
 
 def trial_keys(key: jax.Array) -> jax.Array:
@@ -185,6 +189,19 @@ def make_train_step(
         }
         return new_state, metrics
 
+    def evaluate_batch(
+        state: TrainState, hp: Mapping[str, Any], batch: tuple[Any, Any], mask: Any = None
+    ) -> dict[str, jax.Array]:
+        """Sums (not means) of the loss and every metric over one batch (``mask``: real rows)."""
+        x, y = batch
+        outputs, _ = task.apply(
+            state.params, state.model_state, x, train=False, key=None, mask=mask
+        )
+        values = {"loss": task.loss(outputs, y, hp), **task.metrics(outputs, y)}
+        if mask is None:
+            return {k: jnp.sum(v.astype(jnp.float32)) for k, v in values.items()}
+        return {k: jnp.sum(jnp.where(mask, v.astype(jnp.float32), 0.0)) for k, v in values.items()}
+
     def evaluate(
         state: TrainState,
         hp: Mapping[str, Any],
@@ -196,33 +213,20 @@ def make_train_step(
         n = num_examples(split)
         size = n if batch_size is None else max(1, min(int(batch_size), n))
         num_batches = -(-n // size)
+        if num_batches == 1:
+            return {k: v / n for k, v in evaluate_batch(state, hp, split).items()}
 
         def sums(b):
-            if num_batches == 1:
-                (x, y), mask = split, None
-            else:
-                idx = b * size + jnp.arange(size)
-                mask = idx < n
-                x, y = jax.tree.map(lambda a: a[jnp.minimum(idx, n - 1)], split)
-            outputs, _ = task.apply(
-                state.params, state.model_state, x, train=False, key=None, mask=mask
-            )
-            values = {"loss": task.loss(outputs, y, hp), **task.metrics(outputs, y)}
-            if mask is None:
-                return {k: jnp.sum(v.astype(jnp.float32)) for k, v in values.items()}
-            return {
-                k: jnp.sum(jnp.where(mask, v.astype(jnp.float32), 0.0)) for k, v in values.items()
-            }
+            idx = b * size + jnp.arange(size)
+            batch = jax.tree.map(lambda a: a[jnp.minimum(idx, n - 1)], split)
+            return evaluate_batch(state, hp, batch, idx < n)
 
-        if num_batches == 1:
-            totals = sums(0)
-        else:
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sums, 0))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sums, 0))
 
-            def body(carry, b):
-                return jax.tree.map(jnp.add, carry, sums(b)), None
+        def body(carry, b):
+            return jax.tree.map(jnp.add, carry, sums(b)), None
 
-            totals, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
+        totals, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
         return {k: v / n for k, v in totals.items()}
 
-    return TrainStep(init, train_step, evaluate)
+    return TrainStep(init, train_step, evaluate, evaluate_batch)
