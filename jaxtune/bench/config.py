@@ -78,7 +78,6 @@ BENCH_KEYS: dict[str, KeySpec] = {
     "bench.trials": KeySpec("int", 5, low=1),
     "bench.seed": KeySpec("int", 0, low=0),
     "bench.vectorize": KeySpec("bool", True),
-    "bench.timing_steps": KeySpec("int", 50, low=1),
     "bench.r_max": KeySpec("float", 4.0, low=1.0, low_open=True),
     "bench.submissions": KeySpec(
         "custom",
@@ -360,15 +359,14 @@ class BenchConfig:
         wl: BenchWorkload,
         study: int,
         point: Mapping[str, Any],
-        steps: int | None = None,
+        *,
+        checkpoints: bool = True,
     ) -> SweepConfig:
-        """A one-trial sweep of a study's point on one device (``steps``: a shorter budget,
-        without checkpoints, for timing)."""
+        """A one-trial sweep of a study's point, on one device."""
         d = self._dict(sub, wl, study)
         d["sweep"] = {"method": "list", "trials": [dict(point)]}
         d.setdefault("parallel", {})["devices"] = 1
-        if steps is not None:
-            d["train"]["steps"] = steps
+        if not checkpoints:
             d["checkpoint"]["every"] = 0
         return SweepConfig.from_dict(d)
 

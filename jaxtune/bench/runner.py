@@ -43,6 +43,8 @@ __all__ = ["BenchResult", "measure_step_time", "run_benchmark"]
 #: How many times the solo timing run is repeated (the fastest counts).
 TIMING_REPEATS = 2
 _FORMAT = 1
+#: Sections that say where and how a sweep runs, never what a task is.
+_RUN_SECTIONS = ("checkpoint", "log", "parallel")
 
 
 @dataclasses.dataclass
@@ -75,38 +77,45 @@ class BenchResult:
 
 
 class _Tasks:
-    """A workload's ``task.factory``, memoized by structure: studies of the same structure get
-    the same :class:`jaxtune.Task`, so their programs come from the engine's compile cache."""
+    """A workload's ``task.factory``, memoized by structure (less where and how a sweep runs):
+    sweeps of the same structure get the same :class:`jaxtune.Task`, so their programs come
+    from the engine's compile cache."""
 
     def __init__(self, factory: Callable[[dict[str, Any]], Task]) -> None:
         self.factory, self.built = factory, {}
 
     def __call__(self, structure: dict[str, Any]) -> Task:
-        key = json.dumps(structure, sort_keys=True, default=str)
+        kept = {k: v for k, v in structure.items() if k.split(".")[0] not in _RUN_SECTIONS}
+        key = json.dumps(kept, sort_keys=True, default=str)
         if key not in self.built:
             self.built[key] = self.factory(structure)
         return self.built[key]
 
 
+def _import(path: str, where: str, search: Sequence[str | Path]) -> Callable:
+    return registry.import_factory(path, f"{where}.factory", search=search)
+
+
 class _Bound:
     """The task and optimizer callables of every workload and submission, imported once."""
 
-    def __init__(self, cfg: BenchConfig, search: Sequence[str | Path]) -> None:
+    def __init__(
+        self, cfg: BenchConfig, search: Sequence[str | Path], given: Mapping[str, Callable]
+    ) -> None:
         self.search = list(search)
-        self.tasks = {
-            w.name: _Tasks(
-                registry.import_factory(
-                    w.factory, f"bench.workloads.{w.name}.factory", search=search
+        names = [w.name for w in cfg.workloads]
+        for name in given:
+            if name not in names:
+                raise ConfigError(
+                    f"tasks[{name!r}] is invalid: expected one of the workloads {', '.join(names)}"
                 )
-            )
+        self.tasks = {
+            w.name: given.get(w.name)
+            or _Tasks(_import(w.factory, f"bench.workloads.{w.name}", search))
             for w in cfg.workloads
         }
         self.optimizers = {
-            s.name: registry.import_factory(
-                s.factory, f"bench.submissions.{s.name}.factory", search=search
-            )
-            if s.factory
-            else None
+            s.name: _import(s.factory, f"bench.submissions.{s.name}", search) if s.factory else None
             for s in cfg.submissions
         }
 
@@ -142,14 +151,16 @@ def measure_step_time(
 ) -> dict[str, Any]:
     """Seconds per step of one trial of ``sub`` on ``wl``, alone on one device.
 
-    The trial is the first point of study 0, trained for ``bench.timing_steps`` steps at the
-    workload's evaluation cadence; the time is ``timing["run_s"] / steps`` of that sweep
-    (training, evaluations and the engine's host work between chunks; compilation is not in
+    The trial is the first point of study 0, trained alone for the workload's whole budget;
+    the time is ``timing["run_s"] / steps`` of that sweep (training, the evaluations every
+    ``eval_every`` steps and the engine's host work between chunks; compilation is not in
     ``run_s``), the fastest of :data:`TIMING_REPEATS` runs (the later ones compile nothing).
+    The programs are those of a study's trial run alone (``vectorize=False``), so that mode
+    compiles nothing more.
     """
     point = config_lib.expand_trials(cfg.study_config(sub, wl, 0))[0]
-    steps = cfg["bench.timing_steps"]
-    tcfg = cfg.solo_config(sub, wl, 0, point, steps=steps)
+    steps = wl.steps
+    tcfg = cfg.solo_config(sub, wl, 0, point, checkpoints=False)
     runs = [bound.sweep(sub, wl, tcfg).timing for _ in range(TIMING_REPEATS)]
     fastest = min(runs, key=lambda t: t["run_s"])
     return {
@@ -235,7 +246,7 @@ def _run_study(
 def _identity(cfg: BenchConfig) -> dict[str, Any]:
     """What decides a benchmark's numbers: not where or how it runs, nor its vectorization."""
     d = cfg.to_dict()
-    for section in ("checkpoint", "log", "parallel"):
+    for section in _RUN_SECTIONS:
         d.pop(section, None)
     for key in ("execution", "max_trials_per_call"):
         d.get("train", {}).pop(key, None)
@@ -303,6 +314,7 @@ def run_benchmark(
     progress: bool = False,
     search_path: Sequence[str | Path] = (),
     notes: Mapping[str, Any] | None = None,
+    tasks: Mapping[str, Callable[[dict[str, Any]], Task]] | None = None,
 ) -> BenchResult:
     """Run every study of a benchmark and score the submissions as AlgoPerf does.
 
@@ -319,6 +331,9 @@ def run_benchmark(
       progress: show a tqdm bar over the studies.
       search_path: folders searched first for ``task.factory`` / ``optimizer.factory``.
       notes: JSON stored in ``bench.json`` beside the records.
+      tasks: workload name -> ``factory(structure) -> Task``, used instead of importing that
+        workload's factory (as ``run_sweep(task=...)``). Return the same Task for the same
+        structure and separate calls share the engine's compiled programs.
 
     Returns:
       A :class:`BenchResult`.
@@ -334,7 +349,7 @@ def run_benchmark(
     path = out / "bench.json"
     state = _load_state(path, cfg, resume)
     state.update(notes or {})
-    bound = _Bound(cfg, search_path)
+    bound = _Bound(cfg, search_path, tasks or {})
     _check_metrics(cfg, bound)
     n_studies = cfg["bench.studies"]
     done = sum(len(w) for s in state["studies"].values() for w in s.values())
