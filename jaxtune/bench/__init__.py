@@ -9,15 +9,19 @@ from jaxtune.bench import config as config
 from jaxtune.bench import scoring as scoring
 from jaxtune.bench.config import BENCH_KEYS as BENCH_KEYS
 from jaxtune.bench.config import BenchConfig as BenchConfig
-from jaxtune.bench.config import BenchWorkload as BenchWorkload
-from jaxtune.bench.config import Submission as Submission
 from jaxtune.bench.config import bench_config as bench_config
 from jaxtune.bench.config import load_bench_config as load_bench_config
+from jaxtune.bench.entries import SUBMISSION_KEYS as SUBMISSION_KEYS
+from jaxtune.bench.entries import WORKLOAD_KEYS as WORKLOAD_KEYS
+from jaxtune.bench.entries import BenchWorkload as BenchWorkload
+from jaxtune.bench.entries import Submission as Submission
 from jaxtune.bench.runner import BenchResult as BenchResult
 from jaxtune.bench.runner import run_benchmark as run_benchmark
 
 __all__ = [
     "BENCH_KEYS",
+    "SUBMISSION_KEYS",
+    "WORKLOAD_KEYS",
     "BenchConfig",
     "BenchResult",
     "BenchWorkload",

@@ -1,11 +1,15 @@
-"""What ``jaxtune bench`` reports: the scores in ``bench.json``, ``bench.md`` and the profiles plot.
+"""What ``jaxtune bench`` records and reports: ``bench.json``, ``bench.md``, the profiles plot.
 
-The summary is a function of the records alone, so a resumed benchmark writes the same tables
-(the per-step times are recorded once, before a submission's studies on a workload).
+``bench.json`` holds the benchmark's configuration and identity (a hash of what decides its
+numbers), the per-step times, every finished study and, at the end, the scores. The summary
+is a function of the records alone, so a resumed benchmark writes the same tables (the
+per-step times are recorded once, before a submission's studies on a workload).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,12 +17,85 @@ from typing import Any
 
 import numpy as np
 
-from jaxtune.bench.config import BenchConfig
+from jaxtune.bench.config import BenchConfig, bench_config
 from jaxtune.bench.scoring import Scores
+from jaxtune.errors import ConfigError
 
-__all__ = ["format_summary", "plot_profiles", "scores_record"]
+__all__ = ["arrays", "format_summary", "load_state", "plot_profiles", "save_state", "scores_record"]
+
+_FORMAT = 1
+#: Sections that say where and how a sweep runs, never what it computes.
+RUN_SECTIONS = ("checkpoint", "log", "parallel")
 
 _KINDS = {"time": "time to target", "steps": "steps to target"}
+
+
+def _identity(cfg: BenchConfig) -> dict[str, Any]:
+    """What decides a benchmark's numbers: not where or how it runs, nor its vectorization."""
+    d = cfg.to_dict()
+    for section in RUN_SECTIONS:
+        d.pop(section, None)
+    for key in ("execution", "max_trials_per_call"):
+        d.get("train", {}).pop(key, None)
+    d["bench"].pop("vectorize", None)
+    return d
+
+
+def _flat(d: Mapping[str, Any]) -> dict[str, str]:
+    return {f"{s}.{k}": json.dumps(v, sort_keys=True) for s, t in d.items() for k, v in t.items()}
+
+
+def load_state(path: Path, cfg: BenchConfig, resume: bool) -> dict[str, Any]:
+    """A fresh record, or ``bench.json`` at ``path`` when resuming the same benchmark.
+
+    Raises:
+      ConfigError: ``path`` exists without ``resume``, or holds another benchmark (the message
+        names the keys that differ).
+    """
+    ident = _identity(cfg)
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    fresh = {"format": _FORMAT, "hash": digest, "config": cfg.to_dict()}
+    fresh.update(step_times={}, studies={})
+    if not path.is_file():
+        return fresh
+    if not resume:
+        raise ConfigError(
+            f"--out {path.parent} already holds a benchmark; pass --resume to continue it or "
+            "choose another --out"
+        )
+    stored = json.loads(path.read_text())
+    if stored.get("hash") != digest:
+        old, new = _flat(_identity(bench_config(stored["config"]))), _flat(ident)
+        keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+        raise ConfigError(
+            f"cannot resume {path.parent}: the benchmark differs from the stored one in "
+            + (", ".join(keys) or "its settings")
+        )
+    stored["config"] = cfg.to_dict()
+    return stored
+
+
+def save_state(path: Path, state: Mapping[str, Any]) -> None:
+    """Write ``bench.json`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str))
+    tmp.replace(path)
+
+
+def arrays(cfg: BenchConfig, state: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Steps to target ``[S, W, studies, trials]`` and seconds per step ``[S, W]``."""
+    subs, loads = cfg.submissions, cfg.workloads
+    steps = np.full((len(subs), len(loads), cfg["bench.studies"], cfg["bench.trials"]), np.inf)
+    per_step = np.zeros((len(subs), len(loads)))
+    for a, sub in enumerate(subs):
+        for b, wl in enumerate(loads):
+            per_step[a, b] = state["step_times"][sub.name][wl.name]["seconds_per_step"]
+            for j in range(cfg["bench.studies"]):
+                for t in state["studies"][sub.name][wl.name][str(j)]["trials"]:
+                    if t["target_step"] is not None:
+                        steps[a, b, j, t["id"]] = t["target_step"]
+    return steps, per_step
 
 
 def _num(x: float) -> float | None:
@@ -40,6 +117,10 @@ def scores_record(cfg: BenchConfig, scores: Mapping[str, Scores]) -> dict[str, A
             "rho": {n: s.rho[a].tolist() for a, n in enumerate(subs)},
         }
     return out
+
+
+def _n(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -121,8 +202,9 @@ def format_summary(cfg: BenchConfig, state: Mapping[str, Any], scores: Mapping[s
     lines = [
         "# jaxtune bench",
         "",
-        f"{len(cfg.submissions)} submissions x {len(cfg.workloads)} workloads x {studies} "
-        f"studies x {trials} quasi-random trials ({how}). Steps to target: the first "
+        f"{_n(len(cfg.submissions), 'submission')} x {_n(len(cfg.workloads), 'workload')} x "
+        f"{_n(studies, 'study', 'studies')} x {_n(trials, 'quasi-random trial')} ({how}). "
+        "Steps to target: the first "
         "evaluation that reached the target; time to target: steps to target x the "
         "submission's seconds per step on the workload, measured alone (compilation "
         "excluded). t: the median over studies of each study's fastest trial; r: t over the "

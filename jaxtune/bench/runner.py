@@ -18,7 +18,6 @@ writes it (``trial-<i>/`` sweep folders inside it without vectorization).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -31,7 +30,8 @@ import numpy as np
 from jaxtune import checkpoint, registry
 from jaxtune import config as config_lib
 from jaxtune.bench import report, scoring
-from jaxtune.bench.config import BenchConfig, BenchWorkload, Submission, bench_config
+from jaxtune.bench.config import BenchConfig, bench_config
+from jaxtune.bench.entries import BenchWorkload, Submission
 from jaxtune.config.space import plain
 from jaxtune.engine import SweepCallback, SweepResult, TrialResult, run_sweep
 from jaxtune.engine.trials import hp_arrays
@@ -42,9 +42,6 @@ __all__ = ["BenchResult", "measure_step_time", "run_benchmark"]
 
 #: How many times the solo timing run is repeated (the fastest counts).
 TIMING_REPEATS = 2
-_FORMAT = 1
-#: Sections that say where and how a sweep runs, never what a task is.
-_RUN_SECTIONS = ("checkpoint", "log", "parallel")
 
 
 @dataclasses.dataclass
@@ -85,7 +82,7 @@ class _Tasks:
         self.factory, self.built = factory, {}
 
     def __call__(self, structure: dict[str, Any]) -> Task:
-        kept = {k: v for k, v in structure.items() if k.split(".")[0] not in _RUN_SECTIONS}
+        kept = {k: v for k, v in structure.items() if k.split(".")[0] not in report.RUN_SECTIONS}
         key = json.dumps(kept, sort_keys=True, default=str)
         if key not in self.built:
             self.built[key] = self.factory(structure)
@@ -243,65 +240,61 @@ def _run_study(
     return trials, timing
 
 
-def _identity(cfg: BenchConfig) -> dict[str, Any]:
-    """What decides a benchmark's numbers: not where or how it runs, nor its vectorization."""
-    d = cfg.to_dict()
-    for section in _RUN_SECTIONS:
-        d.pop(section, None)
-    for key in ("execution", "max_trials_per_call"):
-        d.get("train", {}).pop(key, None)
-    d["bench"].pop("vectorize", None)
-    return d
+@dataclasses.dataclass
+class _Run:
+    """One benchmark run: what it trains with, where it records, how it shows progress."""
 
+    cfg: BenchConfig
+    bound: _Bound
+    state: dict[str, Any]
+    out: Path
+    vectorize: bool
+    resume: bool
+    callbacks: Sequence[SweepCallback]
+    bar: Any
 
-def _flat(d: Mapping[str, Any]) -> dict[str, str]:
-    return {f"{s}.{k}": json.dumps(v, sort_keys=True) for s, t in d.items() for k, v in t.items()}
+    def save(self) -> None:
+        report.save_state(self.out / "bench.json", self.state)
 
-
-def _load_state(path: Path, cfg: BenchConfig, resume: bool) -> dict[str, Any]:
-    ident = _identity(cfg)
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    fresh = {"format": _FORMAT, "hash": digest, "config": cfg.to_dict()}
-    fresh.update(step_times={}, studies={})
-    if not path.is_file():
-        return fresh
-    if not resume:
-        raise ConfigError(
-            f"--out {path.parent} already holds a benchmark; pass --resume to continue it or "
-            "choose another --out"
-        )
-    stored = json.loads(path.read_text())
-    if stored.get("hash") != digest:
-        old, new = _flat(_identity(bench_config(stored["config"]))), _flat(ident)
-        keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
-        raise ConfigError(
-            f"cannot resume {path.parent}: the benchmark differs from the stored one in "
-            + (", ".join(keys) or "its settings")
-        )
-    stored["config"] = cfg.to_dict()
-    return stored
-
-
-def _save_state(path: Path, state: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    tmp.replace(path)
-
-
-def _arrays(cfg: BenchConfig, state: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Steps to target ``[S, W, studies, trials]`` and seconds per step ``[S, W]``."""
-    subs, loads = cfg.submissions, cfg.workloads
-    steps = np.full((len(subs), len(loads), cfg["bench.studies"], cfg["bench.trials"]), np.inf)
-    per_step = np.zeros((len(subs), len(loads)))
-    for a, sub in enumerate(subs):
-        for b, wl in enumerate(loads):
-            per_step[a, b] = state["step_times"][sub.name][wl.name]["seconds_per_step"]
-            for j in range(cfg["bench.studies"]):
-                for t in state["studies"][sub.name][wl.name][str(j)]["trials"]:
-                    if t["target_step"] is not None:
-                        steps[a, b, j, t["id"]] = t["target_step"]
-    return steps, per_step
+    def pair(self, sub: Submission, wl: BenchWorkload) -> None:
+        """The per-step time of ``sub`` on ``wl`` and its studies, each recorded when done."""
+        times = self.state["step_times"].setdefault(sub.name, {})
+        if wl.name not in times:
+            self.bar.set_postfix_str(f"{sub.name} on {wl.name}: timing", refresh=True)
+            times[wl.name] = measure_step_time(self.cfg, sub, wl, self.bound)
+            self.save()
+        per_step = times[wl.name]["seconds_per_step"]
+        studies = self.state["studies"].setdefault(sub.name, {}).setdefault(wl.name, {})
+        n = self.cfg["bench.studies"]
+        for j in range(n):
+            if str(j) in studies:
+                continue
+            label = f"{sub.name} on {wl.name}, study {j + 1}/{n}"
+            folder = self.out / sub.name / wl.name / f"study-{j}"
+            t0 = time.perf_counter()
+            trials, timing = _run_study(
+                self.cfg,
+                sub,
+                wl,
+                j,
+                bound=self.bound,
+                folder=folder,
+                vectorize=self.vectorize,
+                resume=self.resume,
+                callbacks=[*self.callbacks, _StepPostfix(self.bar, label)],
+            )
+            scfg = self.cfg.study_config(sub, wl, j)
+            studies[str(j)] = {
+                "folder": str(folder.relative_to(self.out)),
+                "sweep_seed": scfg.seed,
+                "train_seed": scfg.base["train.seed"],
+                "vectorized": self.vectorize,
+                "wall_s": time.perf_counter() - t0,
+                **timing,
+                "trials": [_trial_record(t, per_step) for t in trials],
+            }
+            self.save()
+            self.bar.update(1)
 
 
 def run_benchmark(
@@ -346,57 +339,21 @@ def run_benchmark(
     cfg = bench_config(config)
     vectorize = cfg["bench.vectorize"] if vectorize is None else bool(vectorize)
     out = Path(out_dir)
-    path = out / "bench.json"
-    state = _load_state(path, cfg, resume)
+    state = report.load_state(out / "bench.json", cfg, resume)
     state.update(notes or {})
     bound = _Bound(cfg, search_path, tasks or {})
     _check_metrics(cfg, bound)
-    n_studies = cfg["bench.studies"]
     done = sum(len(w) for s in state["studies"].values() for w in s.values())
-    total = len(cfg.submissions) * len(cfg.workloads) * n_studies
+    total = len(cfg.submissions) * len(cfg.workloads) * cfg["bench.studies"]
     bar = _bar(total, done, progress)
+    run = _Run(cfg, bound, state, out, vectorize, resume, callbacks, bar)
     try:
         for wl in cfg.workloads:
             for sub in cfg.submissions:
-                times = state["step_times"].setdefault(sub.name, {})
-                if wl.name not in times:
-                    bar.set_postfix_str(f"{sub.name} on {wl.name}: timing", refresh=True)
-                    times[wl.name] = measure_step_time(cfg, sub, wl, bound)
-                    _save_state(path, state)
-                per_step = times[wl.name]["seconds_per_step"]
-                studies = state["studies"].setdefault(sub.name, {}).setdefault(wl.name, {})
-                for j in range(n_studies):
-                    if str(j) in studies:
-                        continue
-                    label = f"{sub.name} on {wl.name}, study {j + 1}/{n_studies}"
-                    folder = out / sub.name / wl.name / f"study-{j}"
-                    t0 = time.perf_counter()
-                    trials, timing = _run_study(
-                        cfg,
-                        sub,
-                        wl,
-                        j,
-                        bound=bound,
-                        folder=folder,
-                        vectorize=vectorize,
-                        resume=resume,
-                        callbacks=[*callbacks, _StepPostfix(bar, label)],
-                    )
-                    scfg = cfg.study_config(sub, wl, j)
-                    studies[str(j)] = {
-                        "folder": str(folder.relative_to(out)),
-                        "sweep_seed": scfg.seed,
-                        "train_seed": scfg.base["train.seed"],
-                        "vectorized": vectorize,
-                        "wall_s": time.perf_counter() - t0,
-                        **timing,
-                        "trials": [_trial_record(t, per_step) for t in trials],
-                    }
-                    _save_state(path, state)
-                    bar.update(1)
+                run.pair(sub, wl)
     finally:
         bar.close()
-    steps, per_step = _arrays(cfg, state)
+    steps, per_step = report.arrays(cfg, state)
     r_max = cfg["bench.r_max"]
     scores = {
         "time": scoring.score(steps * per_step[:, :, None, None], r_max),
@@ -404,7 +361,7 @@ def run_benchmark(
     }
     state["scores"] = report.scores_record(cfg, scores)
     state["status"] = "done"
-    _save_state(path, state)
+    run.save()
     summary = report.format_summary(cfg, state, scores)
     (out / "bench.md").write_text(summary)
     report.plot_profiles(cfg, scores, out / "plots" / "profiles.png")
