@@ -28,6 +28,7 @@ _FORMAT = 1
 RUN_SECTIONS = ("checkpoint", "log", "parallel")
 
 _KINDS = {"time": "time to target", "steps": "steps to target"}
+_STYLES = ("-", "--", ":", "-.")
 
 
 def _identity(cfg: BenchConfig) -> dict[str, Any]:
@@ -236,7 +237,8 @@ def plot_profiles(cfg: BenchConfig, scores: Mapping[str, Scores], path: str | Pa
     for ax, (kind, s) in zip(axes, scores.items(), strict=True):
         for a, sub in enumerate(cfg.submissions):
             label = f"{sub.name} (score {s.score[a]:.3f})"
-            ax.plot(s.taus, s.rho[a], color=colors[a], lw=2, alpha=0.8, label=label)
+            style = _STYLES[a % len(_STYLES)]  # tied submissions stay visible
+            ax.plot(s.taus, s.rho[a], style, color=colors[a], lw=2, alpha=0.8, label=label)
         ax.set_xlim(s.taus[0], s.taus[-1])
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(f"tau: ratio of {_KINDS[kind]} to the fastest submission")
