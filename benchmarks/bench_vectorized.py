@@ -46,6 +46,10 @@ def _uptime() -> str:
         return ""
 
 
+def _relative(arg: str) -> str:
+    return os.path.relpath(arg, REPO) if os.path.isabs(arg) else arg
+
+
 def run_variant(config: Path, out: Path, sets: list[str]) -> dict[str, Any]:
     """One ``jaxtune bench`` command in a fresh process; its wall time and ``bench.json``."""
     shutil.rmtree(out, ignore_errors=True)
@@ -64,7 +68,7 @@ def run_variant(config: Path, out: Path, sets: list[str]) -> dict[str, Any]:
     studies = [s for sub in record["studies"].values() for w in sub.values() for s in w.values()]
     timings = [t for sub in record["step_times"].values() for t in sub.values()]
     return {
-        "command": cmd[2:],
+        "command": ["jaxtune", *(_relative(c) for c in cmd[3:])],
         "wall_s": wall,
         "studies": len(studies),
         "trials": sum(len(s["trials"]) for s in studies),
