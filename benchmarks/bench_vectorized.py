@@ -46,6 +46,14 @@ def _uptime() -> str:
         return ""
 
 
+def _git_commit() -> str:
+    try:
+        cmd = ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
 def _relative(arg: str) -> str:
     return os.path.relpath(arg, REPO) if os.path.isabs(arg) else arg
 
@@ -129,6 +137,7 @@ def main() -> None:
         "speedup_studies": solo["study_wall_s"] / vec["study_wall_s"],
         "same_steps_to_target": same_steps,
         "same_scores_on_steps": same_scores,
+        "git": _git_commit(),
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),

@@ -20,6 +20,9 @@ import numpy as np
 from jaxtune.bench.config import BenchConfig, bench_config
 from jaxtune.bench.scoring import Scores
 from jaxtune.errors import ConfigError
+from jaxtune.files import atomic_write
+from jaxtune.formatting import fmt
+from jaxtune.report.figures import figure, palette, save
 
 __all__ = ["arrays", "format_summary", "load_state", "plot_profiles", "save_state", "scores_record"]
 
@@ -79,9 +82,7 @@ def load_state(path: Path, cfg: BenchConfig, resume: bool) -> dict[str, Any]:
 def save_state(path: Path, state: Mapping[str, Any]) -> None:
     """Write ``bench.json`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(state, indent=2, default=str))
 
 
 def arrays(cfg: BenchConfig, state: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -124,8 +125,8 @@ def _n(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
-def _fmt(x: float, digits: int = 4) -> str:
-    return f"{x:.{digits}g}" if math.isfinite(x) else "-"
+def _fmt(x: float) -> str:
+    return fmt(float(x)) if math.isfinite(x) else "-"
 
 
 def _ratio(t: float, r: float, r_max: float) -> str:
@@ -168,7 +169,7 @@ def _workload_section(cfg: BenchConfig, state: Mapping, scores: Mapping, b: int)
                 _fmt(st.t[a, b]),
                 _ratio(st.t[a, b], st.r[a, b], r_max),
                 f"{ms:.3g}",
-                _fmt(tt.t[a, b], 3),
+                _fmt(tt.t[a, b]),
                 _ratio(tt.t[a, b], tt.r[a, b], r_max),
                 f"{hits}/{n}",
             ]
@@ -229,11 +230,9 @@ def format_summary(cfg: BenchConfig, state: Mapping[str, Any], scores: Mapping[s
 
 def plot_profiles(cfg: BenchConfig, scores: Mapping[str, Scores], path: str | Path) -> Path:
     """``rho(tau)`` of every submission, by time and by steps to target, as a PNG."""
-    from jaxtune.report import plots
-
-    fig = plots._figure(6 * len(scores), 4.5)
+    fig = figure(6 * len(scores), 4.5)
     axes = np.atleast_1d(fig.subplots(1, len(scores)))
-    colors = plots._colors(len(cfg.submissions))
+    colors = palette(len(cfg.submissions))
     for ax, (kind, s) in zip(axes, scores.items(), strict=True):
         for a, sub in enumerate(cfg.submissions):
             label = f"{sub.name} (score {s.score[a]:.3f})"
@@ -246,4 +245,4 @@ def plot_profiles(cfg: BenchConfig, scores: Mapping[str, Scores], path: str | Pa
         ax.set_title(f"performance profiles by {_KINDS[kind]}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    return plots._save(fig, path)
+    return save(fig, path)
