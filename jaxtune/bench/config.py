@@ -38,6 +38,7 @@ from jaxtune.bench.entries import (
     BenchWorkload,
     Submission,
     parse_submission,
+    parse_table,
     parse_workloads,
 )
 from jaxtune.config import SweepConfig, check_value, parse_override
@@ -53,12 +54,6 @@ __all__ = [
     "load_bench_config",
     "split_bench",
 ]
-
-
-def _table(value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError("")
-    return value
 
 
 def _workloads(value: Any) -> Any:
@@ -80,7 +75,7 @@ BENCH_KEYS: dict[str, KeySpec] = {
         "custom",
         text="a table of named submissions, each { optimizer = NAME or factory = "
         "'module:function', space = { ... } }",
-        parser=_table,
+        parser=parse_table,
     ),
     "bench.workloads": KeySpec(
         "custom",

@@ -34,17 +34,19 @@ __all__ = [
     "BenchWorkload",
     "Submission",
     "parse_submission",
+    "parse_table",
     "parse_workloads",
 ]
 
 
-def _table(value: Any) -> Mapping[str, Any]:
+def parse_table(value: Any) -> Mapping[str, Any]:
+    """A TOML table (any mapping), for a ``"custom"`` :class:`KeySpec`; raises ValueError."""
     if not isinstance(value, Mapping):
         raise ValueError("")
     return value
 
 
-_TABLE = dict(text="a table of dotted key -> value", parser=_table)
+_TABLE = dict(text="a table of dotted key -> value", parser=parse_table)
 
 #: What ``bench.workloads`` allows, in words.
 WORKLOADS_TEXT = (
@@ -57,7 +59,7 @@ SUBMISSION_KEYS: dict[str, KeySpec] = {
     "optimizer": KeySpec("choice", None, tuple(registry.OPTIMIZERS), optional=True),
     "factory": KeySpec("str", None, optional=True),
     "space": KeySpec(
-        "custom", text="a table of dotted key -> distribution, as sweep.space", parser=_table
+        "custom", text="a table of dotted key -> distribution, as sweep.space", parser=parse_table
     ),
     "set": KeySpec("custom", None, optional=True, **_TABLE),
 }
