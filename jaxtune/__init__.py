@@ -19,6 +19,7 @@ from jaxtune import report as report
 from jaxtune import schedules as schedules
 from jaxtune import tasks as tasks
 from jaxtune import workloads as workloads
+from jaxtune.bench import run_benchmark as run_benchmark
 from jaxtune.checkpoint import export_trial as export_trial
 from jaxtune.config import SweepConfig as SweepConfig
 from jaxtune.config import load_config as load_config
@@ -100,6 +101,7 @@ __all__ = [
     "registry",
     "reinitialize",
     "report",
+    "run_benchmark",
     "run_sweep",
     "schedules",
     "step_decay",

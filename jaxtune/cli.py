@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Modules that add subcommands (``add_subcommands(subparsers, add_config_arguments)``).
-_PLUGINS = ("jaxtune.diagnostics", "jaxtune.search.cli")
+_PLUGINS = ("jaxtune.diagnostics", "jaxtune.search.cli", "jaxtune.bench.cli")
 
 
 def _add_plugin_subcommands(subparsers: Any) -> None:

@@ -53,6 +53,11 @@ def test_examples_load(path):
         cfg, _ = load_tune_config(path)
         assert cfg.base["train.steps"] > 0
         return
+    if path.name == "bench.toml":  # its [bench] table is read by `jaxtune bench`
+        from jaxtune.bench import load_bench_config
+
+        assert load_bench_config(path).submissions
+        return
     cfg = load_config(path)
     trials = config_lib.expand_trials(cfg)
     assert 2 <= len(trials) <= 32
