@@ -143,3 +143,9 @@ def test_custom_task_toml_through_the_command_line(tmp_path: Path) -> None:
         timeout=120,
     )
     assert show.returncode == 0 and "best by valid.mse (min)" in show.stdout
+
+
+def test_streaming_streams_a_memmap_larger_than_the_device_budget() -> None:
+    out = run_example("streaming.py")
+    assert "placement: host" in out and "on the host: train" in out
+    assert out.count("valid.accuracy") == 3

@@ -292,14 +292,18 @@ class Preparer:
         length = max(self.lengths)
         m = form.steps_per_call(length)
         t0 = time.perf_counter()
-        program = call.program.steps(m, length)
-        state = call.program.init()(call.hp, call.keys)
-        perms, first = call.program.shuffle(length)(call.data_key, call.keys, call.hp, np.int32(0))
+        p = call.program
+        program = p.steps(m, length)
+        state = p.init()(call.hp, call.keys)
+        if p.feed is None:
+            batches = p.shuffle(length)(call.data_key, call.keys, call.hp, np.int32(0))
+        else:
+            batches = (p.feed.build(0, length), call.which, np.int32(0))
         compile_s = time.perf_counter() - t0
         t1 = time.perf_counter()
 
         def run(s):
-            return program(s, call.hp, call.data, perms, first, np.int32(0))[0]
+            return program(s, call.hp, call.data, batches, np.int32(0))[0]
 
         rate = execution.time_calls(run, state, work=m * spec.size)
         return rate, time.perf_counter() - t1, compile_s
