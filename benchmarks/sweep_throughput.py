@@ -41,7 +41,6 @@ import optax
 import jaxtune
 from jaxtune.data import batch_from_permutations, epoch_permutations
 from jaxtune.engine import compile as compile_lib
-from jaxtune.engine.bind import Binder
 
 MODELS: dict[str, dict[str, Any]] = {
     # widths of the hidden layers, batch size, chunk (= train.eval_every = steps per scan call)
@@ -354,31 +353,32 @@ class Sweep(Variant):
         # Compile from scratch (the engine caches programs by shape across calls): hide the
         # cache for this first call, then merge it back so the timed repeats reuse the programs.
         cache = compile_lib._COMPILED
-        saved = dict(cache) if cache is not None else {}
-        if cache is not None:
-            cache.clear()
+        saved = dict(cache)
+        cache.clear()
         rss0 = rss_bytes()
         try:
             res = jaxtune.run_sweep(self.cfg, dataset=self.ds, model=self.model)
+            self.memory = self._memory(cache)
         finally:
-            if cache is not None:
-                cache.update(saved)
+            cache.update(saved)
         self.compile_s = float(res.timing["compile_s"])
         self.groups = res.timing["groups"]
-        self.memory = self._memory()
         if self.memory is None:
             self.memory = max(rss_bytes() - rss0, 0)
             self.memory_source = "rss_delta"
 
-    def _memory(self) -> int | None:
-        """The largest compiled chunk program of the plan (per call), via the engine internals."""
-        try:
-            binder = Binder(self.cfg, model=self.model, dataset=self.ds)
-            prep = compile_lib.prepare(self.cfg, binder)
-            mems = [compiled_memory(u.chunk[max(u.chunk)]) for u in prep.plan.units]
-            return max(m for m in mems if m is not None)
-        except Exception:
-            return None
+    @staticmethod
+    def _memory(cache) -> int | None:
+        """The largest compiled training program of the sweep just run (per call), read from
+        the programs it put in the engine's cache."""
+        mems = [
+            compiled_memory(program)
+            for entry in cache.values()
+            for name, program in entry["programs"].items()
+            if name.startswith("steps")
+        ]
+        mems = [m for m in mems if m is not None]
+        return max(mems) if mems else None
 
     def run(self) -> float:
         res = jaxtune.run_sweep(self.cfg, dataset=self.ds, model=self.model)

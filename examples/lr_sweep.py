@@ -2,8 +2,9 @@
 
 `jaxtune.run_sweep` turns every numeric hyperparameter (here the learning rate and the seed) into
 a traced array with a leading trial axis, so all 16 trials below train at once as a single
-``jit(scan(vmap(train_step)))`` program. A trial whose loss turns non-finite is frozen at its
-last finite state and marked diverged, without disturbing the others.
+compiled program (for this dense model, ``jit(scan(vmap(train_step)))``). A trial whose loss
+turns non-finite is frozen at its last finite state and marked diverged, without disturbing the
+others.
 
 The example prints
 

@@ -113,14 +113,20 @@ def _manager(directory: Path, max_to_keep: int = 1, *, read_only: bool = False, 
     )
 
 
-def _step_meta(manager: Any, step: int, directory: Path) -> dict[str, Any]:
-    """A step's custom metadata; refuses another format with a message naming it."""
-    if (directory / str(step) / "meta").is_dir():
+def _refuse_format_1(directory: Path) -> None:
+    """Raises, naming both formats, when a step in ``directory`` has format 1's layout."""
+    old = sorted(int(p.parent.name) for p in directory.glob("*/meta") if p.parent.name.isdigit())
+    if old:
         raise CheckpointMismatchError(
-            f"checkpoint at step {step} in {directory} has format 1 (jaxtune 0.2: leaf lists "
+            f"checkpoint at step {old[-1]} in {directory} has format 1 (jaxtune 0.2: leaf lists "
             f"beside a 'meta' item); this version reads format {FORMAT}. Resume it with jaxtune "
             "0.2, or start this sweep in a new output directory"
         )
+
+
+def _step_meta(manager: Any, step: int, directory: Path) -> dict[str, Any]:
+    """A step's custom metadata; refuses another format with a message naming it."""
+    _refuse_format_1(directory)
     meta = dict(manager.metadata(step).custom_metadata or {})
     if meta.get("format") != FORMAT:
         raise ValueError(f"its metadata has no format {FORMAT} record")
@@ -185,6 +191,7 @@ class SweepCheckpointer:
                 "(--resume / resume=True) or choose another output directory"
             )
         if has_steps:
+            _refuse_format_1(self.directory)  # before a manager writes its own metadata
             stored = _manager(self.directory, read_only=True).metadata().custom_metadata or {}
             if stored.get("hash") != digest and "config" in stored:
                 what = f"the checkpointed sweep in {self.directory.parent}"

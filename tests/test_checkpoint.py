@@ -165,3 +165,38 @@ def test_half_written_checkpoint_is_ignored(tmp_path, reference):
     jaxtune.run_sweep(CFG, out_dir=tmp_path, resume=True)
     assert time.time() - t0 < 300
     _assert_same_run(tmp_path, reference, 4)
+
+
+def test_a_format_1_checkpoint_is_refused_naming_the_format(tmp_path):
+    """A checkpoint folder as jaxtune 0.2 wrote it (Orbax items ``state``, ``history`` and a
+    JSON ``meta``; the configuration in ``sweep.json``): resuming it names both formats and
+    leaves the checkpoints as they were."""
+    import json
+
+    import orbax.checkpoint as ocp
+
+    cfg = {**CFG, "train": {**CFG["train"], "steps": 20}}
+    ckpt = tmp_path / "checkpoints"
+    manager = ocp.CheckpointManager(
+        ckpt,
+        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+        item_names=("state", "history", "meta"),
+    )
+    manager.save(
+        20,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave([[np.zeros((4, 3), np.float32)]]),
+            history=ocp.args.StandardSave({"train.loss": np.zeros((4, 20), np.float32)}),
+            meta=ocp.args.JsonSave({"layout": [], "members": [[0, 1, 2, 3]], "digest": "0"}),
+        ),
+    )
+    manager.wait_until_finished()
+    manager.close()
+    stored = jaxtune.SweepConfig.from_dict(cfg).to_dict()
+    (ckpt / "sweep.json").write_text(json.dumps({"config": stored}))
+    before = sorted((p.relative_to(ckpt), p.stat().st_size) for p in ckpt.rglob("*"))
+    with pytest.raises(jaxtune.ConfigError, match="format 1") as err:
+        jaxtune.run_sweep(cfg, out_dir=tmp_path, resume=True)
+    assert "format 2" in str(err.value)
+    after = sorted((p.relative_to(ckpt), p.stat().st_size) for p in ckpt.rglob("*"))
+    assert after == before

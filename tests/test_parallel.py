@@ -46,6 +46,7 @@ SCRIPT = textwrap.dedent(
               for t in r.trials if t.stopped_step is None}}
     print(json.dumps({{"devices": r.timing["devices"], "groups": r.timing["groups"],
                       "local": len(jax.devices()), "params": params,
+                      "placement": r.timing["data"][0]["placement"],
                       "rungs": r.search.get("rungs")}}))
     """
 )
@@ -80,6 +81,22 @@ def _run(tmp_path, out, devices, *, resume=False, stop_at=-1, forced=4, cfg=CFG)
     return None if last == "stopped" else json.loads(last)
 
 
+def _in_process(out, cfg=CFG):
+    """The sweep on this process's one CPU device, reported as the script reports it."""
+    import jax
+
+    import jaxtune
+
+    assert jax.device_count() == 1
+    r = jaxtune.run_sweep(cfg, out_dir=out)
+    params = {
+        str(t.id): [np.asarray(x).tolist() for x in jax.tree.leaves(r.trial_state(t.id).params)]
+        for t in r.trials
+        if t.stopped_step is None
+    }
+    return {"devices": r.timing["devices"], "params": params, "rungs": r.search.get("rungs")}
+
+
 def _close(a, b):
     for trial in a["params"]:
         for x, y in zip(a["params"][trial], b["params"][trial], strict=True):
@@ -88,17 +105,19 @@ def _close(a, b):
 
 @pytest.mark.accelerator
 def test_sharded_sweep_equals_single_device_and_resumes_on_fewer_devices(tmp_path):
-    one = _run(tmp_path, tmp_path / "one", 1)
+    one = _in_process(tmp_path / "one")
     four = _run(tmp_path, tmp_path / "four", 4)
     assert one["devices"] == 1 and four["devices"] == 4 and four["local"] == 4
     # 12 trials over 4 devices: the call is padded to a multiple of 4 and the padding dropped.
     assert all(g["trials_per_call"] % 4 == 0 for g in four["groups"])
     assert len(four["params"]) == 12
     _close(one, four)
-    # Checkpointed on 4 devices at step 20, resumed on 2.
-    assert _run(tmp_path, tmp_path / "elastic", 4, stop_at=20) is None
-    two = _run(tmp_path, tmp_path / "elastic", 2, resume=True)
-    assert two["devices"] == 2
+    # Streamed from the host, checkpointed on 4 devices at step 20, resumed on 2: the same
+    # trials as device-resident data on one device.
+    host = {**CFG, "data": {"placement": "host"}}
+    assert _run(tmp_path, tmp_path / "elastic", 4, stop_at=20, cfg=host) is None
+    two = _run(tmp_path, tmp_path / "elastic", 2, resume=True, cfg=host)
+    assert two["devices"] == 2 and two["placement"] == "host"
     _close(one, two)
 
 

@@ -49,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -160,73 +161,88 @@ def make_train_step(
         grad_norm = optax.tree.norm(grads)  # as clip_by_global_norm computes it: shared
         # Decided before the update, so the selects below fuse into the update itself.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        ok = finite & ~state.diverged
         updates, new_opt = optimizer(hp).update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-
-        def keep(new, old):
-            return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-
-        newly = ~finite & ~state.diverged
-        new_state = TrainState(
-            keep(new_params, state.params),
-            keep(new_ms, state.model_state),
-            keep(new_opt, state.opt_state),
-            state.key,
-            state.diverged | ~finite,
-            jnp.where(newly, step, state.diverged_step).astype(jnp.int32),
-        )
+        new_state = _quarantined(state, step, finite, new_params, new_ms, new_opt)
         if schedule is not None:
             lr = learning_rate_at(schedule(hp), step)
         else:
             lr = _injected_learning_rate(new_opt)
         clip = hp.get("optimizer.clip_norm")
         metrics = {
-            "loss": jnp.where(ok, loss, jnp.nan),
+            "loss": jnp.where(finite & ~state.diverged, loss, jnp.nan),
             "grad_norm": grad_norm,
             "clipped": grad_norm > clip if clip is not None else jnp.asarray(False),
             "learning_rate": jnp.asarray(lr, jnp.float32),
         }
         return new_state, metrics
 
-    def evaluate_batch(
-        state: TrainState, hp: Mapping[str, Any], batch: tuple[Any, Any], mask: Any = None
-    ) -> dict[str, jax.Array]:
-        """Sums (not means) of the loss and every metric over one batch (``mask``: real rows)."""
-        x, y = batch
-        outputs, _ = task.apply(
-            state.params, state.model_state, x, train=False, key=None, mask=mask
-        )
-        values = {"loss": task.loss(outputs, y, hp), **task.metrics(outputs, y)}
-        if mask is None:
-            return {k: jnp.sum(v.astype(jnp.float32)) for k, v in values.items()}
-        return {k: jnp.sum(jnp.where(mask, v.astype(jnp.float32), 0.0)) for k, v in values.items()}
+    return TrainStep(
+        init,
+        train_step,
+        functools.partial(_evaluate, task),
+        functools.partial(_evaluate_batch, task),
+    )
 
-    def evaluate(
-        state: TrainState,
-        hp: Mapping[str, Any],
-        split: tuple[Any, Any],
-        *,
-        batch_size: int | None = None,
-    ) -> dict[str, jax.Array]:
-        split = jax.tree.map(jnp.asarray, split)
-        n = num_examples(split)
-        size = n if batch_size is None else max(1, min(int(batch_size), n))
-        num_batches = -(-n // size)
-        if num_batches == 1:
-            return {k: v / n for k, v in evaluate_batch(state, hp, split).items()}
 
-        def sums(b):
-            idx = b * size + jnp.arange(size)
-            batch = jax.tree.map(lambda a: a[jnp.minimum(idx, n - 1)], split)
-            return evaluate_batch(state, hp, batch, idx < n)
+def _quarantined(
+    state: TrainState, step: Any, finite: jax.Array, new_params: Any, new_ms: Any, new_opt: Any
+) -> TrainState:
+    """The state after a step: the new parts where the step was finite and the trial had not
+    diverged, else the old ones; a first non-finite step marks the trial diverged there."""
+    ok = finite & ~state.diverged
 
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sums, 0))
+    def keep(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
-        def body(carry, b):
-            return jax.tree.map(jnp.add, carry, sums(b)), None
+    newly = ~finite & ~state.diverged
+    return TrainState(
+        keep(new_params, state.params),
+        keep(new_ms, state.model_state),
+        keep(new_opt, state.opt_state),
+        state.key,
+        state.diverged | ~finite,
+        jnp.where(newly, step, state.diverged_step).astype(jnp.int32),
+    )
 
-        totals, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
-        return {k: v / n for k, v in totals.items()}
 
-    return TrainStep(init, train_step, evaluate, evaluate_batch)
+def _evaluate_batch(
+    task: Task, state: TrainState, hp: Mapping[str, Any], batch: tuple[Any, Any], mask: Any = None
+) -> dict[str, jax.Array]:
+    """Sums (not means) of the loss and every metric over one batch (``mask``: real rows)."""
+    x, y = batch
+    outputs, _ = task.apply(state.params, state.model_state, x, train=False, key=None, mask=mask)
+    values = {"loss": task.loss(outputs, y, hp), **task.metrics(outputs, y)}
+    if mask is None:
+        return {k: jnp.sum(v.astype(jnp.float32)) for k, v in values.items()}
+    return {k: jnp.sum(jnp.where(mask, v.astype(jnp.float32), 0.0)) for k, v in values.items()}
+
+
+def _evaluate(
+    task: Task,
+    state: TrainState,
+    hp: Mapping[str, Any],
+    split: tuple[Any, Any],
+    *,
+    batch_size: int | None = None,
+) -> dict[str, jax.Array]:
+    """Means of the loss and every metric over a split, in batches of ``batch_size``."""
+    split = jax.tree.map(jnp.asarray, split)
+    n = num_examples(split)
+    size = n if batch_size is None else max(1, min(int(batch_size), n))
+    num_batches = -(-n // size)
+    if num_batches == 1:
+        return {k: v / n for k, v in _evaluate_batch(task, state, hp, split).items()}
+
+    def sums(b):
+        idx = b * size + jnp.arange(size)
+        batch = jax.tree.map(lambda a: a[jnp.minimum(idx, n - 1)], split)
+        return _evaluate_batch(task, state, hp, batch, idx < n)
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sums, 0))
+
+    def body(carry, b):
+        return jax.tree.map(jnp.add, carry, sums(b)), None
+
+    totals, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
+    return {k: v / n for k, v in totals.items()}

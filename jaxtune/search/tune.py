@@ -114,12 +114,7 @@ def run_tune(
     settings = tune_settings(tune, cfg)
     cfg = SweepConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "sweep"})
     base = cfg.base
-    if task is None and base["task.factory"]:
-        task = registry.import_factory(base["task.factory"], "task.factory", search=search_path)
-    if optimizer is None and base["optimizer.factory"]:
-        optimizer = registry.import_factory(
-            base["optimizer.factory"], "optimizer.factory", search=search_path
-        )
+    task, optimizer = _factories(base, task, optimizer, search_path)
     out = Path(out_dir)
     state_path = out / "tune.json"
     state = load_state(state_path, cfg, settings, resume)
@@ -127,7 +122,27 @@ def run_tune(
     per_stage = callbacks if callable(callbacks) else (lambda stage, cbs=tuple(callbacks): cbs)
     run = Run(cfg, settings, out, task, optimizer, resume, per_stage, search_path)
     run.band = settings["tune.lr_batch.band"]
-    for stage in settings["tune.stages"]:
+    _run_stages(run, settings["tune.stages"], state, state_path)
+    summary = format_summary(state)
+    (out / "summary.md").write_text(summary)
+    return TuneResult(dict(run.chosen), dict(state["stages"]), summary, out)
+
+
+def _factories(base: Mapping[str, Any], task: Any, optimizer: Any, search_path) -> tuple:
+    """The task and optimizer given, else those ``task.factory`` / ``optimizer.factory`` name."""
+    if task is None and base["task.factory"]:
+        task = registry.import_factory(base["task.factory"], "task.factory", search=search_path)
+    if optimizer is None and base["optimizer.factory"]:
+        optimizer = registry.import_factory(
+            base["optimizer.factory"], "optimizer.factory", search=search_path
+        )
+    return task, optimizer
+
+
+def _run_stages(run: Run, stages: Sequence[str], state: dict, state_path: Path) -> None:
+    """Runs each stage not recorded as done, saving ``tune.json`` before and after it; a done
+    stage's choices are read back from its record."""
+    for stage in stages:
         record = state["stages"].get(stage)
         if record is None or record.get("status") != "done":
             state["stages"][stage] = {"status": "running", "folder": FOLDERS[stage]}
@@ -142,6 +157,3 @@ def run_tune(
         run.chosen.update(record["set"])
         if stage == "lr_range":
             run.band = tuple(record["band"])
-    summary = format_summary(state)
-    (out / "summary.md").write_text(summary)
-    return TuneResult(dict(run.chosen), dict(state["stages"]), summary, out)
