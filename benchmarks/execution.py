@@ -45,6 +45,7 @@ from jaxtune.data import batch_from_permutations, epoch_permutations
 
 FORMS = ("scan/vmap", "scan:16/vmap", "host/vmap", "host/unroll", "host/map", "scan/map")
 _T0 = time.perf_counter()
+TOO_SLOW: set[tuple[str, str]] = set()  # (workload, form) timed once at a smaller N
 
 
 def log(msg: str) -> None:
@@ -259,7 +260,14 @@ def cell(name, case, n, args) -> dict[str, Any]:
         "scan_vmap": lambda k: base.run_scan(k),
     }
     per_device = math.ceil(n / jax.device_count())
-    forms = [f for f in args.forms if not ("unroll" in f.split("/")[1] and per_device > 16)]
+    # Pruned: trials unrolled past 16 per device (auto never unrolls more), and a form whose
+    # calibration at a smaller N of this workload took longer than --max-time (timed once):
+    # its cost grows with N and it is far from the fastest.
+    forms = [
+        f
+        for f in args.forms
+        if not ("unroll" in f.split("/")[1] and per_device > 16) and (name, f) not in TOO_SLOW
+    ]
     pruned = [f for f in args.forms if f not in forms]
     info: dict[str, Any] = {}
     for form in [*forms, "auto"]:
@@ -283,6 +291,8 @@ def cell(name, case, n, args) -> dict[str, Any]:
         if elapsed > args.max_time:
             rates[v].append(r)  # timed once: too slow to repeat
             chunks[v] = 0
+            if v.startswith("jaxtune[") and v != "jaxtune[auto]":
+                TOO_SLOW.add((name, v[len("jaxtune[") : -1]))
         log(f"  {v}: {r:.1f} trial-steps/s ({time.perf_counter() - t0:.1f} s with compile)")
     for rep in range(args.repeats):
         for v, fn in variants.items():
