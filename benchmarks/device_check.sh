@@ -12,6 +12,8 @@
 # 4. Runs benchmarks/sweep_throughput.py on the digits MLP beside the hand-written vmap + scan
 #    baseline: N = 1, 32, 256, 1024 and N=1024 vs N=1 wall time on an accelerator; a reduced,
 #    short N = 1, 32 on a CPU backend.
+# 5. Runs benchmarks/execution.py: the workloads x N = 1, 8, 32 x execution forms and auto,
+#    beside a loop of solo jitted steps and a hand-written jit(scan(vmap)) (--quick on a CPU).
 #
 # Output: JSON and logs go to "$OUT" when that variable is set, else to OUTDIR, else to
 # benchmarks/results/: device_check_<backend>.json (summary), device_check_<backend>_tests.xml
@@ -46,7 +48,7 @@ PY=${PYTHON:-python}
 backend_of() { "$1" -c "import jax; print(jax.default_backend())" 2>/dev/null | tail -n 1; }
 
 # --------------------------------------------------------------------------------------------
-say "1/4 backend"
+say "1/5 backend"
 have_gpu=0
 have_tpu=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
@@ -119,7 +121,7 @@ left() { local l=$((BUDGET - (SECONDS - START))); echo $((l > 10 ? l : 10)); }
 TAG="device_check_${backend}"
 
 # --------------------------------------------------------------------------------------------
-say "2/4 devices"
+say "2/5 devices"
 [[ $have_gpu == 1 ]] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L
 "$PY" - <<'EOF'
 import jax
@@ -134,7 +136,7 @@ for d in jax.local_devices():
 EOF
 
 # --------------------------------------------------------------------------------------------
-say "3/4 tests: python -m pytest -m accelerator"
+say "3/5 tests: python -m pytest -m accelerator"
 # The checkpoint test runs a second JAX process beside pytest's own: do not let the first
 # process take 75% of the GPU's memory up front (no effect on CPU).
 XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -k 10 "$(left)" \
@@ -151,7 +153,7 @@ if [[ $tests_rc != 0 && "$backend" == gpu && $(left) -gt 60 ]]; then
 fi
 
 # --------------------------------------------------------------------------------------------
-say "4/4 benchmark: digits MLP, run_sweep beside the hand-written vmap + scan"
+say "4/5 benchmark: digits MLP, run_sweep beside the hand-written vmap + scan"
 BENCH_JSON="$OUT_DIR/${TAG}_sweep_throughput.json"
 if [[ "$backend" == cpu ]]; then
   bench_args=(--n 1,32 --min-time 0.3 --max-chunks 8 --repeats 2 --per-call 8)
@@ -175,7 +177,23 @@ if [[ "$backend" == cpu ]]; then
 fi
 
 # --------------------------------------------------------------------------------------------
+say "5/5 benchmark: execution forms (benchmarks/execution.py), workloads x N x form + auto"
+EXEC_JSON="$OUT_DIR/${TAG}_execution.json"
+if [[ "$backend" == cpu ]]; then
+  exec_args=(--quick)
+else
+  # On a GPU a scan costs nothing and vmapped convolutions are grouped: scan/map is measured.
+  exec_args=(--workloads digits_mlp,digits_cnn,images32_cnn,bytes_lm --n 1,8,32
+    --forms scan/vmap,scan/map,host/vmap,host/unroll --chunk 20 --repeats 2 --min-time 0.5)
+fi
+echo "python benchmarks/execution.py ${exec_args[*]} --out $EXEC_JSON"
+timeout -k 10 "$(left)" "$PY" benchmarks/execution.py "${exec_args[@]}" --out "$EXEC_JSON"
+exec_rc=$?
+echo "execution benchmark: exit $exec_rc (rows it finished are in $EXEC_JSON)"
+
+# --------------------------------------------------------------------------------------------
 status=0
+[[ $exec_rc != 0 ]] && status=2
 [[ $bench_rc != 0 ]] && status=2
 [[ $tests_rc != 0 ]] && status=1
 SUMMARY="$OUT_DIR/${TAG}.json"

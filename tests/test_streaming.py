@@ -6,6 +6,8 @@ equal bit for bit: the batch indices are the device path's own and the evaluatio
 batch sums in the same order.
 """
 
+import json
+
 import grain
 import jax
 import numpy as np
@@ -129,11 +131,33 @@ def test_a_streamed_sweep_killed_mid_run_resumes_to_the_same_result(on_device, t
     _assert_same(resumed, results["per_trial"])
 
 
-def test_halving_streams_the_same_rungs(on_device):
+SPACE = {"optimizer.learning_rate": {"distribution": "log_uniform", "low": 0.01, "high": 0.3}}
+
+
+@pytest.mark.parametrize(
+    ("sweep", "extra"),
+    [
+        ({**PER_TRIAL, "strategy": "halving"}, {}),
+        ({**PER_TRIAL, "strategy": "pbt"}, {"pbt": {"interval": 8}}),
+        (
+            {"strategy": "optuna", "space": SPACE},
+            {"optuna": {"batch_size": 2, "rounds": 2, "sampler": "tpe"}},
+        ),
+    ],
+    ids=["halving", "pbt", "optuna"],
+)
+def test_every_strategy_streams_the_same_search(sweep, extra, on_device, tmp_path):
     task, _ = on_device
-    sweep = {**PER_TRIAL, "strategy": "halving"}
-    device, host = _sweep(task, "device", sweep), _sweep(task, "host", sweep)
-    assert host.search["rungs"] == device.search["rungs"]
+    cfg = {**CFG, **extra, "sweep": sweep}
+
+    def run(placement, out):
+        return jaxtune.run_sweep(
+            {**cfg, "data": {"placement": placement}}, task=task, optimizer=_momentum, out_dir=out
+        )
+
+    device, host = run("device", tmp_path / "device"), run("host", tmp_path / "host")
+    assert [d["placement"] for d in host.timing["data"]] == ["host"] * len(host.timing["data"])
+    assert json.dumps(host.search, default=str) == json.dumps(device.search, default=str)
     _assert_same(host, device)
 
 
