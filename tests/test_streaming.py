@@ -197,3 +197,26 @@ def test_a_bad_source_fails_before_compiling(claimed, bad, match, monkeypatch):
     with pytest.raises(TaskError, match=match):
         task = _task(_splits(train=(_Rows(x, claimed, bad), _Rows(y, claimed))))
         _sweep(task, "host", SHARED)
+
+
+def test_calls_of_one_trial_share_one_feed_and_equal_the_device(on_device, monkeypatch):
+    """Three one-trial calls at one seed read the same rows: one feed is built per chunk and
+    given to all three, and each equals its device-placed call."""
+    from jaxtune.engine import feed as feed_lib
+
+    task, _ = on_device
+    built = []
+    build = feed_lib.HostFeed.build
+    monkeypatch.setattr(
+        feed_lib.HostFeed, "build", lambda self, *a: built.append(a) or build(self, *a)
+    )
+    one = {**CFG["train"], "max_trials_per_call": 1}
+
+    def run(placement):
+        cfg = {**CFG, "train": one, "data": {"placement": placement}, "sweep": SHARED}
+        return jaxtune.run_sweep(cfg, task=task, optimizer=_momentum)
+
+    device, host = run("device"), run("host")
+    assert host.timing["groups"][0]["calls"] == 3
+    assert len(built) == CFG["train"]["steps"] // CFG["train"]["eval_every"]  # one per chunk
+    _assert_same(host, device)

@@ -153,7 +153,20 @@ class Population:
         return any(c.program.feed is not None for c in self.calls)
 
     def _build_feeds(self, chunk: tuple[int, int]) -> list[Any]:
-        return [c.program.feed and c.program.feed.build(*chunk) for c in self.calls]
+        """Each call's feed of ``chunk``; calls reading the same rows (same source, distinct
+        (seed, batch size) pairs and devices) share one."""
+        built: dict[tuple, Any] = {}
+        out = []
+        for c in self.calls:
+            feed = c.program.feed
+            if feed is None:
+                out.append(None)
+                continue
+            key = (id(feed.source), repr(feed.pairs), feed.layout.max_batch, id(feed.mesh))
+            if key not in built:
+                built[key] = feed.build(*chunk)
+            out.append(built[key])
+        return out
 
     def prefetch(self, chunks: Sequence[tuple[int, int]]) -> None:
         """The chunks ``(start, length)`` about to be dispatched, in order: their host feeds are
