@@ -26,59 +26,66 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     import jaxtune
 
-    out, devices, resume, stop_at = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
-    cfg = json.loads(sys.argv[5])
-    cfg["parallel"] = {{"devices": int(devices)}}
-
     class StopAt(jaxtune.SweepCallback):
+        def __init__(self, stop_at):
+            self.stop_at = stop_at
+
         def on_chunk(self, start, stop, history):
-            if stop == stop_at:
+            if stop == self.stop_at:
                 raise KeyboardInterrupt
 
-    try:
-        r = jaxtune.run_sweep(cfg, out_dir=out, resume=resume, callbacks=[StopAt()])
-    except KeyboardInterrupt:
-        print("stopped")
-        raise SystemExit(0)
-    if jax.process_index() != 0:
-        raise SystemExit(0)  # process 0 reports for everyone
-    params = {{t.id: [np.asarray(x).tolist() for x in jax.tree.leaves(r.trial_state(t.id).params)]
-              for t in r.trials if t.stopped_step is None}}
-    print(json.dumps({{"devices": r.timing["devices"], "groups": r.timing["groups"],
-                      "local": len(jax.devices()), "params": params,
-                      "placement": r.timing["data"][0]["placement"],
-                      "rungs": r.search.get("rungs")}}))
+    def run(out, devices, resume, stop_at, cfg):
+        cfg = {**cfg, "parallel": {"devices": devices}}
+        try:
+            r = jaxtune.run_sweep(cfg, out_dir=out, resume=resume, callbacks=[StopAt(stop_at)])
+        except KeyboardInterrupt:
+            return "stopped"
+        if jax.process_index() != 0:
+            return "other process"  # process 0 reports for everyone
+        leaves = lambda t: jax.tree.leaves(r.trial_state(t.id).params)
+        params = {t.id: [np.asarray(x).tolist() for x in leaves(t)]
+                  for t in r.trials if t.stopped_step is None}
+        return {"devices": r.timing["devices"], "groups": r.timing["groups"],
+                "local": len(jax.devices()), "params": params,
+                "placement": r.timing["data"][0]["placement"],
+                "rungs": r.search.get("rungs")}
+
+    # One process runs the jobs in order (one JAX start-up, one in-memory compile cache).
+    for job in json.loads(sys.argv[1]):
+        print(json.dumps(run(**job)), flush=True)
     """
 )
 
 
-def _run(tmp_path, out, devices, *, resume=False, stop_at=-1, forced=4, cfg=CFG):
+def _runs(tmp_path, jobs, *, forced=4):
+    """Run ``jobs`` (``(out, devices, resume, stop_at, cfg)``) in order in one subprocess with
+    ``forced`` CPU devices; each job's report (None for a job stopped at ``stop_at``)."""
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format())
+    script.write_text(SCRIPT)
     # Forced host devices are CPU devices: JAX_PLATFORMS=cpu keeps a GPU or TPU out of the mesh.
     env = dict(
         os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={forced}",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={forced}".strip(),
         JAX_PLATFORMS="cpu",
     )
+    payload = [
+        {"out": str(o), "devices": d, "resume": r, "stop_at": s, "cfg": c} for o, d, r, s, c in jobs
+    ]
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(out),
-            str(devices),
-            "1" if resume else "0",
-            str(stop_at),
-            json.dumps(cfg),
-        ],
+        [sys.executable, str(script), json.dumps(payload)],
         capture_output=True,
         text=True,
         env=env,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    return None if last == "stopped" else json.loads(last)
+    lines = proc.stdout.strip().splitlines()[-len(jobs) :]
+    return [None if line == '"stopped"' else json.loads(line) for line in lines]
+
+
+def _run(tmp_path, out, devices, *, resume=False, stop_at=-1, forced=4, cfg=CFG):
+    return _runs(tmp_path, [(out, devices, resume, stop_at, cfg)], forced=forced)[0]
 
 
 def _in_process(out, cfg=CFG):
@@ -106,17 +113,23 @@ def _close(a, b):
 @pytest.mark.accelerator
 def test_sharded_sweep_equals_single_device_and_resumes_on_fewer_devices(tmp_path):
     one = _in_process(tmp_path / "one")
-    four = _run(tmp_path, tmp_path / "four", 4)
+    # Streamed from the host, checkpointed on 4 devices at step 20, resumed on 2 (a mesh of
+    # two of the four devices): the same trials as device-resident data on one device.
+    host = {**CFG, "data": {"placement": "host"}}
+    four, stopped, two = _runs(
+        tmp_path,
+        [
+            (tmp_path / "four", 4, False, -1, CFG),
+            (tmp_path / "elastic", 4, False, 20, host),
+            (tmp_path / "elastic", 2, True, -1, host),
+        ],
+    )
     assert one["devices"] == 1 and four["devices"] == 4 and four["local"] == 4
     # 12 trials over 4 devices: the call is padded to a multiple of 4 and the padding dropped.
     assert all(g["trials_per_call"] % 4 == 0 for g in four["groups"])
     assert len(four["params"]) == 12
     _close(one, four)
-    # Streamed from the host, checkpointed on 4 devices at step 20, resumed on 2: the same
-    # trials as device-resident data on one device.
-    host = {**CFG, "data": {"placement": "host"}}
-    assert _run(tmp_path, tmp_path / "elastic", 4, stop_at=20, cfg=host) is None
-    two = _run(tmp_path, tmp_path / "elastic", 2, resume=True, cfg=host)
+    assert stopped is None
     assert two["devices"] == 2 and two["placement"] == "host"
     _close(one, two)
 
@@ -166,10 +179,10 @@ def test_two_processes_on_localhost_equal_one_process(tmp_path):
             JAX_PLATFORMS="cpu",  # one CPU device per process, gloo collectives
         )
         env.pop("XLA_FLAGS", None)
-        args = [sys.executable, str(script), str(tmp_path / "multi"), "2", "0", "-1"]
+        job = {"out": str(tmp_path / "multi"), "devices": 2, "resume": False, "stop_at": -1}
         procs.append(
             subprocess.Popen(
-                [*args, json.dumps(cfg)],
+                [sys.executable, str(script), json.dumps([{**job, "cfg": cfg}])],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

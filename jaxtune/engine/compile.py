@@ -1,9 +1,10 @@
 """Compiling a call's programs ahead of time, a compile cache, and fitting calls to memory.
 
-Every call's ``init``, ``shuffle``, ``steps`` and ``evaluate`` programs are compiled from shapes
-(:class:`CompiledCall`). Compiled programs are cached by everything they depend on (the batch
-layout, trials per call, data shapes, devices, the task and optimizer, the execution form and
-the matmul precision), so a second sweep of the same shapes in one process compiles nothing.
+Every call's ``init``, ``shuffle``, ``steps`` (or ``chunk``: shuffle and steps in one program)
+and ``evaluate`` programs are compiled from shapes (:class:`CompiledCall`). Compiled programs
+are cached by everything they depend on (the batch layout, trials per call, data shapes,
+devices, the task and optimizer, the execution form and the matmul precision), so a second
+sweep of the same shapes in one process compiles nothing.
 """
 
 from __future__ import annotations
@@ -180,6 +181,32 @@ class CompiledCall:
         shuffles, or the feed, it reads are the chunk's)."""
         return self._compiled(f"steps{length}/{chunk}", lambda: self.lower_steps(length, chunk))
 
+    def one_program(self, length: int) -> bool:
+        """Whether a chunk of ``length`` steps runs as one program, its shuffle included: a
+        chunk run in one dispatch from the on-device split (:meth:`chunk`)."""
+        return self.feed is None and dispatches(self.form, length) == [length]
+
+    def chunk(self, length: int) -> Any:
+        """The program of a whole chunk of ``length`` steps, shuffle and steps together
+        (``chunk(state, hp, data, data_key, keys, start)``)."""
+        hp, keys, data_key, data = self._args
+
+        def lower():
+            fn = jax.jit(self.fns.chunk, static_argnames="length", donate_argnums=0)
+            with jax.default_matmul_precision(self.precision):
+                return fn.lower(
+                    self.state_shape, hp, data, data_key, keys, np.int32(0), length=length
+                )
+
+        return self._compiled(f"chunk{length}", lower)
+
+    def main(self, length: int) -> Any:
+        """The program that runs most of a chunk of ``length`` steps: :meth:`chunk` or the
+        :meth:`steps` of one dispatch."""
+        if self.one_program(length):
+            return self.chunk(length)
+        return self.steps(self.form.steps_per_call(length), length)
+
     def evaluate(self) -> Any:
         hp, _, _, data = self._args
         return self._compiled(
@@ -201,6 +228,9 @@ class CompiledCall:
         if init:
             self.init()
         for length in lengths:
+            if self.one_program(length):
+                self.chunk(length)
+                continue
             if self.feed is None:
                 self.shuffle(length)
             for m in sorted(set(dispatches(self.form, length))):

@@ -144,6 +144,10 @@ class CallFunctions(NamedTuple):
     * ``steps(state, hp, data, batches, start, *, length) -> (state, metrics [length, n])``:
       ``batches`` is the chunk's ``(perms, first)`` on the device, or ``(feed, which,
       offset)`` fed from the host (:func:`jaxtune.engine.batching.make_step`)
+    * ``chunk(state, hp, data, data_key, keys, start, *, length) -> (state, metrics)``: a
+      whole chunk in one program, its shuffle included (``steps`` of ``shuffle``'s output;
+      for a chunk run in one dispatch from the on-device split, which then needs no
+      separate shuffle program and no hand-over between two)
     * ``evaluate(state, hp, data) -> {"<split>.<metric>": [n]}`` over the splits in ``data``
     * ``evaluate_batch(state, hp, batch, mask) -> {"<metric>": [n]}``: sums over one batch of
       a split streamed from the host
@@ -152,6 +156,7 @@ class CallFunctions(NamedTuple):
     init: Callable
     shuffle: Callable
     steps: Callable
+    chunk: Callable
     evaluate: Callable
     evaluate_batch: Callable
 
@@ -206,6 +211,10 @@ def call_functions(
         )
         return fn(state, hp, data, tuple(batches), start)
 
+    def chunk(state, hp, data, data_key, keys, start, *, length):
+        batches = shuffle(data_key, keys, hp, start, length=length)
+        return steps(state, hp, data, batches, start, length=length)
+
     def evaluate(state, hp, data):
         fn = jax.shard_map(
             lambda s, h, d: _over_trials(form, evaluate_on(d), (s, h)),
@@ -229,7 +238,7 @@ def call_functions(
         )
         return fn(state, hp, batch, mask)
 
-    return CallFunctions(init, shuffle, steps, evaluate, evaluate_batch)
+    return CallFunctions(init, shuffle, steps, chunk, evaluate, evaluate_batch)
 
 
 # ----------------------------------------------------------------------------------------------

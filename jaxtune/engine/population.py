@@ -48,6 +48,11 @@ class Call:
         it asynchronously) with the per-dispatch metrics and the evaluation after it. A call
         fed from the host gets the chunk's ``feed`` (its batches, on the devices)."""
         p = self.program
+        if p.one_program(length):
+            self.state, out = p.chunk(length)(
+                self.state, self.hp, self.data, self.data_key, self.keys, np.int32(start)
+            )
+            return [out], self.evaluate()
         if p.feed is None:
             batches = p.shuffle(length)(self.data_key, self.keys, self.hp, np.int32(start))
         metrics, t = [], start

@@ -208,8 +208,7 @@ class Preparer:
         spec = CallSpec(g, 0, members[:probe], math.ceil(probe / k) * k)
         call = self._call(plan, spec, self._initial_form(plan, spec))
         length = max(self.lengths)
-        m = call.program.form.steps_per_call(length)
-        per_trial = call_memory_bytes(call.program.steps(m, length)) / max(spec.size // k, 1)
+        per_trial = call_memory_bytes(call.program.main(length)) / max(spec.size // k, 1)
         want, choice = fit_memory(per_trial, largest, self.mesh)
         have = probe if largest > probe else None
         if have is not None and want is not None and have <= want <= 2 * have:
@@ -293,17 +292,21 @@ class Preparer:
         m = form.steps_per_call(length)
         t0 = time.perf_counter()
         p = call.program
-        program = p.steps(m, length)
+        program = p.main(length)
         state = p.init()(call.hp, call.keys)
-        if p.feed is None:
+        if p.one_program(length):
+            args = (call.hp, call.data, call.data_key, call.keys, np.int32(0))
+        elif p.feed is None:
             batches = p.shuffle(length)(call.data_key, call.keys, call.hp, np.int32(0))
+            args = (call.hp, call.data, batches, np.int32(0))
         else:
             batches = (p.feed.build(0, length), call.which, np.int32(0))
+            args = (call.hp, call.data, batches, np.int32(0))
         compile_s = time.perf_counter() - t0
         t1 = time.perf_counter()
 
         def run(s):
-            return program(s, call.hp, call.data, batches, np.int32(0))[0]
+            return program(s, *args)[0]
 
         rate = execution.time_calls(run, state, work=m * spec.size)
         return rate, time.perf_counter() - t1, compile_s
