@@ -10,7 +10,6 @@ exits 2 with one line naming the key; Ctrl-C exits 130 after saying how to resum
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -22,37 +21,18 @@ from jaxtune.errors import ConfigError
 __all__ = ["add_subcommands"]
 
 
-def _default_out() -> Path:
-    out = Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
-    candidate, i = out, 1
-    while candidate.exists():
-        candidate, i = out.with_name(f"{out.name}-{i}"), i + 1
-    return candidate
-
-
 def _bench_handler(args: argparse.Namespace) -> int:
     from jaxtune.bench.config import load_bench_config
     from jaxtune.bench.runner import run_benchmark
-    from jaxtune.cli import search_path
+    from jaxtune.cli import make_out_dir, resumable_run
 
-    if args.resume and args.out is None:
-        raise ConfigError("--resume needs --out DIR: the folder of the benchmark to continue")
-    out = Path(args.out) if args.out is not None else _default_out()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory")
-    search, document = search_path(args), None
+    out, search, state = resumable_run(args, "benchmark", "bench.json", prefix="bench-")
     stored = out / "bench.json"
-    if args.resume and args.config is None and stored.is_file():
-        state = json.loads(stored.read_text())
-        search = [Path(p) for p in state.get("search_path", [])]
-        document = state["config"]
-    elif args.config is None:
+    document = state["config"] if state is not None else None
+    if document is None and args.config is None:
         raise ConfigError("jaxtune bench needs CONFIG.toml: a file with a [bench] table")
     cfg = load_bench_config(args.config, list(args.set or ()), document=document)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {out} cannot be used: {e.strerror or e}") from None
+    make_out_dir(out)
     t0 = time.perf_counter()
     try:
         result = run_benchmark(

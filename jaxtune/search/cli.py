@@ -10,24 +10,13 @@ how to resume.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jaxtune.errors import ConfigError
-
 __all__ = ["add_subcommands"]
-
-
-def _default_out() -> Path:
-    out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    candidate, i = out, 1
-    while candidate.exists():
-        candidate, i = out.with_name(f"{out.name}-{i}"), i + 1
-    return candidate
 
 
 def _resume_hint(args: argparse.Namespace, out: Path) -> str:
@@ -36,27 +25,15 @@ def _resume_hint(args: argparse.Namespace, out: Path) -> str:
 
 
 def _tune_handler(args: argparse.Namespace) -> int:
-    from jaxtune.cli import search_path
+    from jaxtune.cli import make_out_dir, resumable_run
     from jaxtune.report import ProgressBar, TensorBoardLogger
     from jaxtune.search.tune import run_tune
     from jaxtune.search.tune_config import FOLDERS, STAGES, load_tune_config
 
-    if args.resume and args.out is None:
-        raise ConfigError("--resume needs --out DIR: the folder of the tune run to continue")
-    out = Path(args.out) if args.out is not None else _default_out()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory")
-    search, document = search_path(args), None
-    state = out / "tune.json"
-    if args.resume and args.config is None and state.is_file():
-        stored = json.loads(state.read_text())
-        search = [Path(p) for p in stored.get("search_path", [])]
-        document = {**stored["config"], **stored["tune"]}
+    out, search, stored = resumable_run(args, "tune run", "tune.json")
+    document = {**stored["config"], **stored["tune"]} if stored is not None else None
     cfg, settings = load_tune_config(args.config, list(args.set or ()), document=document)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {out} cannot be used: {e.strerror or e}") from None
+    make_out_dir(out)
     bar = ProgressBar()
 
     def callbacks(stage: str) -> list[Any]:
