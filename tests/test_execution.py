@@ -164,8 +164,28 @@ def test_candidates_follow_the_backend_and_the_model():
         "host/unroll",
     ]
     assert [str(f) for f in execution.candidates("cpu", False, 64)] == ["scan/vmap", "host/vmap"]
+    # Trials too large for the CPU cache rule try host-driven unrolled trials first.
+    large = execution.candidates("cpu", False, 8, large=True)
+    assert [str(f) for f in large] == ["host/unroll", "scan/vmap", "host/vmap"]
+    assert execution.candidates("cpu", False, 64, large=True) == execution.candidates(
+        "cpu", False, 64
+    )
     gpu = execution.candidates("gpu", True, 8)
     assert [str(f) for f in gpu] == ["scan/vmap", "scan/map", "host/vmap"]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the cache rule is the CPU's")
+def test_cpu_calls_fit_half_the_cache_and_large_trials_come_eight_to_a_call():
+    from jaxtune.engine import compile as compile_lib
+
+    half, mesh = compile_lib._last_level_cache_bytes() / 2, compile_lib.make_mesh(1)
+    # 16 trials fit half the cache: calls of 16 (a group of 40 is cut), not large.
+    fit = compile_lib.fit_memory(half / 16, 40, mesh)
+    assert (fit.per_call, fit.large) == (16, False) and "half the" in fit.reason
+    # Only 4 fit: large trials, 8 to a call; a group of 8 stays one call.
+    fit = compile_lib.fit_memory(half / 4, 40, mesh)
+    assert (fit.per_call, fit.large) == (8, True) and "large trials" in fit.reason
+    assert compile_lib.fit_memory(half / 4, 8, mesh).per_call is None
 
 
 def test_choose_measures_while_the_budget_lasts_and_keeps_the_fastest():

@@ -261,7 +261,9 @@ def has_convolution(fn: Callable, *args: Any) -> bool:
     return walk(jaxpr.jaxpr)
 
 
-def candidates(backend: str, convolution: bool, per_device: int) -> list[Form]:
+def candidates(
+    backend: str, convolution: bool, per_device: int, *, large: bool = False
+) -> list[Form]:
     """The forms worth measuring, the likeliest winner first (``auto`` runs the first one
     without measuring when measuring cannot pay for itself).
 
@@ -271,6 +273,8 @@ def candidates(backend: str, convolution: bool, per_device: int) -> list[Form]:
     convolutions are measured against ``lax.map``. Unrolling is pruned past
     :data:`MAX_UNROLLED_TRIALS` trials per device; with one trial per device, ``unroll`` is
     exactly the solo program (no batch axis at all), so it is the only trial axis kept.
+    ``large`` trials (:func:`jaxtune.engine.compile.fit_memory`) on a CPU try ``host/unroll``
+    first: each trial its own ops, which XLA runs side by side on the cores.
     """
     one = per_device == 1
     unroll = per_device <= MAX_UNROLLED_TRIALS
@@ -283,6 +287,8 @@ def candidates(backend: str, convolution: bool, per_device: int) -> list[Form]:
         if one:
             return [Form("scan", trials="unroll"), Form("host", trials="unroll")]
         out = [Form(), Form("host")]
+        if large and unroll:
+            return [Form("host", trials="unroll"), *out]
         return [*out, Form("host", trials="unroll")] if unroll else out
     if one:
         return [Form("scan", trials="unroll"), Form("host", trials="unroll")]

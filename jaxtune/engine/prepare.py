@@ -93,6 +93,8 @@ class Preparer:
         self.forms: dict[str, str] = dict(recorded.get("forms", {}))
         self.per_call: int | None | str = recorded.get("per_call", "unsettled")
         self.call_choice = recorded.get("call_choice", "")
+        #: Trials too large for the CPU cache rule (``auto`` tries them unrolled first).
+        self.large_trials = bool(recorded.get("large_trials", False))
         self.measured_s = 0.0
         self.compile_s = 0.0  # seconds spent preparing populations (compiling, measuring)
         self._data: dict[int, Any] = {}
@@ -105,6 +107,7 @@ class Preparer:
             "forms": self.forms,
             "per_call": self.per_call,
             "call_choice": self.call_choice,
+            "large_trials": self.large_trials,
         }
 
     # ------------------------------------------------------------------------------------------
@@ -209,7 +212,7 @@ class Preparer:
         call = self._call(plan, spec, self._initial_form(plan, spec))
         length = max(self.lengths)
         per_trial = call_memory_bytes(call.program.main(length)) / max(spec.size // k, 1)
-        want, choice = fit_memory(per_trial, largest, self.mesh)
+        want, choice, self.large_trials = fit_memory(per_trial, largest, self.mesh)
         have = probe if largest > probe else None
         if have is not None and want is not None and have <= want <= 2 * have:
             # Within a factor of two of what fits, the probe's calls run about as fast
@@ -249,7 +252,9 @@ class Preparer:
 
         conv = execution.has_convolution(one_step, keys[0])
         per_device = spec.size // self.mesh.size
-        return execution.candidates(jax.default_backend(), conv, per_device)
+        return execution.candidates(
+            jax.default_backend(), conv, per_device, large=self.large_trials
+        )
 
     def _form(self, plan: Plan, spec: CallSpec) -> tuple[Form, dict[str, Any]]:
         """The form of a group (decided on its widest call) and what decided it."""
