@@ -27,7 +27,6 @@ import importlib
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import jaxtune
 from jaxtune import checkpoint
 from jaxtune import config as config_lib
 from jaxtune.config import ConfigError, SweepConfig
+from jaxtune.run_folders import default_out, search_path
 
 __all__ = ["add_config_arguments", "build_parser", "main", "search_path"]
 
@@ -76,11 +76,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 def load_config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The configuration named by ``add_config_arguments``' options (raises ``ConfigError``)."""
     return config_lib.load_config(args.config, list(args.set or ()))
-
-
-def search_path(args: argparse.Namespace) -> list[Path]:
-    """Folders searched first for ``task.factory`` / ``optimizer.factory``: the config's own."""
-    return [Path(args.config).resolve().parent] if args.config else []
 
 
 class _Banner:
@@ -194,43 +189,6 @@ def _check_resume(cfg: SweepConfig, out: Path) -> None:
     stored = checkpoint.stored_config(out / "checkpoints")
     if stored is not None:
         config_lib.check_same(stored, cfg, f"the checkpointed sweep in {out}")
-
-
-def default_out(prefix: str = "") -> Path:
-    """A new folder name under ``runs/``: ``<prefix><date>-<time>``, numbered if taken."""
-    out = Path("runs") / time.strftime(f"{prefix}%Y%m%d-%H%M%S")
-    candidate, i = out, 1
-    while candidate.exists():
-        candidate, i = out.with_name(f"{out.name}-{i}"), i + 1
-    return candidate
-
-
-def resumable_run(
-    args: argparse.Namespace, what: str, state_file: str, prefix: str = ""
-) -> tuple[Path, list[Path], dict | None]:
-    """The folder, factory search path and stored state of a resumable command (``jaxtune
-    tune``, ``jaxtune bench``): ``--out`` (or a new folder), the config's folder searched
-    first, and ``<out>/<state_file>`` read when ``--resume`` continues without CONFIG (its
-    search path then comes from the state)."""
-    if args.resume and args.out is None:
-        raise ConfigError(f"--resume needs --out DIR: the folder of the {what} to continue")
-    out = Path(args.out) if args.out is not None else default_out(prefix)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory")
-    search, stored = search_path(args), None
-    state = out / state_file
-    if args.resume and args.config is None and state.is_file():
-        stored = json.loads(state.read_text())
-        search = [Path(p) for p in stored.get("search_path", [])]
-    return out, search, stored
-
-
-def make_out_dir(out: Path) -> None:
-    """Create ``out`` (and its parents); a folder that cannot be made is a ConfigError."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {out} cannot be used: {e.strerror or e}") from None
 
 
 # ----------------------------------------------------------------------------------------------

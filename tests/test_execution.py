@@ -174,7 +174,9 @@ def test_candidates_follow_the_backend_and_the_model():
     assert [str(f) for f in gpu] == ["scan/vmap", "scan/map", "host/vmap"]
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the cache rule is the CPU's")
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="the last-level cache rule is for CPU devices only"
+)
 def test_cpu_calls_fit_half_the_cache_and_large_trials_come_eight_to_a_call():
     from jaxtune.engine import compile as compile_lib
 

@@ -24,7 +24,7 @@ __all__ = ["add_subcommands"]
 def _bench_handler(args: argparse.Namespace) -> int:
     from jaxtune.bench.config import load_bench_config
     from jaxtune.bench.runner import run_benchmark
-    from jaxtune.cli import make_out_dir, resumable_run
+    from jaxtune.run_folders import make_out_dir, resumable_run
 
     out, search, state = resumable_run(args, "benchmark", "bench.json", prefix="bench-")
     stored = out / "bench.json"

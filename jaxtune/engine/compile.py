@@ -330,15 +330,13 @@ def fit_memory(per_trial: float, largest: int, mesh: jax.sharding.Mesh) -> CallF
     if jax.default_backend() == "cpu":
         cache = _last_level_cache_bytes()
         fits = 2 ** int(math.log2(max(1, int(cache / 2 // max(per_trial, 1)))))
+        half = f"half the {cache / 2**20:.0f} MiB last-level CPU cache"
+        text = f"within {half}"
         if fits < LARGE_TRIALS_PER_CALL:
-            large = True
-            fits = LARGE_TRIALS_PER_CALL
-            text = f"large trials: fewer than {fits} fit half the {cache / 2**20:.0f} MiB"
-            text += " last-level CPU cache, so calls of {fits} to run unrolled"
-        else:
-            text = f"within half the {cache / 2**20:.0f} MiB last-level CPU cache"
+            large, fits = True, LARGE_TRIALS_PER_CALL
+            text = f"large trials: fewer than {fits} fit {half}, so calls of {fits} to run unrolled"
         if fits < limit:
-            limit, reason = fits, text.replace("{fits}", str(fits))
+            limit, reason = fits, text
     per_device = min(limit, math.ceil(largest / k))
     choice = (
         f"auto: up to {per_device} trials per call on each of {k} device(s) "

@@ -25,8 +25,8 @@ def _resume_hint(args: argparse.Namespace, out: Path) -> str:
 
 
 def _tune_handler(args: argparse.Namespace) -> int:
-    from jaxtune.cli import make_out_dir, resumable_run
     from jaxtune.report import ProgressBar, TensorBoardLogger
+    from jaxtune.run_folders import make_out_dir, resumable_run
     from jaxtune.search.tune import run_tune
     from jaxtune.search.tune_config import FOLDERS, STAGES, load_tune_config
 

@@ -1,0 +1,55 @@
+"""Output folders of the command line: a new folder's name, the folders searched for factories,
+and what a resumable command (``jaxtune tune``, ``jaxtune bench``) reads back from its folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from jaxtune.errors import ConfigError
+
+__all__ = ["default_out", "make_out_dir", "resumable_run", "search_path"]
+
+
+def search_path(args: argparse.Namespace) -> list[Path]:
+    """Folders searched first for ``task.factory`` / ``optimizer.factory``: the config's own."""
+    return [Path(args.config).resolve().parent] if args.config else []
+
+
+def default_out(prefix: str = "") -> Path:
+    """A new folder name under ``runs/``: ``<prefix><date>-<time>``, numbered if taken."""
+    out = Path("runs") / time.strftime(f"{prefix}%Y%m%d-%H%M%S")
+    candidate, i = out, 1
+    while candidate.exists():
+        candidate, i = out.with_name(f"{out.name}-{i}"), i + 1
+    return candidate
+
+
+def resumable_run(
+    args: argparse.Namespace, what: str, state_file: str, prefix: str = ""
+) -> tuple[Path, list[Path], dict | None]:
+    """The folder, factory search path and stored state of a resumable command (``jaxtune
+    tune``, ``jaxtune bench``): ``--out`` (or a new folder), the config's folder searched
+    first, and ``<out>/<state_file>`` read when ``--resume`` continues without CONFIG (its
+    search path then comes from the state)."""
+    if args.resume and args.out is None:
+        raise ConfigError(f"--resume needs --out DIR: the folder of the {what} to continue")
+    out = Path(args.out) if args.out is not None else default_out(prefix)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    search, stored = search_path(args), None
+    state = out / state_file
+    if args.resume and args.config is None and state.is_file():
+        stored = json.loads(state.read_text())
+        search = [Path(p) for p in stored.get("search_path", [])]
+    return out, search, stored
+
+
+def make_out_dir(out: Path) -> None:
+    """Create ``out`` (and its parents); a folder that cannot be made is a ConfigError."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out} cannot be used: {e.strerror or e}") from None
