@@ -88,8 +88,9 @@ def make_step(layout: BatchLayout, fns: TrainStep, *, fed: bool = False) -> Call
     """``step(data, batches, t, i) -> (trial_step, per_trial)``: step ``t``, the ``i``-th of
     its dispatch.
 
-    ``trial_step(state, hp, *per_trial_i) -> (state, metrics)`` trains one trial; the caller
-    batches it over ``(state, hp, *per_trial)``, whose leaves all have a leading trial axis.
+    ``trial_step(state, hp, *per_trial_i, keep="finite") -> (state, metrics)`` trains one trial
+    (``keep``: which updates it keeps, see :mod:`jaxtune.engine.step`); the caller batches it
+    over ``(state, hp, *per_trial)``, whose leaves all have a leading trial axis.
     On the device (``fed=False``) ``batches`` is the chunk's ``(perms, first)`` and each batch
     is gathered from ``data["train"]``; fed from the host, ``batches`` is ``(feed, which,
     offset)``: ``feed`` holds the chunk's batches ``[distinct, steps, batch, ...]`` (one per
@@ -117,22 +118,22 @@ def make_step(layout: BatchLayout, fns: TrainStep, *, fed: bool = False) -> Call
                 perms, first = batches
                 batch = _gather(data["train"], perms, first, t, layout.max_batch, layout.max_batch)
 
-            def shared(state, hp):
-                return fns.train_step(state, hp, batch, t)
+            def shared(state, hp, *, keep="finite"):
+                return fns.train_step(state, hp, batch, t, keep=keep)
 
             return shared, ()
 
         if fed:
 
-            def streamed(state, hp, which_i):
-                return fns.train_step(state, hp, row(which_i), t, mask_of(hp))
+            def streamed(state, hp, which_i, *, keep="finite"):
+                return fns.train_step(state, hp, row(which_i), t, mask_of(hp), keep=keep)
 
             return streamed, (which,)
 
-        def own(state, hp, perms_i, first_i):
+        def own(state, hp, perms_i, first_i, *, keep="finite"):
             size = layout.batch_size or hp["train.batch_size"]
             batch = _gather(data["train"], perms_i, first_i, t, size, layout.max_batch)
-            return fns.train_step(state, hp, batch, t, mask_of(hp))
+            return fns.train_step(state, hp, batch, t, mask_of(hp), keep=keep)
 
         return own, tuple(batches)
 

@@ -201,6 +201,23 @@ class CompiledCall:
 
         return self._compiled(f"chunk{length}", lower)
 
+    def replay(self, length: int) -> Any:
+        """The program that replays a chunk of ``length`` steps with the quarantine per step
+        (``replay(state, hp, data, data_key, keys, start, until)``, see
+        :class:`~jaxtune.engine.execution.CallFunctions`). Compiled when a trial first
+        diverges within a :meth:`chunk`: a sweep without divergence never needs it."""
+        hp, keys, data_key, data = self._args
+        until = jax.ShapeDtypeStruct(keys.shape[:1], np.int32, sharding=trial_sharding(self.mesh))
+
+        def lower():
+            fn = jax.jit(self.fns.replay, static_argnames="length", donate_argnums=0)
+            with jax.default_matmul_precision(self.precision):
+                return fn.lower(
+                    self.state_shape, hp, data, data_key, keys, np.int32(0), until, length=length
+                )
+
+        return self._compiled(f"replay{length}", lower)
+
     def main(self, length: int) -> Any:
         """The program that runs most of a chunk of ``length`` steps: :meth:`chunk` or the
         :meth:`steps` of one dispatch."""

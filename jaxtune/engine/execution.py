@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax.extend import core as jax_core
 
 from jaxtune.engine.batching import BatchLayout, make_evaluate, make_shuffle, make_step
+from jaxtune.engine.quarantine import put_back_diverged
 from jaxtune.engine.step import TrainStep
 from jaxtune.errors import ConfigError
 
@@ -145,9 +146,16 @@ class CallFunctions(NamedTuple):
       ``batches`` is the chunk's ``(perms, first)`` on the device, or ``(feed, which,
       offset)`` fed from the host (:func:`jaxtune.engine.batching.make_step`)
     * ``chunk(state, hp, data, data_key, keys, start, *, length) -> (state, metrics)``: a
-      whole chunk in one program, its shuffle included (``steps`` of ``shuffle``'s output;
-      for a chunk run in one dispatch from the on-device split, which then needs no
-      separate shuffle program and no hand-over between two)
+      whole chunk in one program, its shuffle included, for a chunk run in one dispatch from
+      the on-device split (then there is no separate shuffle program and no hand-over between
+      two). Its quarantine is deferred: the steps keep every update (no per-step selects,
+      which cost XLA a second pass over the optimizer state) and at the chunk's end every
+      diverged trial gets its state of the chunk's start back. ``metrics`` also holds each
+      trial's ``diverged_step``: a trial that diverged within the chunk must then be replayed
+    * ``replay(state, hp, data, data_key, keys, start, until, *, length) -> state``: the chunk
+      again with the quarantine per step, keeping each trial's updates of steps ``< until``
+      (``until = start``: the trial is left as it is): a trial that diverged at step ``d``
+      of a deferred chunk, replayed with ``until = d``, gets exactly its quarantined state
     * ``evaluate(state, hp, data) -> {"<split>.<metric>": [n]}`` over the splits in ``data``
     * ``evaluate_batch(state, hp, batch, mask) -> {"<metric>": [n]}``: sums over one batch of
       a split streamed from the host
@@ -157,6 +165,7 @@ class CallFunctions(NamedTuple):
     shuffle: Callable
     steps: Callable
     chunk: Callable
+    replay: Callable
     evaluate: Callable
     evaluate_batch: Callable
 
@@ -186,11 +195,17 @@ def call_functions(
     def shuffle(data_key, keys, hp, start, *, length):
         return make_shuffle(layout, n_train, length)(data_key, keys, hp, start)
 
-    def local_steps(state, hp, data, batches, start, length):
+    def local_steps(state, hp, data, batches, start, length, keep, *until):
         def body(s, ti):
             t, i = ti
             trial_step, per_trial = step_at(data, batches, t, i)
-            return _over_trials(form, trial_step, (s, hp, *per_trial))
+            if not until:
+                return _over_trials(form, lambda *a: trial_step(*a, keep=keep), (s, hp, *per_trial))
+
+            def replayed(si, hi, ui, *rest):
+                return trial_step(si, hi, *rest, keep=t < ui)
+
+            return _over_trials(form, replayed, (s, hp, *until, *per_trial))
 
         local = jnp.arange(length, dtype=jnp.int32)
         if form.loop == "scan":
@@ -201,19 +216,27 @@ def call_functions(
             outs.append(metrics)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
-    def steps(state, hp, data, batches, start, *, length):
+    def sharded_steps(state, hp, data, batches, start, length, keep="finite", *until):
         fn = jax.shard_map(
-            lambda *a: local_steps(*a, length),
+            lambda s, h, d, b, t0, *u: local_steps(s, h, d, b, t0, length, keep, *u),
             mesh=mesh,
-            in_specs=(trials, trials, _P(), batch_specs, _P()),
+            in_specs=(trials, trials, _P(), batch_specs, _P(), *(trials for _ in until)),
             out_specs=(trials, _P(None, "trials")),
             check_vma=False,
         )
-        return fn(state, hp, data, tuple(batches), start)
+        return fn(state, hp, data, tuple(batches), start, *until)
+
+    def steps(state, hp, data, batches, start, *, length):
+        return sharded_steps(state, hp, data, batches, start, length)
 
     def chunk(state, hp, data, data_key, keys, start, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
-        return steps(state, hp, data, batches, start, length=length)
+        new, metrics = sharded_steps(state, hp, data, batches, start, length, "all")
+        return put_back_diverged(state, new), {**metrics, "diverged_step": new.diverged_step}
+
+    def replay(state, hp, data, data_key, keys, start, until, *, length):
+        batches = shuffle(data_key, keys, hp, start, length=length)
+        return sharded_steps(state, hp, data, batches, start, length, "finite", until)[0]
 
     def evaluate(state, hp, data):
         fn = jax.shard_map(
@@ -238,7 +261,7 @@ def call_functions(
         )
         return fn(state, hp, batch, mask)
 
-    return CallFunctions(init, shuffle, steps, chunk, evaluate, evaluate_batch)
+    return CallFunctions(init, shuffle, steps, chunk, replay, evaluate, evaluate_batch)
 
 
 # ----------------------------------------------------------------------------------------------

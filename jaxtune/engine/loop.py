@@ -182,8 +182,9 @@ def train(
         return checkpoints is not None and checkpoints.due(at, end)
 
     def rec(chunk: _Chunk) -> dict[str, np.ndarray]:
-        outs = parallel.gather(chunk.outs)
-        return record(history, population, outs, chunk.start, chunk.stop - chunk.start)
+        length = chunk.stop - chunk.start
+        outs = population.settle(chunk.start, length, parallel.gather(chunk.outs))
+        return record(history, population, outs, chunk.start, length)
 
     pending: _Chunk | None = None
     ahead: _Chunk | None = None

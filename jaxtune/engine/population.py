@@ -23,6 +23,7 @@ from jaxtune import parallel
 from jaxtune.data import Prefetcher
 from jaxtune.engine.compile import CompiledCall, dispatches
 from jaxtune.engine.plan import CallSpec, Plan, trial_sharding
+from jaxtune.engine.quarantine import Replays
 from jaxtune.engine.result import TrainedUnit
 from jaxtune.engine.step import TrainState
 from jaxtune.engine.trials import pad_trials
@@ -67,6 +68,14 @@ class Call:
         if len(metrics) > 1:  # one transfer per metric when the host records the chunk
             metrics = [jax.tree.map(lambda *xs: jnp.concatenate(xs), *metrics)]
         return metrics, self.evaluate()
+
+    def replay(self, start: int, length: int, until: np.ndarray) -> None:
+        """Replay the one-program chunk ``[start, start + length)``, keeping each trial's
+        updates of steps ``< until`` (:mod:`jaxtune.engine.quarantine`)."""
+        until = parallel.put(until, trial_sharding(self.program.mesh))
+        self.state = self.program.replay(length)(
+            self.state, self.hp, self.data, self.data_key, self.keys, np.int32(start), until
+        )
 
     def evaluate(self) -> dict[str, jax.Array]:
         """Every trial's means on each evaluated split (those on the host batch by batch, their
@@ -115,6 +124,7 @@ class Population:
         self.data = data or []
         self._prefetcher: Prefetcher | None = None
         self._planned: list[tuple[int, int]] = []
+        self.replays = Replays()
 
     @property
     def ids(self) -> list[int]:
@@ -150,7 +160,13 @@ class Population:
     def dispatch(self, start: int, length: int) -> list[tuple[list[dict], dict]]:
         """Run one chunk on every call (asynchronously); see :meth:`Call.run`."""
         feeds = self._feeds(start, length)
+        self.replays.dispatched(start)
         return [call.run(start, length, f) for call, f in zip(self.calls, feeds, strict=True)]
+
+    def settle(self, start: int, length: int, outs: list) -> list:
+        """The recorded (host) outputs of a dispatched chunk, once every trial that diverged
+        within it is replayed (:class:`jaxtune.engine.quarantine.Replays`)."""
+        return self.replays.settle(self.calls, start, length, outs)
 
     @property
     def streamed(self) -> bool:

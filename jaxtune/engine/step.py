@@ -19,12 +19,18 @@ step ``t`` is ``jaxtune.data.batch_indices(data_key, t, batch_size, n_train)``; 
 step ``t`` is ``fold_in(dropout_key, t)`` and the augmentation key ``fold_in(augment_key, t)``.
 
 Divergence quarantine: a step whose loss or gradient norm is not finite leaves the state unchanged
-and marks the trial diverged at that step; a diverged trial never updates again (its loss is
-reported as NaN from then on). The check comes before the update, so it costs one gradient norm
-(also recorded) and no extra pass over the parameters. An update can only overflow from a finite
-gradient with an absurd learning rate (SGD needs lr > 1e19: any gradient entry above 1.8e19
-already overflows the norm); such a trial is caught at its next step, its state already
-non-finite.
+and marks the trial diverged at that step; a diverged trial never updates again. Its loss is
+reported as NaN from that step on, its gradient norm and learning rate as NaN after it. The
+check comes before the update, so it costs one gradient norm (also recorded). An update can only
+overflow from a finite gradient with an absurd learning rate (SGD needs lr > 1e19: any gradient
+entry above 1.8e19 already overflows the norm); such a trial is caught at its next step, its
+state already non-finite.
+
+``train_step(..., keep=...)`` says which updates the step keeps: ``"finite"`` (the quarantine
+above, the default), ``"all"`` (every update; the divergence flags are kept as above, and the
+caller puts back the state of the trials that diverged: the sweep engine does that once per
+chunk, not once per step, see :mod:`jaxtune.engine.execution`) or a boolean (keep this update
+or not; the divergence flags are left as they were: the engine's replay of a chunk).
 
 Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -128,8 +134,9 @@ def make_train_step(
 
     Returns:
       A :class:`TrainStep` of ``init``, ``train_step`` and ``evaluate``. ``train_step``'s
-      metrics are ``loss`` (NaN once diverged), ``grad_norm``, ``clipped`` (``grad_norm >
-      hp["optimizer.clip_norm"]`` when the trial has a clip norm) and ``learning_rate``.
+      metrics are ``loss`` (NaN from the divergence step on), ``grad_norm``, ``clipped``
+      (``grad_norm > hp["optimizer.clip_norm"]`` when the trial has a clip norm) and
+      ``learning_rate`` (these three NaN, or False, after the divergence step).
     """
 
     def init(key: jax.Array, hp: Mapping[str, Any]) -> TrainState:
@@ -144,6 +151,8 @@ def make_train_step(
         batch: tuple[Any, Any],
         step: jax.Array | int,
         mask: jax.Array | None = None,
+        *,
+        keep: str | jax.Array = "finite",
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         inputs, targets = batch
         keys = trial_keys(state.key) if (rng or task.augment is not None) else None
@@ -163,17 +172,18 @@ def make_train_step(
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = optimizer(hp).update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        new_state = _quarantined(state, step, finite, new_params, new_ms, new_opt)
+        new_state = _quarantined(state, step, finite, new_params, new_ms, new_opt, keep)
         if schedule is not None:
             lr = learning_rate_at(schedule(hp), step)
         else:
             lr = _injected_learning_rate(new_opt)
         clip = hp.get("optimizer.clip_norm")
+        alive = ~state.diverged
         metrics = {
-            "loss": jnp.where(finite & ~state.diverged, loss, jnp.nan),
-            "grad_norm": grad_norm,
-            "clipped": grad_norm > clip if clip is not None else jnp.asarray(False),
-            "learning_rate": jnp.asarray(lr, jnp.float32),
+            "loss": jnp.where(finite & alive, loss, jnp.nan),
+            "grad_norm": jnp.where(alive, grad_norm, jnp.nan),
+            "clipped": (grad_norm > clip) & alive if clip is not None else jnp.asarray(False),
+            "learning_rate": jnp.where(alive, jnp.asarray(lr, jnp.float32), jnp.nan),
         }
         return new_state, metrics
 
@@ -186,23 +196,39 @@ def make_train_step(
 
 
 def _quarantined(
-    state: TrainState, step: Any, finite: jax.Array, new_params: Any, new_ms: Any, new_opt: Any
+    state: TrainState,
+    step: Any,
+    finite: jax.Array,
+    new_params: Any,
+    new_ms: Any,
+    new_opt: Any,
+    keep: str | jax.Array,
 ) -> TrainState:
-    """The state after a step: the new parts where the step was finite and the trial had not
-    diverged, else the old ones; a first non-finite step marks the trial diverged there."""
-    ok = finite & ~state.diverged
+    """The state after a step (``keep``: see the module docstring). With ``"finite"``, the new
+    parts where the step was finite and the trial had not diverged, else the old ones; a first
+    non-finite step marks the trial diverged there."""
+    newly = ~finite & ~state.diverged
+    diverged = state.diverged | ~finite
+    diverged_step = jnp.where(newly, step, state.diverged_step).astype(jnp.int32)
+    if isinstance(keep, str):
+        if keep not in ("finite", "all"):
+            raise ValueError(f"keep = {keep!r} is invalid: expected 'finite', 'all' or a bool")
+        if keep == "all":
+            return TrainState(new_params, new_ms, new_opt, state.key, diverged, diverged_step)
+        ok = finite & ~state.diverged
+    else:
+        ok, diverged, diverged_step = keep, state.diverged, state.diverged_step
 
-    def keep(new, old):
+    def kept(new, old):
         return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
-    newly = ~finite & ~state.diverged
     return TrainState(
-        keep(new_params, state.params),
-        keep(new_ms, state.model_state),
-        keep(new_opt, state.opt_state),
+        kept(new_params, state.params),
+        kept(new_ms, state.model_state),
+        kept(new_opt, state.opt_state),
         state.key,
-        state.diverged | ~finite,
-        jnp.where(newly, step, state.diverged_step).astype(jnp.int32),
+        diverged,
+        diverged_step,
     )
 
 

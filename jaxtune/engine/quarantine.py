@@ -1,0 +1,90 @@
+"""The deferred divergence quarantine of one-program chunks, and the replays it needs.
+
+The quarantine (:mod:`jaxtune.engine.step`) keeps a trial's last finite state: per step, every
+leaf of the state is selected between its new and its old value. On a small dense model that
+select costs XLA a second pass over the optimizer state each step (it recomputes the update
+rather than read it back), measured at 5-10% of a digits-MLP step on a CPU. A chunk that runs
+as one program (:meth:`jaxtune.engine.compile.CompiledCall.chunk`) therefore defers it:
+
+* its steps keep every update and only track each trial's divergence flag and step (scalars);
+* at the chunk's end, every diverged trial gets its state of the chunk's start back (one select
+  per chunk, :func:`put_back_diverged`): a trial that had diverged before is left as it was;
+* a trial that diverged *within* the chunk, at step ``d``, is replayed when the host records
+  the chunk (:meth:`Replays.settle`): the chunk again from its start, with the quarantine per
+  step and the trial's updates kept for steps ``< d`` only, every other trial left as it is.
+  Its state then is exactly the quarantined one, and its evaluations are computed again.
+
+Until it is replayed the trial stays at the chunk's start (it is diverged, so later chunks put
+it back too), so the replay may run after the next chunk has been dispatched; the evaluation
+that chunk made of it is corrected when that chunk is recorded. A sweep in which nothing
+diverges never compiles the replay program. The per-step metrics need no replay: a diverged
+trial records NaN after its divergence step in every form.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtune import parallel
+from jaxtune.engine.step import TrainState
+
+__all__ = ["Replays", "put_back_diverged"]
+
+
+def put_back_diverged(old: TrainState, new: TrainState) -> TrainState:
+    """``new`` with the parameters, model state and optimizer state of ``old`` for every trial
+    diverged in ``new`` (stacked states, leading trial axis)."""
+    div = new.diverged
+
+    def pick(a, b):
+        return jnp.where(div.reshape(div.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return new._replace(
+        params=jax.tree.map(pick, old.params, new.params),
+        model_state=jax.tree.map(pick, old.model_state, new.model_state),
+        opt_state=jax.tree.map(pick, old.opt_state, new.opt_state),
+    )
+
+
+def _patched(ev: dict, rows: np.ndarray, values: dict) -> dict:
+    return {k: np.where(rows, values[k], np.asarray(v)) for k, v in ev.items()}
+
+
+class Replays:
+    """What a population's deferred quarantine has to settle: the chunks dispatched and not yet
+    recorded, and the evaluations of replayed trials that such a chunk made too early."""
+
+    def __init__(self) -> None:
+        self.in_flight: list[int] = []  # start steps of dispatched, unrecorded chunks
+        self.patches: dict[tuple[int, int], list[tuple[np.ndarray, dict]]] = {}
+        self.replayed = 0  # chunks replayed (for tests and timing)
+
+    def dispatched(self, start: int) -> None:
+        self.in_flight.append(start)
+
+    def settle(self, calls: list[Any], start: int, length: int, outs: list) -> list:
+        """The host outputs ``outs`` (per call: ``(metrics, evaluation)``) of the chunk
+        ``[start, start + length)``, after replaying every trial that diverged within it."""
+        self.in_flight = [s for s in self.in_flight if s > start]
+        stop, settled = start + length, []
+        for c, (call, (metrics, ev)) in enumerate(zip(calls, outs, strict=True)):
+            for rows, values in self.patches.pop((c, start), []):
+                ev = _patched(ev, rows, values)
+            steps = metrics[0].get("diverged_step") if len(metrics) == 1 else None
+            if steps is not None:
+                steps = np.asarray(steps)
+                rows = (steps >= start) & (steps < stop)
+                if rows.any():
+                    until = np.where(rows, steps, start).astype(np.int32)
+                    call.replay(start, length, until)
+                    self.replayed += 1
+                    values = {k: np.asarray(v) for k, v in parallel.gather(call.evaluate()).items()}
+                    ev = _patched(ev, rows, values)
+                    for later in self.in_flight:
+                        self.patches.setdefault((c, later), []).append((rows, values))
+            settled.append((metrics, ev))
+        return settled
