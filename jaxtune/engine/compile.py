@@ -30,6 +30,7 @@ __all__ = [
     "dispatches",
     "fit_memory",
     "make_mesh",
+    "state_bytes",
 ]
 
 _CACHE_SIZE = 64
@@ -298,6 +299,11 @@ def device_memory_budget(mesh: jax.sharding.Mesh) -> int:
     return int(psutil.virtual_memory().available * 0.5 / mesh.size)
 
 
+def state_bytes(state: Any) -> int:
+    """Bytes of every leaf of a (possibly abstract) state."""
+    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(state))
+
+
 def call_memory_bytes(compiled: Any) -> int:
     """Bytes a compiled program needs (arguments + outputs + temporaries - aliased)."""
     m = compiled.memory_analysis()
@@ -325,11 +331,15 @@ class CallFit(NamedTuple):
     large: bool = False
 
 
-def fit_memory(per_trial: float, largest: int, mesh: jax.sharding.Mesh) -> CallFit:
+def fit_memory(
+    per_trial: float, largest: int, mesh: jax.sharding.Mesh, *, working: float | None = None
+) -> CallFit:
     """Trials per call for ``train.max_trials_per_call = "auto"``.
 
     ``per_trial`` is the bytes one trial of a probe call needs on its device (the compiled
-    program's memory analysis, per trial). Each call must fit the device's memory. On CPU
+    program's memory analysis, per trial); ``working`` the part of it each step touches (by
+    default all of it), which the cache rule below uses. Each call must fit the device's
+    memory. On CPU
     devices a call is also kept within half the last-level cache: a group whose per-step
     working set spills out of the cache runs slower in one call than in several
     (benchmarks/sweep_throughput.py measured 8 trials per call as the fastest for the vmapped
@@ -346,7 +356,8 @@ def fit_memory(per_trial: float, largest: int, mesh: jax.sharding.Mesh) -> CallF
     large = False
     if jax.default_backend() == "cpu":
         cache = _last_level_cache_bytes()
-        fits = 2 ** int(math.log2(max(1, int(cache / 2 // max(per_trial, 1)))))
+        step_bytes = per_trial if working is None else working
+        fits = 2 ** int(math.log2(max(1, int(cache / 2 // max(step_bytes, 1)))))
         half = f"half the {cache / 2**20:.0f} MiB last-level CPU cache"
         text = f"within {half}"
         if fits < LARGE_TRIALS_PER_CALL:
@@ -355,8 +366,11 @@ def fit_memory(per_trial: float, largest: int, mesh: jax.sharding.Mesh) -> CallF
         if fits < limit:
             limit, reason = fits, text
     per_device = min(limit, math.ceil(largest / k))
+    touched = ""
+    if working is not None and working != per_trial:
+        touched = f", ~{working * per_device / 2**20:.1f} MiB of it per step"
     choice = (
         f"auto: up to {per_device} trials per call on each of {k} device(s) "
-        f"(~{per_trial * per_device / 2**20:.1f} MiB each, {reason})"
+        f"(~{per_trial * per_device / 2**20:.1f} MiB each{touched}, {reason})"
     )
     return CallFit(None if math.ceil(largest / k) <= limit else limit * k, choice, large)

@@ -31,7 +31,13 @@ from jaxtune.config import SweepConfig
 from jaxtune.data import as_source, num_examples
 from jaxtune.engine import execution
 from jaxtune.engine.bind import Binder
-from jaxtune.engine.compile import CompiledCall, call_memory_bytes, fit_memory, make_mesh
+from jaxtune.engine.compile import (
+    CompiledCall,
+    call_memory_bytes,
+    fit_memory,
+    make_mesh,
+    state_bytes,
+)
 from jaxtune.engine.execution import Form, Measured, parse_form
 from jaxtune.engine.feed import HostEval, HostFeed
 from jaxtune.engine.placement import Placed, place
@@ -211,8 +217,15 @@ class Preparer:
         spec = CallSpec(g, 0, members[:probe], math.ceil(probe / k) * k)
         call = self._call(plan, spec, self._initial_form(plan, spec))
         length = max(self.lengths)
-        per_trial = call_memory_bytes(call.program.main(length)) / max(spec.size // k, 1)
-        want, choice, self.large_trials = fit_memory(per_trial, largest, self.mesh)
+        per_device = max(spec.size // k, 1)
+        per_trial = call_memory_bytes(call.program.main(length)) / per_device
+        working = per_trial
+        if call.program.one_program(length):
+            # The deferred quarantine keeps the chunk's starting state until its end (read
+            # once per chunk): not part of what each step touches.
+            working -= state_bytes(call.program.state_shape) / spec.size
+        fit = fit_memory(per_trial, largest, self.mesh, working=working)
+        want, choice, self.large_trials = fit
         have = probe if largest > probe else None
         if have is not None and want is not None and have <= want <= 2 * have:
             # Within a factor of two of what fits, the probe's calls run about as fast
