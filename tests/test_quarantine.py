@@ -25,6 +25,8 @@ from jaxtune.engine import population as population_lib
 STEPS, EVAL_EVERY, BS, LR = 24, 6, 16, 0.05
 SEEDS = (0, 1, 2)
 WANT_DIVERGED = [4, 16, None]
+_REPLAY = population_lib.Call.replay
+FORMS = ("scan/vmap", "scan/map:2", "host/vmap")  # deferred, deferred, per step
 
 
 def _first_hit(seed, row, n):
@@ -49,11 +51,10 @@ def poisoned():
 
 def _sweep(task, form, monkeypatch):
     replays = []
-    original = population_lib.Call.replay
 
     def spy(self, start, length, until):
         replays.append((start, length, np.asarray(until).tolist()))
-        return original(self, start, length, until)
+        return _REPLAY(self, start, length, until)
 
     monkeypatch.setattr(population_lib.Call, "replay", spy)
     result = jaxtune.run_sweep(
@@ -76,10 +77,10 @@ def _sweep(task, form, monkeypatch):
 def runs(poisoned):
     _, task, _ = poisoned
     with pytest.MonkeyPatch.context() as mp:
-        return {form: _sweep(task, form, mp) for form in ("scan/vmap", "host/vmap")}
+        return {form: _sweep(task, form, mp) for form in FORMS}
 
 
-@pytest.mark.parametrize("form", ["scan/vmap", "host/vmap"])
+@pytest.mark.parametrize("form", FORMS)
 def test_diverged_trials_hold_their_last_finite_state_and_are_evaluated_on_it(form, poisoned, runs):
     model, task, refs = poisoned
     result, _ = runs[form]
@@ -106,15 +107,16 @@ def test_diverged_trials_hold_their_last_finite_state_and_are_evaluated_on_it(fo
 
 
 def test_only_chunks_with_a_new_divergence_are_replayed(runs):
-    _, replays = runs["scan/vmap"]
     # Chunk [0, 6) replays trial 0 up to step 4, chunk [12, 18) trial 1 up to step 16; the
     # other trials are left as they are (until = the chunk's start).
-    assert replays == [(0, 6, [4, 0, 0]), (12, 6, [12, 16, 12])]
+    for form in ("scan/vmap", "scan/map:2"):
+        assert runs[form][1] == [(0, 6, [4, 0, 0]), (12, 6, [12, 16, 12])]
     assert runs["host/vmap"][1] == []
 
 
-def test_the_deferred_and_per_step_quarantines_give_the_same_sweep(runs):
-    fast, slow = runs["scan/vmap"][0], runs["host/vmap"][0]
+@pytest.mark.parametrize("form", ["scan/vmap", "scan/map:2"])
+def test_the_deferred_and_per_step_quarantines_give_the_same_sweep(form, runs):
+    fast, slow = runs[form][0], runs["host/vmap"][0]
     for key in ("train.loss", "grad_norm", "valid.loss", "valid.accuracy", "test.loss"):
         np.testing.assert_allclose(fast.history[key], slow.history[key], rtol=1e-4, atol=1e-6)
     for i in range(len(SEEDS)):

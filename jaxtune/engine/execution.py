@@ -86,6 +86,14 @@ class Form:
         trials = self.trials if self.batch is None else f"{self.trials}:{self.batch}"
         return f"{loop}/{trials}"
 
+    @property
+    def defers_quarantine(self) -> bool:
+        """Whether a one-program chunk of this form defers the divergence quarantine to its end
+        (:mod:`jaxtune.engine.quarantine`): for batched trials. For unrolled trials XLA fuses
+        the per-step selects without a second pass (deferring cost 5% more CPU time there for
+        one digits-MLP trial, benchmarks/results/quarantine_cpu.json)."""
+        return self.trials != "unroll"
+
     def steps_per_call(self, length: int) -> int:
         """Steps each dispatch runs for a chunk of ``length`` steps."""
         if self.loop == "host":
@@ -142,16 +150,18 @@ class CallFunctions(NamedTuple):
 
     * ``init(hp, keys) -> state``
     * ``shuffle(data_key, keys, hp, start, *, length) -> (perms, first)``
-    * ``steps(state, hp, data, batches, start, *, length) -> (state, metrics [length, n])``:
-      ``batches`` is the chunk's ``(perms, first)`` on the device, or ``(feed, which,
-      offset)`` fed from the host (:func:`jaxtune.engine.batching.make_step`)
+    * ``steps(state, hp, data, batches, start, *, length, keep="finite") -> (state, metrics
+      [length, n])``: ``batches`` is the chunk's ``(perms, first)`` on the device, or ``(feed,
+      which, offset)`` fed from the host (:func:`jaxtune.engine.batching.make_step`);
+      ``keep``: which updates the steps keep (:mod:`jaxtune.engine.step`)
     * ``chunk(state, hp, data, data_key, keys, start, *, length) -> (state, metrics)``: a
       whole chunk in one program, its shuffle included, for a chunk run in one dispatch from
       the on-device split (then there is no separate shuffle program and no hand-over between
-      two). Its quarantine is deferred: the steps keep every update (no per-step selects,
-      which cost XLA a second pass over the optimizer state) and at the chunk's end every
-      diverged trial gets its state of the chunk's start back. ``metrics`` also holds each
-      trial's ``diverged_step``: a trial that diverged within the chunk must then be replayed
+      two). For batched trials (``vmap``, ``map``) its quarantine is deferred: the steps keep
+      every update (no per-step selects, which cost XLA a second pass over the optimizer
+      state) and at the chunk's end every diverged trial gets its state of the chunk's start
+      back. ``metrics`` then also holds each trial's ``diverged_step``: a trial that diverged
+      within the chunk must be replayed
     * ``replay(state, hp, data, data_key, keys, start, until, *, length) -> state``: the chunk
       again with the quarantine per step, keeping each trial's updates of steps ``< until``
       (``until = start``: the trial is left as it is): a trial that diverged at step ``d``
@@ -226,11 +236,13 @@ def call_functions(
         )
         return fn(state, hp, data, tuple(batches), start, *until)
 
-    def steps(state, hp, data, batches, start, *, length):
-        return sharded_steps(state, hp, data, batches, start, length)
+    def steps(state, hp, data, batches, start, *, length, keep="finite"):
+        return sharded_steps(state, hp, data, batches, start, length, keep)
 
     def chunk(state, hp, data, data_key, keys, start, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
+        if not form.defers_quarantine:
+            return sharded_steps(state, hp, data, batches, start, length)
         new, metrics = sharded_steps(state, hp, data, batches, start, length, "all")
         return put_back_diverged(state, new), {**metrics, "diverged_step": new.diverged_step}
 

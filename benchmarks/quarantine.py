@@ -1,0 +1,186 @@
+"""The divergence quarantine's cost: per-step selects vs deferred to the chunk's end.
+
+For each case (a workload at N trials in one form) three programs of one chunk of steps (the
+epoch shuffle and the steps, no evaluation) are timed side by side, nothing diverging:
+
+* ``baseline``: a hand-written ``jit(scan(vmap(step)))`` of the task's pieces and optax, with
+  no quarantine and no gradient norm (benchmarks/execution.py's baseline, without its
+  evaluation);
+* ``per_step``: the engine's steps with the per-step quarantine (``keep="finite"``);
+* ``deferred``: the engine's steps keeping every update, diverged trials put back at the
+  chunk's end (``keep="all"`` and :func:`jaxtune.engine.quarantine.put_back_diverged`: the
+  ``chunk`` program of batched trials).
+
+Rounds alternate their order; each variant runs ``--chunks`` chunks per round. Ratios are
+medians over rounds of wall time and of process CPU time (lower is faster).
+
+    python benchmarks/quarantine.py --out benchmarks/results/quarantine_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).parent))
+from execution import Baselines, cases, chain, engine_config, learning_rates
+
+import jaxtune
+from jaxtune.data import batch_from_permutations, epoch_permutations
+from jaxtune.engine.bind import Binder
+from jaxtune.engine.prepare import Preparer
+from jaxtune.engine.quarantine import put_back_diverged
+
+
+def baseline_steps(task, case, lrs, chunk):
+    """The baseline's chunk of steps alone: ``(jitted(state, lrs, start), state)``."""
+    base = Baselines(task, case["optimizer"], lrs, case["batch"], chunk)
+    batch, opt = case["batch"], case["optimizer"]
+    spe = base.n_train // batch
+    num = min(-(-chunk // spe) + 1, chunk)
+
+    def step(state, lr, xy):
+        params, ms, opt_state = state
+        x, y = xy
+        hp = {"optimizer.learning_rate": lr}
+
+        def loss_fn(p):
+            out, new_ms = task.apply(p, ms, x, train=True, key=None, mask=None)
+            return jnp.mean(task.loss(out, y, hp)), new_ms
+
+        (loss, new_ms), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        upd, opt_state = chain(opt, lr).update(g, opt_state, params)
+        return (optax.apply_updates(params, upd), new_ms, opt_state), loss
+
+    def steps(state, lrs_, start):
+        first = start // spe
+        perms = epoch_permutations(base.data_key, first, num, base.n_train)
+
+        def body(s, t):
+            idx = batch_from_permutations(perms, first, t, batch, batch)
+            b = jax.tree.map(lambda a: a[idx], base.train)
+            return jax.vmap(lambda si, lr: step(si, lr, b))(s, lrs_)
+
+        return jax.lax.scan(body, state, start + jnp.arange(chunk, dtype=jnp.int32))
+
+    return jax.jit(steps, donate_argnums=0), base.vinit(base.lrs), base.lrs
+
+
+def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) -> dict:
+    case = cases([name])[name]
+    mod, _, attr = case["workload"].factory.partition(":")
+    task = getattr(importlib.import_module(mod), attr)({})
+    lrs = learning_rates(case["lr"], n)
+    cfg = jaxtune.SweepConfig.from_dict(engine_config(case, lrs, chunk, 1, form))
+    prep = Preparer(cfg, Binder(cfg, task=task), planned_trial_steps=n * chunk)
+    pop = prep.population(list(enumerate(jaxtune.config.expand_trials(cfg))))
+    if len(pop.calls) != 1:
+        raise SystemExit(f"{name} N={n}: {len(pop.calls)} calls; measure one call")
+    call = pop.calls[0]
+    fns = call.program.fns
+
+    def engine(keep):
+        def run(state, hp, data, data_key, keys, start):
+            batches = fns.shuffle(data_key, keys, hp, start, length=chunk)
+            new, metrics = fns.steps(state, hp, data, batches, start, length=chunk, keep=keep)
+            return (put_back_diverged(state, new) if keep == "all" else new), metrics
+
+        return jax.jit(run, donate_argnums=0)
+
+    programs = {"per_step": engine("finite"), "deferred": engine("all")}
+    base, base_state, base_lrs = baseline_steps(task, case, lrs, chunk)
+    states = {k: call.program.init()(call.hp, call.keys) for k in programs}
+    states["baseline"] = base_state
+
+    def run(v: str, c: int) -> None:
+        start = np.int32(c * chunk)
+        if v == "baseline":
+            states[v], out = base(states[v], base_lrs, start)
+        else:
+            args = (call.hp, call.data, call.data_key, call.keys, start)
+            states[v], out = programs[v](states[v], *args)
+        jax.block_until_ready(out)
+
+    names = ["baseline", "per_step", "deferred"]
+    for v in names:  # compile and warm up
+        run(v, 0)
+        run(v, 1)
+    wall = {v: [] for v in names}
+    cpu = {v: [] for v in names}
+    for r in range(rounds):
+        for v in names if r % 2 == 0 else names[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for c in range(2, 2 + chunks):
+                run(v, c)
+            wall[v].append(time.perf_counter() - t0)
+            cpu[v].append(time.process_time() - c0)
+
+    def ratio(times, a, b):
+        return statistics.median([x / y for x, y in zip(times[a], times[b], strict=True)])
+
+    pairs = [("per_step", "baseline"), ("deferred", "baseline"), ("deferred", "per_step")]
+    row = {
+        "workload": name,
+        "n": n,
+        "form": form,
+        "batch": case["batch"],
+        "optimizer": case["optimizer"],
+        "ms_per_chunk": {v: 1e3 * statistics.median(wall[v]) / chunks for v in names},
+        "wall_ratio": {f"{a}/{b}": ratio(wall, a, b) for a, b in pairs},
+        "cpu_ratio": {f"{a}/{b}": ratio(cpu, a, b) for a, b in pairs},
+    }
+    w, c = row["wall_ratio"], row["cpu_ratio"]
+    print(
+        f"{name} N={n} {form}: time deferred/per_step wall {w['deferred/per_step']:.3f} cpu "
+        f"{c['deferred/per_step']:.3f}; per_step/baseline {w['per_step/baseline']:.3f}; "
+        f"deferred/baseline {w['deferred/baseline']:.3f}",
+        flush=True,
+    )
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--cases",
+        default="digits_mlp_b128:8:scan/vmap,digits_mlp:8:scan/vmap,"
+        "digits_mlp_b128:1:scan/vmap,digits_mlp:1:scan/vmap,"
+        "digits_mlp_b128:1:scan/unroll,digits_mlp:1:scan/unroll",
+        help="comma-separated WORKLOAD:N:FORM",
+    )
+    ap.add_argument("--chunk", type=int, default=10, help="steps per chunk")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--chunks", type=int, default=4, help="chunks per variant and round")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    rows = []
+    for text in args.cases.split(","):
+        name, n, form = text.split(":", 2)
+        rows.append(measure(name, int(n), form, args.chunk, args.rounds, args.chunks))
+    if args.out:
+        doc = {
+            "machine": {
+                "backend": jax.default_backend(),
+                "processor": platform.processor() or platform.machine(),
+                "jax": jax.__version__,
+            },
+            "settings": vars(args),
+            "rows": rows,
+        }
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
