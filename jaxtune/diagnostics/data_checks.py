@@ -185,103 +185,13 @@ def data_checks(
     present = {
         n: getattr(splits, n) for n in ("train", *_HELD_OUT) if getattr(splits, n) is not None
     }
-    finite = True
-    for name, split in present.items():
-        for part, tree in zip(("inputs", "targets"), split, strict=True):
-            for a in jax.tree.leaves(tree):
-                a = np.asarray(a)
-                if np.issubdtype(a.dtype, np.floating):
-                    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
-                    if bad:
-                        finite = False
-                        add(
-                            "non-finite",
-                            "error",
-                            f"{name} {part} have {bad} NaN/inf value(s) of {a.size}; fix or drop "
-                            "those examples before training",
-                        )
+    finite = _check_finite(present, add)
     train_x = _float_leaves(present["train"][0])
     if finite and train_x:
-        x_tr = train_x[0]
-        mean_tr, std_tr = _stats(x_tr)
-        const, live = std_tr < 1e-8, std_tr >= 1e-8
-        stats.update(
-            train_max_abs_mean=float(np.abs(mean_tr[live]).max(initial=0.0)),
-            constant_features=int(const.sum()),
-        )
-        far = live & (
-            (np.abs(mean_tr) > mean_tol) | (std_tr < std_range[0]) | (std_tr > std_range[1])
-        )
-        if far.any():
-            j = int(np.flatnonzero(far)[0])
-            add(
-                "standardize",
-                "error",
-                f"{int(far.sum())} of {int(live.sum())} training features are far from zero mean "
-                f"/ unit variance (e.g. feature {j}: mean {mean_tr[j]:.3g}, std {std_tr[j]:.3g}); "
-                "standardize with the training mean and std",
-            )
-        if const.any():
-            add("constant", "note", f"{int(const.sum())} feature(s) are constant on train")
-        for split in _HELD_OUT:
-            held = _float_leaves(present[split][0]) if split in present else []
-            if not held:
-                continue
-            self_fit = _leakage(x_tr, held[0], split, add, tight=1e-3)
-            if not self_fit:
-                z = np.abs(np.asarray(held[0], np.float64))
-                big = int((z > outlier).sum())
-                stats[f"{split}_max_abs"] = float(z.max()) if z.size else 0.0
-                if big:
-                    add(
-                        "outliers",
-                        "warning",
-                        f"{split} inputs have {big} value(s) beyond {outlier:g} training stds "
-                        f"(max {z.max():.3g}): features (nearly) constant on train were divided "
-                        "by a tiny std; floor the std (e.g. 1 for constant features) or drop them",
-                    )
-        if standardizer is not None:
-            raw = np.asarray(standardizer.inverse_transform(x_tr), np.float64)
-            m_raw, s_raw = _stats(raw)
-            s_mean = np.asarray(standardizer.mean, np.float64).reshape(-1)
-            s_std = np.asarray(standardizer.std, np.float64).reshape(-1)
-            scale = np.maximum(s_raw, 1e-6)
-            off = live & (
-                (np.abs(m_raw - s_mean) / scale > 0.05) | (np.abs(s_raw - s_std) / scale > 0.05)
-            )
-            if off.any():
-                add(
-                    "leakage",
-                    "error",
-                    f"the standardizer's statistics differ from the training split's for "
-                    f"{int(off.sum())} feature(s): it was not fit on the training data only",
-                )
+        _check_features(train_x[0], present, standardizer, add, stats, mean_tol, std_range, outlier)
     labels = _labels(splits)
     if labels is not None:
-        for name, y in labels.items():
-            if y.size and (y.min() < 0 or (num_outputs is not None and y.max() >= num_outputs)):
-                upper = "num_outputs" if num_outputs is None else str(num_outputs)
-                add(
-                    "label range",
-                    "error",
-                    f"{name} labels span [{int(y.min())}, {int(y.max())}] but the model has "
-                    f"{upper} outputs (valid labels [0, {upper})): label/output mismatch",
-                )
-        y_tr = labels["train"]
-        if y_tr.size and y_tr.min() >= 0:
-            k = max(int(y_tr.max()) + 1, num_outputs or 0)
-            counts = np.bincount(y_tr, minlength=k)[:k]
-            lo, hi = int(counts.min()), int(counts.max())
-            ratio = hi / lo if lo else math.inf
-            stats.update(class_counts=counts.tolist(), imbalance=ratio)
-            if ratio > imbalance:
-                worst = int(np.argmin(counts))
-                add(
-                    "imbalance",
-                    "error",
-                    f"class imbalance {ratio:.3g} (max/min count; class {worst} has {lo} examples, "
-                    f"the largest {hi}); rebalance, reweight the loss, or watch per-class metrics",
-                )
+        _check_labels(labels, num_outputs, imbalance, add, stats)
     errors = [f for f in findings if f[1] == "error"]
     warnings = [f for f in findings if f[1] == "warning"]
     if not errors:
@@ -296,3 +206,106 @@ def data_checks(
     out = DataCheckResult(not errors, reason, findings=findings, stats=stats)
     out.name = "data checks"
     return out
+
+
+def _check_finite(present: dict[str, Any], add: Any) -> bool:
+    """Whether every float leaf of every split is finite (each that is not: an error)."""
+    finite = True
+    for name, split in present.items():
+        for part, tree in zip(("inputs", "targets"), split, strict=True):
+            for a in jax.tree.leaves(tree):
+                a = np.asarray(a)
+                if not np.issubdtype(a.dtype, np.floating):
+                    continue
+                bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+                if bad:
+                    finite = False
+                    add(
+                        "non-finite",
+                        "error",
+                        f"{name} {part} have {bad} NaN/inf value(s) of {a.size}; fix or drop "
+                        "those examples before training",
+                    )
+    return finite
+
+
+def _check_features(x_tr, present, standardizer, add, stats, mean_tol, std_range, outlier) -> None:
+    """Standardization of the training inputs, leakage into and outliers of the held-out
+    splits, and the standardizer's statistics against the training split's."""
+    mean_tr, std_tr = _stats(x_tr)
+    const, live = std_tr < 1e-8, std_tr >= 1e-8
+    stats.update(
+        train_max_abs_mean=float(np.abs(mean_tr[live]).max(initial=0.0)),
+        constant_features=int(const.sum()),
+    )
+    far = live & ((np.abs(mean_tr) > mean_tol) | (std_tr < std_range[0]) | (std_tr > std_range[1]))
+    if far.any():
+        j = int(np.flatnonzero(far)[0])
+        add(
+            "standardize",
+            "error",
+            f"{int(far.sum())} of {int(live.sum())} training features are far from zero mean "
+            f"/ unit variance (e.g. feature {j}: mean {mean_tr[j]:.3g}, std {std_tr[j]:.3g}); "
+            "standardize with the training mean and std",
+        )
+    if const.any():
+        add("constant", "note", f"{int(const.sum())} feature(s) are constant on train")
+    for split in _HELD_OUT:
+        held = _float_leaves(present[split][0]) if split in present else []
+        if not held or _leakage(x_tr, held[0], split, add, tight=1e-3):
+            continue
+        z = np.abs(np.asarray(held[0], np.float64))
+        big = int((z > outlier).sum())
+        stats[f"{split}_max_abs"] = float(z.max()) if z.size else 0.0
+        if big:
+            add(
+                "outliers",
+                "warning",
+                f"{split} inputs have {big} value(s) beyond {outlier:g} training stds "
+                f"(max {z.max():.3g}): features (nearly) constant on train were divided "
+                "by a tiny std; floor the std (e.g. 1 for constant features) or drop them",
+            )
+    if standardizer is None:
+        return
+    raw = np.asarray(standardizer.inverse_transform(x_tr), np.float64)
+    m_raw, s_raw = _stats(raw)
+    s_mean = np.asarray(standardizer.mean, np.float64).reshape(-1)
+    s_std = np.asarray(standardizer.std, np.float64).reshape(-1)
+    scale = np.maximum(s_raw, 1e-6)
+    off = live & ((np.abs(m_raw - s_mean) / scale > 0.05) | (np.abs(s_raw - s_std) / scale > 0.05))
+    if off.any():
+        add(
+            "leakage",
+            "error",
+            f"the standardizer's statistics differ from the training split's for "
+            f"{int(off.sum())} feature(s): it was not fit on the training data only",
+        )
+
+
+def _check_labels(labels, num_outputs, imbalance, add, stats) -> None:
+    """Integer labels within the model's outputs, and the training split's class balance."""
+    for name, y in labels.items():
+        if y.size and (y.min() < 0 or (num_outputs is not None and y.max() >= num_outputs)):
+            upper = "num_outputs" if num_outputs is None else str(num_outputs)
+            add(
+                "label range",
+                "error",
+                f"{name} labels span [{int(y.min())}, {int(y.max())}] but the model has "
+                f"{upper} outputs (valid labels [0, {upper})): label/output mismatch",
+            )
+    y_tr = labels["train"]
+    if not (y_tr.size and y_tr.min() >= 0):
+        return
+    k = max(int(y_tr.max()) + 1, num_outputs or 0)
+    counts = np.bincount(y_tr, minlength=k)[:k]
+    lo, hi = int(counts.min()), int(counts.max())
+    ratio = hi / lo if lo else math.inf
+    stats.update(class_counts=counts.tolist(), imbalance=ratio)
+    if ratio > imbalance:
+        worst = int(np.argmin(counts))
+        add(
+            "imbalance",
+            "error",
+            f"class imbalance {ratio:.3g} (max/min count; class {worst} has {lo} examples, "
+            f"the largest {hi}); rebalance, reweight the loss, or watch per-class metrics",
+        )
