@@ -1,11 +1,11 @@
 """The divergence quarantine's cost: per-step selects vs deferred to the chunk's end.
 
-For each case (a workload at N trials in one form) three programs of one chunk of steps (the
+For each case (a workload at N trials in one form) four programs of one chunk of steps (the
 epoch shuffle and the steps, no evaluation) are timed side by side, nothing diverging:
 
 * ``baseline``: a hand-written ``jit(scan(vmap(step)))`` of the task's pieces and optax, with
   no quarantine and no gradient norm (benchmarks/execution.py's baseline, without its
-  evaluation);
+  evaluation); ``baseline_norm``: the same, its steps also computing the gradient norm;
 * ``per_step``: the engine's steps with the per-step quarantine (``keep="finite"``);
 * ``deferred``: the engine's steps keeping every update, diverged trials put back at the
   chunk's end (``keep="all"`` and :func:`jaxtune.engine.quarantine.put_back_diverged`: the
@@ -43,8 +43,9 @@ from jaxtune.engine.prepare import Preparer
 from jaxtune.engine.quarantine import put_back_diverged
 
 
-def baseline_steps(task, case, lrs, chunk):
-    """The baseline's chunk of steps alone: ``(jitted(state, lrs, start), state)``."""
+def baseline_steps(task, case, lrs, chunk, *, norm=False):
+    """The baseline's chunk of steps alone: ``(jitted(state, lrs, start), state, lrs)``;
+    ``norm``: each step also returns the gradient norm (as the engine records it)."""
     base = Baselines(task, case["optimizer"], lrs, case["batch"], chunk)
     batch, opt = case["batch"], case["optimizer"]
     spe = base.n_train // batch
@@ -61,7 +62,8 @@ def baseline_steps(task, case, lrs, chunk):
 
         (loss, new_ms), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
         upd, opt_state = chain(opt, lr).update(g, opt_state, params)
-        return (optax.apply_updates(params, upd), new_ms, opt_state), loss
+        out = (loss, optax.tree.norm(g)) if norm else loss
+        return (optax.apply_updates(params, upd), new_ms, opt_state), out
 
     def steps(state, lrs_, start):
         first = start // spe
@@ -99,20 +101,24 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
         return jax.jit(run, donate_argnums=0)
 
     programs = {"per_step": engine("finite"), "deferred": engine("all")}
-    base, base_state, base_lrs = baseline_steps(task, case, lrs, chunk)
+    bases = {
+        "baseline": baseline_steps(task, case, lrs, chunk),
+        "baseline_norm": baseline_steps(task, case, lrs, chunk, norm=True),
+    }
     states = {k: call.program.init()(call.hp, call.keys) for k in programs}
-    states["baseline"] = base_state
+    states.update({k: b[1] for k, b in bases.items()})
 
     def run(v: str, c: int) -> None:
         start = np.int32(c * chunk)
-        if v == "baseline":
-            states[v], out = base(states[v], base_lrs, start)
+        if v in bases:
+            program, _, base_lrs = bases[v]
+            states[v], out = program(states[v], base_lrs, start)
         else:
             args = (call.hp, call.data, call.data_key, call.keys, start)
             states[v], out = programs[v](states[v], *args)
         jax.block_until_ready(out)
 
-    names = ["baseline", "per_step", "deferred"]
+    names = ["baseline", "baseline_norm", "per_step", "deferred"]
     for v in names:  # compile and warm up
         run(v, 0)
         run(v, 1)
@@ -129,7 +135,12 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
     def ratio(times, a, b):
         return statistics.median([x / y for x, y in zip(times[a], times[b], strict=True)])
 
-    pairs = [("per_step", "baseline"), ("deferred", "baseline"), ("deferred", "per_step")]
+    pairs = [
+        ("baseline_norm", "baseline"),
+        ("per_step", "baseline"),
+        ("deferred", "baseline"),
+        ("deferred", "per_step"),
+    ]
     row = {
         "workload": name,
         "n": n,
@@ -144,7 +155,8 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
     print(
         f"{name} N={n} {form}: time deferred/per_step wall {w['deferred/per_step']:.3f} cpu "
         f"{c['deferred/per_step']:.3f}; per_step/baseline {w['per_step/baseline']:.3f}; "
-        f"deferred/baseline {w['deferred/baseline']:.3f}",
+        f"deferred/baseline {w['deferred/baseline']:.3f}; baseline_norm/baseline wall "
+        f"{w['baseline_norm/baseline']:.3f} cpu {c['baseline_norm/baseline']:.3f}",
         flush=True,
     )
     return row

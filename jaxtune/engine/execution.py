@@ -90,7 +90,7 @@ class Form:
     def defers_quarantine(self) -> bool:
         """Whether a one-program chunk of this form defers the divergence quarantine to its end
         (:mod:`jaxtune.engine.quarantine`): for batched trials. For unrolled trials XLA fuses
-        the per-step selects without a second pass (deferring cost 5% more CPU time there for
+        the per-step selects without a second pass (deferring cost 3-7% more CPU time there for
         one digits-MLP trial, benchmarks/results/quarantine_cpu.json)."""
         return self.trials != "unroll"
 

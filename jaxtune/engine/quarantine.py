@@ -4,8 +4,8 @@ The quarantine (:mod:`jaxtune.engine.step`) keeps a trial's last finite state: p
 leaf of the state is selected between its new and its old value. On a small dense model that
 select costs XLA a second pass over the optimizer state each step (it recomputes the update
 rather than read it back). Deferring it made the digits MLP's chunk program of vmapped trials
-3-17% faster on a 2-core CPU (benchmarks/results/quarantine_cpu.json, N = 1 and 8). A chunk of
-batched trials that runs as one program
+up to 16% faster on a 2-core CPU (0.84-1.00x the time in two runs of benchmarks/quarantine.py,
+N = 1 and 8). A chunk of batched trials that runs as one program
 (:meth:`jaxtune.engine.compile.CompiledCall.chunk`) therefore defers it:
 
 * its steps keep every update and only track each trial's divergence flag and step (scalars);
