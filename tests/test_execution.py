@@ -16,7 +16,7 @@ from reference import accuracy, assert_tree_close, optax_loop
 
 import jaxtune
 from jaxtune import data as data_lib
-from jaxtune.engine import execution
+from jaxtune.engine import execution, form_choice
 from jaxtune.errors import ConfigError
 
 STEPS, EVAL_EVERY = 8, 4
@@ -155,22 +155,22 @@ def test_bad_execution_values_name_the_key_and_the_forms(bad):
 
 
 def test_candidates_follow_the_backend_and_the_model():
-    cpu_conv = execution.candidates("cpu", True, 4)
+    cpu_conv = form_choice.candidates("cpu", True, 4)
     assert [str(f) for f in cpu_conv] == ["host/unroll", "host/vmap", "host/map"]
-    assert all(f.loop == "host" for f in execution.candidates("cpu", True, 32))
-    assert [str(f) for f in execution.candidates("cpu", True, 1)] == ["host/unroll"]
-    assert [str(f) for f in execution.candidates("cpu", False, 1)] == [
+    assert all(f.loop == "host" for f in form_choice.candidates("cpu", True, 32))
+    assert [str(f) for f in form_choice.candidates("cpu", True, 1)] == ["host/unroll"]
+    assert [str(f) for f in form_choice.candidates("cpu", False, 1)] == [
         "scan/unroll",
         "host/unroll",
     ]
-    assert [str(f) for f in execution.candidates("cpu", False, 64)] == ["scan/vmap", "host/vmap"]
+    assert [str(f) for f in form_choice.candidates("cpu", False, 64)] == ["scan/vmap", "host/vmap"]
     # Trials too large for the CPU cache rule try host-driven unrolled trials first.
-    large = execution.candidates("cpu", False, 8, large=True)
+    large = form_choice.candidates("cpu", False, 8, large=True)
     assert [str(f) for f in large] == ["host/unroll", "scan/vmap", "host/vmap"]
-    assert execution.candidates("cpu", False, 64, large=True) == execution.candidates(
+    assert form_choice.candidates("cpu", False, 64, large=True) == form_choice.candidates(
         "cpu", False, 64
     )
-    gpu = execution.candidates("gpu", True, 8)
+    gpu = form_choice.candidates("gpu", True, 8)
     assert [str(f) for f in gpu] == ["scan/vmap", "scan/map", "host/vmap"]
 
 
@@ -200,17 +200,17 @@ def test_choose_measures_while_the_budget_lasts_and_keeps_the_fastest():
         return rates[str(form)], 1.0, 2.0
 
     kw = {"work": lambda f: 1.0, "rate_guess": 10.0, "compile_guess": 2.0}
-    chosen = execution.choose(forms, measure, 100.0, **kw)
+    chosen = form_choice.choose(forms, measure, 100.0, **kw)
     assert str(chosen.form) == "host/vmap" and seen == list(rates)
     assert chosen.spent_s == pytest.approx(1.0 + 3.0 + 3.0)  # the first's compile is free
     assert chosen.rates == rates
     # 4.5 s: the first two fit (0.2 + 2.2 predicted), the third (predicted 2 + 0.2) does not.
     seen.clear()
-    assert str(execution.choose(forms, measure, 4.5, **kw).form) == "host/vmap"
+    assert str(form_choice.choose(forms, measure, 4.5, **kw).form) == "host/vmap"
     assert seen == ["host/unroll", "host/vmap"]
     # Too little for two measurements: nothing is measured, the first candidate runs.
     seen.clear()
-    chosen = execution.choose(forms, measure, 2.0, **kw)
+    chosen = form_choice.choose(forms, measure, 2.0, **kw)
     assert (str(chosen.form), chosen.rates, seen) == ("host/unroll", {}, [])
 
 
@@ -227,8 +227,8 @@ def test_convolutions_are_found_at_any_depth():
         return f
 
     key = jax.random.PRNGKey(0)
-    assert execution.has_convolution(loss(conv, x4), key)
-    assert not execution.has_convolution(loss(dense, x3), key)
+    assert form_choice.has_convolution(loss(conv, x4), key)
+    assert not form_choice.has_convolution(loss(dense, x3), key)
 
 
 def test_auto_measures_records_its_choice_and_a_resumed_run_reuses_it(tmp_path, monkeypatch):
@@ -259,7 +259,7 @@ def test_auto_measures_records_its_choice_and_a_resumed_run_reuses_it(tmp_path, 
     # A new process knows nothing of this one's measurements: the resumed run must take the
     # checkpoint's record, never measure again.
     monkeypatch.setattr(prepare, "_CHOSEN", {})
-    monkeypatch.setattr(execution, "choose", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(form_choice, "choose", lambda *a, **k: pytest.fail("measured again"))
     resumed = jaxtune.run_sweep(cfg, out_dir=tmp_path / "cut", resume=True)
     (again,) = resumed.timing["execution"]
     assert (again["form"], again["how"]) == (chosen["form"], "recorded (resumed run)")

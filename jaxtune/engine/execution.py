@@ -1,6 +1,7 @@
-"""Execution forms: how a call loops over steps and batches its trials, and how one is chosen.
+"""Execution forms: how a call loops over steps and batches its trials.
 
-A form is ``LOOP/TRIALS`` (``train.execution``; ``"auto"`` measures, see :func:`choose`):
+A form is ``LOOP/TRIALS`` (``train.execution``; ``"auto"`` measures, see
+:mod:`jaxtune.engine.form_choice`):
 
 * the loop over the steps of a chunk: ``scan`` (one ``lax.scan`` over the chunk per dispatch),
   ``scan:M`` (a scan of ``M`` steps per dispatch, the host looping over dispatches), ``unroll``
@@ -25,42 +26,22 @@ the form over its own trials.
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jax_core
 
 from jaxtune.engine.batching import BatchLayout, make_evaluate, make_shuffle, make_step
 from jaxtune.engine.quarantine import put_back_diverged
 from jaxtune.engine.step import TrainStep
 from jaxtune.errors import ConfigError
 
-__all__ = [
-    "CallFunctions",
-    "Form",
-    "call_functions",
-    "candidates",
-    "choose",
-    "has_convolution",
-    "parse_form",
-    "time_calls",
-]
+__all__ = ["CallFunctions", "Form", "call_functions", "parse_form"]
 
 _P = jax.sharding.PartitionSpec
 LOOPS = ("scan", "unroll", "host")
 TRIAL_AXES = ("vmap", "unroll", "map")
-
-#: A measurement times calls for at least this many seconds (after one warm-up call, unless
-#: a single call already lasts that long).
-MIN_TIMING_S = 0.2
-
-#: No more trials than this per device are unrolled into one program (compile time grows
-#: with every unrolled trial).
-MAX_UNROLLED_TRIALS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +126,32 @@ def _over_trials(form: Form, fn: Callable, args: tuple) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
+def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *until):
+    """``length`` steps of one device's trials in ``form``: ``(state, metrics [length, n])``.
+    ``keep`` is passed to every trial's step, or with ``until`` (per trial) a step keeps its
+    update where ``t < until``."""
+
+    def body(s, ti):
+        t, i = ti
+        trial_step, per_trial = step_at(data, batches, t, i)
+        if not until:
+            return _over_trials(form, lambda *a: trial_step(*a, keep=keep), (s, hp, *per_trial))
+
+        def replayed(si, hi, ui, *rest):
+            return trial_step(si, hi, *rest, keep=t < ui)
+
+        return _over_trials(form, replayed, (s, hp, *until, *per_trial))
+
+    local = jnp.arange(length, dtype=jnp.int32)
+    if form.loop == "scan":
+        return jax.lax.scan(body, state, (start + local, local))
+    outs = []
+    for i in range(length):
+        state, metrics = body(state, (start + i, i))
+        outs.append(metrics)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
 class CallFunctions(NamedTuple):
     """A call's functions (not yet jitted); ``length`` is static, leaves have a trial axis.
 
@@ -205,30 +212,11 @@ def call_functions(
     def shuffle(data_key, keys, hp, start, *, length):
         return make_shuffle(layout, n_train, length)(data_key, keys, hp, start)
 
-    def local_steps(state, hp, data, batches, start, length, keep, *until):
-        def body(s, ti):
-            t, i = ti
-            trial_step, per_trial = step_at(data, batches, t, i)
-            if not until:
-                return _over_trials(form, lambda *a: trial_step(*a, keep=keep), (s, hp, *per_trial))
-
-            def replayed(si, hi, ui, *rest):
-                return trial_step(si, hi, *rest, keep=t < ui)
-
-            return _over_trials(form, replayed, (s, hp, *until, *per_trial))
-
-        local = jnp.arange(length, dtype=jnp.int32)
-        if form.loop == "scan":
-            return jax.lax.scan(body, state, (start + local, local))
-        outs = []
-        for i in range(length):
-            state, metrics = body(state, (start + i, i))
-            outs.append(metrics)
-        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-
     def sharded_steps(state, hp, data, batches, start, length, keep="finite", *until):
         fn = jax.shard_map(
-            lambda s, h, d, b, t0, *u: local_steps(s, h, d, b, t0, length, keep, *u),
+            lambda s, h, d, b, t0, *u: _local_steps(
+                form, step_at, s, h, d, b, t0, length, keep, *u
+            ),
             mesh=mesh,
             in_specs=(trials, trials, _P(), batch_specs, _P(), *(trials for _ in until)),
             out_specs=(trials, _P(None, "trials")),
@@ -274,127 +262,3 @@ def call_functions(
         return fn(state, hp, batch, mask)
 
     return CallFunctions(init, shuffle, steps, chunk, replay, evaluate, evaluate_batch)
-
-
-# ----------------------------------------------------------------------------------------------
-# Choosing a form.
-
-
-def has_convolution(fn: Callable, *args: Any) -> bool:
-    """Whether tracing ``fn(*args)`` meets a convolution (at any depth of the jaxpr)."""
-    jaxpr = jax.make_jaxpr(fn)(*args)
-
-    def walk(jx) -> bool:
-        for eqn in jx.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                return True
-            for sub in jax_core.jaxprs_in_params(eqn.params):
-                if walk(sub):
-                    return True
-        return False
-
-    return walk(jaxpr.jaxpr)
-
-
-def candidates(
-    backend: str, convolution: bool, per_device: int, *, large: bool = False
-) -> list[Form]:
-    """The forms worth measuring, the likeliest winner first (``auto`` runs the first one
-    without measuring when measuring cannot pay for itself).
-
-    On a CPU, scans are pruned for convolutional models (XLA:CPU runs a convolution's backward
-    pass slowly inside any loop body) and vmap is measured against unrolled trials (vmapped
-    kernels become one grouped convolution). On GPUs and TPUs a scan costs nothing; vmapped
-    convolutions are measured against ``lax.map``. Unrolling is pruned past
-    :data:`MAX_UNROLLED_TRIALS` trials per device; with one trial per device, ``unroll`` is
-    exactly the solo program (no batch axis at all), so it is the only trial axis kept.
-    ``large`` trials (:func:`jaxtune.engine.compile.fit_memory`) on a CPU try ``host/unroll``
-    first: each trial its own ops, which XLA runs side by side on the cores.
-    """
-    one = per_device == 1
-    unroll = per_device <= MAX_UNROLLED_TRIALS
-    if backend == "cpu":
-        if convolution:
-            if one:
-                return [Form("host", trials="unroll")]
-            out = [Form("host", trials="unroll")] if unroll else []
-            return [*out, Form("host"), Form("host", trials="map")]
-        if one:
-            return [Form("scan", trials="unroll"), Form("host", trials="unroll")]
-        out = [Form(), Form("host")]
-        if large and unroll:
-            return [Form("host", trials="unroll"), *out]
-        return [*out, Form("host", trials="unroll")] if unroll else out
-    if one:
-        return [Form("scan", trials="unroll"), Form("host", trials="unroll")]
-    out = [Form()]
-    if convolution:
-        out.append(Form("scan", trials="map"))
-    return [*out, Form("host")]
-
-
-class Measured(NamedTuple):
-    form: Form
-    rates: dict[str, float]  # trial-steps per second of each measured form
-    spent_s: float  # seconds spent compiling and timing candidates
-
-
-def choose(
-    forms: Sequence[Form],
-    measure: Callable[[Form], tuple[float, float, float]],
-    budget_s: float,
-    *,
-    work: Callable[[Form], float],
-    rate_guess: float,
-    compile_guess: float,
-) -> Measured:
-    """Measure candidates in order while the budget lasts; the fastest wins.
-
-    ``measure(form) -> (trial-steps per second, seconds timing, seconds compiling)`` compiles
-    and times one form; ``work(form)`` is the trial-steps one of its calls runs. Before each
-    measurement its cost is predicted: a compile as long as the costliest so far (at first
-    ``compile_guess``) plus two calls at the best rate measured so far (at first
-    ``rate_guess``), at least :data:`MIN_TIMING_S`. Nothing is measured unless the first two
-    candidates fit the budget (one measurement alone decides nothing); a candidate that would
-    overrun it is skipped. The first candidate's compile is free (its programs are needed if
-    it wins). A later candidate must beat the leader by 3% to replace it (timings are noisy).
-    """
-
-    def predicted(form: Form, rate: float, compile_s: float) -> float:
-        return compile_s + max(MIN_TIMING_S, 2 * work(form) / max(rate, 1e-9))
-
-    first, rest = forms[0], list(forms[1:])
-    opening = predicted(first, rate_guess, 0.0)
-    if not rest or opening + predicted(rest[0], rate_guess, compile_guess) > budget_s:
-        return Measured(first, {}, 0.0)
-    rates: dict[str, float] = {}
-    rate, timing_s, compile_s = measure(first)
-    rates[str(first)] = rate
-    spent, costliest, best = timing_s, max(compile_s, compile_guess), first
-    for form in rest:
-        if spent + predicted(form, max(rates.values()), costliest) > budget_s:
-            continue
-        rate, timing_s, compile_s = measure(form)
-        rates[str(form)] = rate
-        spent += timing_s + compile_s
-        costliest = max(costliest, compile_s)
-        if rate > 1.03 * rates[str(best)]:
-            best = form
-    return Measured(best, rates, spent)
-
-
-def time_calls(call: Callable[[Any], Any], state: Any, work: float) -> float:
-    """Units of ``work`` per second of ``state = call(state)``: a single call when it lasts
-    :data:`MIN_TIMING_S` or more, else one warm-up call and then calls for at least that long."""
-    t0 = time.perf_counter()
-    state = jax.block_until_ready(call(state))
-    first = time.perf_counter() - t0
-    if first >= MIN_TIMING_S:
-        return work / first
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        state = jax.block_until_ready(call(state))
-        calls += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= MIN_TIMING_S or calls >= 100:
-            return calls * work / elapsed if elapsed > 0 else math.inf

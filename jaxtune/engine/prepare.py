@@ -9,7 +9,7 @@ execution forms compiled so far. In order, for a population:
    largest group's call and fits calls to memory, :func:`jaxtune.engine.compile.fit_memory`);
 3. the groups are cut into calls (:func:`jaxtune.engine.plan.cut_calls`);
 4. each group gets its execution form (``train.execution``: a recorded choice, a fixed form,
-   or ``"auto"``, which measures candidates, :func:`jaxtune.engine.execution.choose`);
+   or ``"auto"``, which measures candidates, :func:`jaxtune.engine.form_choice.choose`);
 5. every call's programs are compiled.
 
 Nothing is written and nothing trains.
@@ -29,7 +29,7 @@ import numpy as np
 from jaxtune import parallel
 from jaxtune.config import SweepConfig
 from jaxtune.data import as_source, num_examples
-from jaxtune.engine import execution
+from jaxtune.engine import form_choice
 from jaxtune.engine.bind import Binder
 from jaxtune.engine.compile import (
     CompiledCall,
@@ -38,8 +38,9 @@ from jaxtune.engine.compile import (
     make_mesh,
     state_bytes,
 )
-from jaxtune.engine.execution import Form, Measured, parse_form
+from jaxtune.engine.execution import Form, parse_form
 from jaxtune.engine.feed import HostEval, HostFeed
+from jaxtune.engine.form_choice import Measured
 from jaxtune.engine.placement import Placed, place
 from jaxtune.engine.plan import CallSpec, Plan, call_arrays, cut_calls, group, trial_sharding
 from jaxtune.engine.population import Call, Population
@@ -263,9 +264,9 @@ class Preparer:
             state = fns.init(key, h0)
             return fns.train_step(state, h0, (x, y), 0)
 
-        conv = execution.has_convolution(one_step, keys[0])
+        conv = form_choice.has_convolution(one_step, keys[0])
         per_device = spec.size // self.mesh.size
-        return execution.candidates(
+        return form_choice.candidates(
             jax.default_backend(), conv, per_device, large=self.large_trials
         )
 
@@ -289,7 +290,7 @@ class Preparer:
         compile_s = first.program.compile_all(self.lengths)  # needed if the first one wins
         step_s = _trial_step_seconds(first, length)
         budget = min(MEASURE_FRACTION * self.planned * step_s, MEASURE_CAP_S) - self.measured_s
-        chosen = execution.choose(
+        chosen = form_choice.choose(
             forms,
             lambda f: self._measure(plan, spec, f),
             budget,
@@ -326,7 +327,7 @@ class Preparer:
         def run(s):
             return program(s, *args)[0]
 
-        rate = execution.time_calls(run, state, work=m * spec.size)
+        rate = form_choice.time_calls(run, state, work=m * spec.size)
         return rate, time.perf_counter() - t1, compile_s
 
 
