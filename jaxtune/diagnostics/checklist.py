@@ -131,22 +131,26 @@ def run_checks(
             mine = subject.cfg.base["task.normalization"]
             own = [i for i, nm in enumerate(norm.normalizations) if nm == mine]
     if "grads" in checks:
-        if sweep is None:
-            one = subject.cfg.replace(
-                {
-                    "train.steps": steps,
-                    "train.eval_every": steps,
-                    "checkpoint.every": 0,
-                    "sweep.method": "list",
-                    "sweep.trials": [{}],
-                    "sweep.seeds": 1,
-                }
-            )
-            sweep = run_sweep(one, task=subject.task_source, optimizer=subject.optimizer_source)
+        sweep = sweep if sweep is not None else _one_trial_sweep(subject, steps)
         results["grads"] = gradient_health(sweep, trials=own)
         if out_dir is not None:
             plots.append(plot_grad_norms(sweep, Path(out_dir) / "grad_norms.png"))
     return _finish(results, plots, out_dir)
+
+
+def _one_trial_sweep(subject: Any, steps: int) -> Any:
+    """The base trial alone, trained ``steps`` steps (for the gradient check)."""
+    one = subject.cfg.replace(
+        {
+            "train.steps": steps,
+            "train.eval_every": steps,
+            "checkpoint.every": 0,
+            "sweep.method": "list",
+            "sweep.trials": [{}],
+            "sweep.seeds": 1,
+        }
+    )
+    return run_sweep(one, task=subject.task_source, optimizer=subject.optimizer_source)
 
 
 def _finish(results: dict[str, Check], plots: list[Path], out_dir: Any) -> CheckReport:

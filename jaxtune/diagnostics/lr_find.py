@@ -136,6 +136,31 @@ def lr_range_test(
     stop = int(hit[0]) if hit.size else steps
     smoothed = np.full(steps, np.nan)
     smoothed[:stop] = _smooth(losses[:stop], beta)
+    suggestions = _suggestions(smoothed, lrs, stop)
+    suggestion = suggestions.get("min/10")
+    reason = _reason(smoothed, lrs, stop, suggestion)
+    out = LRFindResult(suggestion is not None, reason, mode="classic", lrs=lrs, losses=losses)
+    out.name, out.smoothed, out.suggestions = "lr find (classic)", smoothed, suggestions
+    out.suggestion, out.stop_step = suggestion, stop
+    return out
+
+
+def _reason(smoothed: np.ndarray, lrs: np.ndarray, stop: int, suggestion: float | None) -> str:
+    steps = len(lrs)
+    if suggestion is None:
+        return f"the run diverged after {stop} steps, at lr {lrs[stop]:.3g}: lower min_lr"
+    best = int(np.nanargmin(smoothed))
+    return (
+        f"loss fell to {np.nanmin(smoothed):.3g} at lr {lrs[best]:.3g}; "
+        f"{'diverged' if stop < steps else 'ended'} at lr {lrs[min(stop, steps - 1)]:.3g}; "
+        f"suggested lr {suggestion:.3g}"
+    )
+
+
+def _suggestions(smoothed: np.ndarray, lrs: np.ndarray, stop: int) -> dict[str, float]:
+    """``min/10`` (a tenth of the learning rate at the smoothed loss's minimum) and
+    ``steepest`` (where it falls fastest, past the first tenth), from the steps before
+    ``stop``; none with fewer than 5 steps."""
     suggestions: dict[str, float] = {}
     if stop >= 5:
         s = smoothed[:stop]
@@ -145,20 +170,7 @@ def lr_range_test(
         if m > skip + 1:
             grad = np.gradient(s[: m + 1], np.log(lrs[: m + 1]))
             suggestions["steepest"] = float(lrs[skip + int(np.argmin(grad[skip:]))])
-    suggestion = suggestions.get("min/10")
-    if suggestion is not None:
-        best = int(np.nanargmin(smoothed))
-        reason = (
-            f"loss fell to {np.nanmin(smoothed):.3g} at lr {lrs[best]:.3g}; "
-            f"{'diverged' if stop < steps else 'ended'} at lr {lrs[min(stop, steps - 1)]:.3g}; "
-            f"suggested lr {suggestion:.3g}"
-        )
-    else:
-        reason = f"the run diverged after {stop} steps, at lr {lrs[stop]:.3g}: lower min_lr"
-    out = LRFindResult(suggestion is not None, reason, mode="classic", lrs=lrs, losses=losses)
-    out.name, out.smoothed, out.suggestions = "lr find (classic)", smoothed, suggestions
-    out.suggestion, out.stop_step = suggestion, stop
-    return out
+    return suggestions
 
 
 def lr_sweep_test(

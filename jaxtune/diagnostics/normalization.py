@@ -135,27 +135,7 @@ def normalization_masking(
         for j in range(len(norms))
     ]
     none_j = norms.index("none") if "none" in norms else None
-    normed = [j for j, nm in enumerate(norms) if nm != "none"]
-    problems = []
-    if none_j is not None and any(trains[j] for j in normed):
-        if out.diverged[none_j]:
-            at = result.trials[none_j].diverged_step
-            problems.append(
-                f"without normalization the run diverges (step {at}) while "
-                f"{', '.join(norms[j] for j in normed if trains[j])} trains"
-            )
-        g = out.growth[none_j]
-        if g > growth_limit or not math.isfinite(g):
-            problems.append(
-                f"without normalization the activation scale grows x{g:.3g} from the first to the "
-                "last hidden layer"
-            )
-        for j in normed:
-            if trains[j] and out.growth[j] > growth_limit:
-                problems.append(
-                    f"under {norms[j]} normalization the pre-normalization scale grows "
-                    f"x{out.growth[j]:.3g} layer by layer (hidden by the normalization)"
-                )
+    problems = _problems(out, result, norms, trains, none_j, growth_limit)
     out.masked = bool(problems)
     out.passed = not out.masked
     out.reason = (
@@ -167,3 +147,31 @@ def normalization_masking(
         f"{fmt(out.growth[none_j]) if none_j is not None else '-'})"
     )
     return out
+
+
+def _problems(out, result, norms, trains, none_j, growth_limit) -> list[str]:
+    """What normalization hides, when a normalized run trains: the unnormalized run diverging,
+    or activation scales growing layer by layer (in either run)."""
+    normed = [j for j, nm in enumerate(norms) if nm != "none"]
+    problems: list[str] = []
+    if none_j is None or not any(trains[j] for j in normed):
+        return problems
+    if out.diverged[none_j]:
+        at = result.trials[none_j].diverged_step
+        problems.append(
+            f"without normalization the run diverges (step {at}) while "
+            f"{', '.join(norms[j] for j in normed if trains[j])} trains"
+        )
+    g = out.growth[none_j]
+    if g > growth_limit or not math.isfinite(g):
+        problems.append(
+            f"without normalization the activation scale grows x{g:.3g} from the first to the "
+            "last hidden layer"
+        )
+    for j in normed:
+        if trains[j] and out.growth[j] > growth_limit:
+            problems.append(
+                f"under {norms[j]} normalization the pre-normalization scale grows "
+                f"x{out.growth[j]:.3g} layer by layer (hidden by the normalization)"
+            )
+    return problems

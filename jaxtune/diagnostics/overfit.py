@@ -250,6 +250,17 @@ def overfit_check(
         ran.reshape(shape),
     )
     result.losses = losses
+    _diagnose_stages(result, losses, norms, ran, lrs, tol, relative)
+    result.init_loss = float(losses[1, 0, 0])
+    if chance is not None:
+        result.init_loss_ok = bool(0.5 * chance <= result.init_loss <= 2.0 * chance)
+    _verdict(result, lrs, rows, chance, classes)
+    return result
+
+
+def _diagnose_stages(result, losses, norms, ran, lrs, tol, relative) -> None:
+    """Each stage's and learning rate's steps to the tolerance, diagnosis, final and least
+    loss, from the curves of the steps that ran."""
     for s in range(len(STAGES)):
         row = [
             diagnose_curve(
@@ -267,9 +278,10 @@ def overfit_check(
         result.min_loss.append(
             [float(np.nanmin(d)) if np.isfinite(d).any() else math.nan for d in done]
         )
-    result.init_loss = float(losses[1, 0, 0])
-    if chance is not None:
-        result.init_loss_ok = bool(0.5 * chance <= result.init_loss <= 2.0 * chance)
+
+
+def _verdict(result, lrs, rows, chance, classes) -> None:
+    """The learning rates that overfit both stages, whether the check passed, and why."""
     result.passing_lrs = [
         lr
         for j, lr in enumerate(lrs)
@@ -290,4 +302,3 @@ def overfit_check(
             f"; loss at init {result.init_loss:.3g} is far from chance log({classes}) = "
             f"{chance:.3g}"
         )
-    return result

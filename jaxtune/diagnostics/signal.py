@@ -225,32 +225,7 @@ def init_report(
     key = jax.random.fold_in(root, 7)
     for preset in candidates:
         params = params0 if preset == TASK_INIT else init_lib.reinitialize(params0, preset, key)
-        acts, deltas = (np.asarray(a, np.float64) for a in jax.device_get(run(params)))
-        acts = [float(v) if math.isfinite(v) else math.inf for v in acts]
-        deltas = [float(v) if math.isfinite(v) else math.inf for v in deltas]
-        rep.act_ratio[preset] = [safe_ratio(v, rep.input_std) for v in acts]
-        ref = deltas[-2] if len(deltas) > 1 else deltas[-1]
-        rep.grad_ratio[preset] = [safe_ratio(v, ref) for v in deltas]
-        flags = []
-        for k, name in enumerate(names):
-            a = rep.act_ratio[preset][k]
-            g = 1.0 if k == len(names) - 1 else rep.grad_ratio[preset][k]
-            if not low <= a <= high:
-                flags.append(
-                    f"{name}: activation {'explodes' if a > high else 'vanishes'} (x{a:.3g})"
-                )
-            if not low <= g <= high:
-                flags.append(
-                    f"{name}: gradient {'explodes' if g > high else 'vanishes'} (x{g:.3g})"
-                )
-        rep.flags[preset] = flags
-        ratios = rep.act_ratio[preset]
-        rep.verdict[preset] = (
-            f"signal propagates: activation std ratio in [{min(ratios):.3g}, {max(ratios):.3g}] "
-            f"over {len(names)} layers"
-            if not flags
-            else f"{len(flags)} flag(s), first at {flags[0]}"
-        )
+        _examine(rep, preset, run(params), low, high)
     failed = [p for p in rep.checked if rep.flags.get(p)]
     rep.passed = not failed
     rep.reason = (
@@ -262,6 +237,40 @@ def init_report(
     if out_dir is not None:
         rep.plot_path = plot_init_report(rep, out_dir=out_dir)
     return rep
+
+
+def _examine(rep: InitReport, preset: str, measured: Any, low: float, high: float) -> None:
+    """Record one preset's activation and gradient scale ratios, flags and verdict."""
+    names = rep.layers
+    acts, deltas = (np.asarray(a, np.float64) for a in jax.device_get(measured))
+    acts = [float(v) if math.isfinite(v) else math.inf for v in acts]
+    deltas = [float(v) if math.isfinite(v) else math.inf for v in deltas]
+    rep.act_ratio[preset] = [safe_ratio(v, rep.input_std) for v in acts]
+    ref = deltas[-2] if len(deltas) > 1 else deltas[-1]
+    rep.grad_ratio[preset] = [safe_ratio(v, ref) for v in deltas]
+    flags = _flags(names, rep.act_ratio[preset], rep.grad_ratio[preset], low, high)
+    rep.flags[preset] = flags
+    ratios = rep.act_ratio[preset]
+    rep.verdict[preset] = (
+        f"signal propagates: activation std ratio in [{min(ratios):.3g}, {max(ratios):.3g}] "
+        f"over {len(names)} layers"
+        if not flags
+        else f"{len(flags)} flag(s), first at {flags[0]}"
+    )
+
+
+def _flags(names, act_ratio, grad_ratio, low, high) -> list[str]:
+    """The layers whose activation or gradient scale ratio leaves ``[low, high]`` (the last
+    layer's gradient ratio is the reference, so it is not judged)."""
+    flags = []
+    for k, name in enumerate(names):
+        a = act_ratio[k]
+        g = 1.0 if k == len(names) - 1 else grad_ratio[k]
+        if not low <= a <= high:
+            flags.append(f"{name}: activation {'explodes' if a > high else 'vanishes'} (x{a:.3g})")
+        if not low <= g <= high:
+            flags.append(f"{name}: gradient {'explodes' if g > high else 'vanishes'} (x{g:.3g})")
+    return flags
 
 
 def plot_init_report(rep: InitReport, *, out_dir: str | Path | None = None) -> Path | None:

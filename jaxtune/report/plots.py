@@ -92,19 +92,7 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
     """
     trials = result.trials
     x_key = _x_axis(result)
-    if x_key is None:
-        x_of = {t.id: float(t.id) for t in trials}
-        x_label, categorical, ticks = "trial", False, None
-    else:
-        raw = [t.hparams.get(x_key, result.config.base.get(x_key)) for t in trials]
-        if all(_is_number(v) for v in raw):
-            x_of = {t.id: float(v) for t, v in zip(trials, raw, strict=True)}
-            categorical, ticks = False, None
-        else:
-            labels = list(dict.fromkeys(fmt(v) for v in raw))
-            x_of = {t.id: float(labels.index(fmt(v))) for t, v in zip(trials, raw, strict=True)}
-            categorical, ticks = True, labels
-        x_label = x_key
+    x_of, x_label, categorical, ticks = _x_positions(result, x_key)
     xs_all = np.array(list(x_of.values()), float)
     log_x = (
         not categorical
@@ -120,11 +108,7 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
     panels = _panels(result)
     fig = figure(6 * len(panels), 4.8)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    caps = {}
-    for metric, mode in panels:
-        vals = np.array([t.final.get(metric, math.nan) for t in trials if not t.diverged], float)
-        vals = vals[np.isfinite(vals) & (vals > 0)]
-        caps[metric] = float(10 * np.median(vals)) if mode == "min" and vals.size else math.inf
+    caps = _caps(trials, panels)
     capped = dict.fromkeys(caps, False)
     for color, (gkey, members) in zip(colors, groups.items(), strict=True):
         label = ", ".join(f"{_short(k)}={fmt(v)}" for k, v in zip(group_keys, gkey, strict=True))
@@ -177,6 +161,31 @@ def plot_lr_vs_metric(result: SweepResult, path: str | Path) -> Path:
     if handles:
         axes[0].legend(handles, labels, fontsize=8, loc="best")
     return save(fig, path)
+
+
+def _caps(trials: Sequence[TrialResult], panels: list) -> dict[str, float]:
+    """Per panel metric, the value lines are capped at: 10x the median of the finite positive
+    finals of the trials that did not diverge, where lower is better (else no cap)."""
+    caps = {}
+    for metric, mode in panels:
+        vals = np.array([t.final.get(metric, math.nan) for t in trials if not t.diverged], float)
+        vals = vals[np.isfinite(vals) & (vals > 0)]
+        caps[metric] = float(10 * np.median(vals)) if mode == "min" and vals.size else math.inf
+    return caps
+
+
+def _x_positions(result: SweepResult, x_key: str | None) -> tuple[dict, str, bool, Any]:
+    """Each trial's x position, the axis label, whether the axis is categorical, and its tick
+    labels (categorical axes only)."""
+    trials = result.trials
+    if x_key is None:
+        return {t.id: float(t.id) for t in trials}, "trial", False, None
+    raw = [t.hparams.get(x_key, result.config.base.get(x_key)) for t in trials]
+    if all(_is_number(v) for v in raw):
+        return {t.id: float(v) for t, v in zip(trials, raw, strict=True)}, x_key, False, None
+    labels = list(dict.fromkeys(fmt(v) for v in raw))
+    x_of = {t.id: float(labels.index(fmt(v))) for t, v in zip(trials, raw, strict=True)}
+    return x_of, x_key, True, labels
 
 
 def _moving_average(x: np.ndarray, window: int) -> np.ndarray:
