@@ -109,7 +109,7 @@ class Baselines:
             first = start // spe
             return epoch_permutations(self.data_key, first, num, n_train), first
 
-        def step(state, lr, batch_xy, t):
+        def step(state, lr, batch_xy, t, norm=False):
             params, ms, opt = state
             x, y = batch_xy
             hp = {"optimizer.learning_rate": lr}
@@ -120,7 +120,8 @@ class Baselines:
 
             (loss, new_ms), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
             upd, opt = chain(opt_name, lr).update(g, opt, params)
-            return (optax.apply_updates(params, upd), new_ms, opt), loss
+            out = (loss, optax.tree.norm(g)) if norm else loss
+            return (optax.apply_updates(params, upd), new_ms, opt), out
 
         def gather(perms, first, t):
             idx = batch_from_permutations(perms, first, t, batch, batch)
@@ -156,6 +157,19 @@ class Baselines:
 
         self.vchunk = jax.jit(vchunk, donate_argnums=0)
         self.vinit = jax.jit(jax.vmap(init))
+
+        def steps_only(state, lrs, start, norm):
+            perms, first = shuffle(start)
+
+            def body(s, t):
+                b = gather(perms, first, t)
+                return jax.vmap(lambda si, lr: step(si, lr, b, t, norm))(s, lrs)
+
+            return jax.lax.scan(body, state, start + jnp.arange(chunk, dtype=jnp.int32))
+
+        #: ``steps_only(state, lrs, start, norm)``: the chunk's steps without the evaluation
+        #: (``norm``: each step also computes the gradient norm), for benchmarks/quarantine.py.
+        self.steps_only = jax.jit(steps_only, donate_argnums=0, static_argnames="norm")
 
     def compile(self) -> float:
         t0 = time.perf_counter()

@@ -29,54 +29,15 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, str(Path(__file__).parent))
-from execution import Baselines, cases, chain, engine_config, learning_rates
+from execution import Baselines, cases, engine_config, learning_rates
 
 import jaxtune
-from jaxtune.data import batch_from_permutations, epoch_permutations
 from jaxtune.engine.bind import Binder
 from jaxtune.engine.prepare import Preparer
 from jaxtune.engine.quarantine import put_back_diverged
-
-
-def baseline_steps(task, case, lrs, chunk, *, norm=False):
-    """The baseline's chunk of steps alone: ``(jitted(state, lrs, start), state, lrs)``;
-    ``norm``: each step also returns the gradient norm (as the engine records it)."""
-    base = Baselines(task, case["optimizer"], lrs, case["batch"], chunk)
-    batch, opt = case["batch"], case["optimizer"]
-    spe = base.n_train // batch
-    num = min(-(-chunk // spe) + 1, chunk)
-
-    def step(state, lr, xy):
-        params, ms, opt_state = state
-        x, y = xy
-        hp = {"optimizer.learning_rate": lr}
-
-        def loss_fn(p):
-            out, new_ms = task.apply(p, ms, x, train=True, key=None, mask=None)
-            return jnp.mean(task.loss(out, y, hp)), new_ms
-
-        (loss, new_ms), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        upd, opt_state = chain(opt, lr).update(g, opt_state, params)
-        out = (loss, optax.tree.norm(g)) if norm else loss
-        return (optax.apply_updates(params, upd), new_ms, opt_state), out
-
-    def steps(state, lrs_, start):
-        first = start // spe
-        perms = epoch_permutations(base.data_key, first, num, base.n_train)
-
-        def body(s, t):
-            idx = batch_from_permutations(perms, first, t, batch, batch)
-            b = jax.tree.map(lambda a: a[idx], base.train)
-            return jax.vmap(lambda si, lr: step(si, lr, b))(s, lrs_)
-
-        return jax.lax.scan(body, state, start + jnp.arange(chunk, dtype=jnp.int32))
-
-    return jax.jit(steps, donate_argnums=0), base.vinit(base.lrs), base.lrs
 
 
 def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) -> dict:
@@ -101,18 +62,15 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
         return jax.jit(run, donate_argnums=0)
 
     programs = {"per_step": engine("finite"), "deferred": engine("all")}
-    bases = {
-        "baseline": baseline_steps(task, case, lrs, chunk),
-        "baseline_norm": baseline_steps(task, case, lrs, chunk, norm=True),
-    }
+    base = Baselines(task, case["optimizer"], lrs, case["batch"], chunk)
+    bases = {"baseline": False, "baseline_norm": True}  # with the gradient norm?
     states = {k: call.program.init()(call.hp, call.keys) for k in programs}
-    states.update({k: b[1] for k, b in bases.items()})
+    states.update({k: base.vinit(base.lrs) for k in bases})
 
     def run(v: str, c: int) -> None:
         start = np.int32(c * chunk)
         if v in bases:
-            program, _, base_lrs = bases[v]
-            states[v], out = program(states[v], base_lrs, start)
+            states[v], out = base.steps_only(states[v], base.lrs, start, norm=bases[v])
         else:
             args = (call.hp, call.data, call.data_key, call.keys, start)
             states[v], out = programs[v](states[v], *args)
