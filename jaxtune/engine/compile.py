@@ -339,9 +339,8 @@ def fit_memory(
     ``per_trial`` is the bytes one trial of a probe call needs on its device (the compiled
     program's memory analysis, per trial); ``working`` the part of it each step touches (by
     default all of it), which the cache rule below uses. Each call must fit the device's
-    memory. On CPU
-    devices a call is also kept within half the last-level cache: a group whose per-step
-    working set spills out of the cache runs slower in one call than in several
+    memory. On CPU devices a call is also kept within half the last-level cache: a group whose
+    per-step working set spills out of the cache runs slower in one call than in several
     (benchmarks/sweep_throughput.py measured 8 trials per call as the fastest for the vmapped
     digits MLP on a 2-core CPU with a 32 MiB cache). Trials too large for
     :data:`LARGE_TRIALS_PER_CALL` of them to fit are *large*: calls then hold that many
