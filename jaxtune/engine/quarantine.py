@@ -63,7 +63,6 @@ class Replays:
     def __init__(self) -> None:
         self.in_flight: list[int] = []  # start steps of dispatched, unrecorded chunks
         self.patches: dict[tuple[int, int], list[tuple[np.ndarray, dict]]] = {}
-        self.replayed = 0  # chunks replayed (for tests and timing)
 
     def dispatched(self, start: int) -> None:
         self.in_flight.append(start)
@@ -83,7 +82,6 @@ class Replays:
                 if rows.any():
                     until = np.where(rows, steps, start).astype(np.int32)
                     call.replay(start, length, until)
-                    self.replayed += 1
                     values = {k: np.asarray(v) for k, v in parallel.gather(call.evaluate()).items()}
                     ev = _patched(ev, rows, values)
                     for later in self.in_flight:
