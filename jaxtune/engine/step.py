@@ -29,7 +29,7 @@ state already non-finite.
 ``train_step(..., keep=...)`` says which updates the step keeps: ``"finite"`` (the quarantine
 above, the default), ``"all"`` (every update; the divergence flags are kept as above, and the
 caller puts back the state of the trials that diverged: the sweep engine does that once per
-chunk, not once per step, see :mod:`jaxtune.engine.execution`) or a boolean (keep this update
+chunk, not once per step, see :mod:`jaxtune.engine.quarantine`) or a boolean (keep this update
 or not; the divergence flags are left as they were: the engine's replay of a chunk).
 
 Example:
