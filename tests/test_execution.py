@@ -34,8 +34,9 @@ CNN_FORMS = [
     "host/unroll",
     "host/map",
     "scan/map:2",
+    "scan:3(unroll=2)/unroll",
 ]
-MLP_FORMS = ["scan/vmap", "unroll:3/vmap", "host/unroll", "host/map:2"]
+MLP_FORMS = ["scan/vmap", "scan(unroll=3)/vmap", "unroll:3/vmap", "host/unroll", "host/map:2"]
 
 
 def _momentum(hp):
@@ -140,6 +141,8 @@ def test_mlp_trials_sharing_one_batch_with_a_diverging_trial(form, mlp_task, mlp
         ("scan:8/vmap", execution.Form("scan", 8)),
         ("unroll/unroll", execution.Form("unroll", None, "unroll")),
         ("host/map:4", execution.Form("host", None, "map", 4)),
+        ("scan:8(unroll=2)/map:4", execution.Form("scan", 8, "map", 4, 2)),
+        ("scan(unroll=4)/unroll", execution.Form("scan", None, "unroll", unroll=4)),
     ],
 )
 def test_forms_round_trip_their_configuration_value(text, form):
@@ -147,7 +150,19 @@ def test_forms_round_trip_their_configuration_value(text, form):
 
 
 @pytest.mark.parametrize(
-    "bad", ["scan", "host:2/vmap", "scan/vmap:2", "loop/vmap", "scan:0/vmap", "scan/map:x"]
+    "bad",
+    [
+        "scan",
+        "host:2/vmap",
+        "scan/vmap:2",
+        "loop/vmap",
+        "scan:0/vmap",
+        "scan/map:x",
+        "host(unroll=2)/vmap",
+        "unroll(unroll=2)/vmap",
+        "scan(unroll=0)/vmap",
+        "scan(unroll=2/vmap",
+    ],
 )
 def test_bad_execution_values_name_the_key_and_the_forms(bad):
     with pytest.raises(ConfigError, match=r"train\.execution = .* expected 'auto' or LOOP/TRIALS"):
@@ -161,6 +176,7 @@ def test_candidates_follow_the_backend_and_the_model():
     assert [str(f) for f in form_choice.candidates("cpu", True, 1)] == ["host/unroll"]
     assert [str(f) for f in form_choice.candidates("cpu", False, 1)] == [
         "scan/unroll",
+        "scan(unroll=4)/unroll",
         "host/unroll",
     ]
     assert [str(f) for f in form_choice.candidates("cpu", False, 64)] == ["scan/vmap", "host/vmap"]

@@ -27,8 +27,9 @@ HPARAMS = "hparams"
 _FRACTION = dict(low=0.0, high=1.0, low_open=True, high_open=True)
 
 EXECUTION_TEXT = (
-    "'auto' or LOOP/TRIALS with LOOP one of scan, scan:M, unroll, unroll:M, host and TRIALS one "
-    "of vmap, unroll, map, map:K (e.g. 'scan/vmap', 'host/unroll', 'scan:16/map:4')"
+    "'auto' or LOOP/TRIALS with LOOP one of scan, scan:M (either may end in '(unroll=U)'), "
+    "unroll, unroll:M, host and TRIALS one of vmap, unroll, map, map:K (e.g. 'scan/vmap', "
+    "'host/unroll', 'scan:16/map:4', 'scan(unroll=4)/unroll')"
 )
 
 

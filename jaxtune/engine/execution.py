@@ -4,7 +4,10 @@ A form is ``LOOP/TRIALS`` (``train.execution``; ``"auto"`` measures, see
 :mod:`jaxtune.engine.form_choice`):
 
 * the loop over the steps of a chunk: ``scan`` (one ``lax.scan`` over the chunk per dispatch),
-  ``scan:M`` (a scan of ``M`` steps per dispatch, the host looping over dispatches), ``unroll``
+  ``scan:M`` (a scan of ``M`` steps per dispatch, the host looping over dispatches), either
+  with ``(unroll=U)`` appended (``scan(unroll=4)``: ``lax.scan``'s ``unroll``, ``U`` steps per
+  loop iteration, so XLA runs a fraction of the loop iterations and can fuse across steps),
+  ``unroll``
   / ``unroll:M`` (the chunk, or ``M`` steps, unrolled in one program), or ``host`` (one step
   per dispatch, state buffers donated from step to step);
 * the trial axis of a call: ``vmap`` (one program over stacked trials), ``unroll`` (every
@@ -53,17 +56,21 @@ class Form:
       steps: steps per dispatch of ``scan`` / ``unroll`` (None: the whole chunk).
       trials: ``vmap``, ``unroll`` or ``map``.
       batch: trials vmapped together per ``map`` iteration (None: one).
+      unroll: steps per loop iteration of a ``scan`` (``lax.scan``'s ``unroll``; None: one).
     """
 
     loop: str = "scan"
     steps: int | None = None
     trials: str = "vmap"
     batch: int | None = None
+    unroll: int | None = None
 
     def __str__(self) -> str:
         loop = (
             self.loop if self.steps is None or self.loop == "host" else f"{self.loop}:{self.steps}"
         )
+        if self.unroll is not None:
+            loop += f"(unroll={self.unroll})"
         trials = self.trials if self.batch is None else f"{self.trials}:{self.batch}"
         return f"{loop}/{trials}"
 
@@ -90,6 +97,8 @@ def parse_form(text: str, key: str = "train.execution") -> Form:
       Form(loop='scan', steps=16, trials='map', batch=4)
       >>> str(parse_form("host/vmap"))
       'host/vmap'
+      >>> parse_form("scan(unroll=4)/unroll").unroll
+      4
     """
     from jaxtune.config.schema import EXECUTION_TEXT
 
@@ -97,6 +106,12 @@ def parse_form(text: str, key: str = "train.execution") -> Form:
     if not isinstance(text, str) or text.count("/") != 1:
         raise bad
     loop_text, trials_text = text.split("/")
+    unroll = None
+    if loop_text.endswith(")") and "(unroll=" in loop_text:
+        loop_text, _, num = loop_text[:-1].partition("(unroll=")
+        if not num.isdigit() or int(num) < 1:
+            raise bad
+        unroll = int(num)
 
     def split(part: str, names: Sequence[str]) -> tuple[str, int | None]:
         name, _, num = part.partition(":")
@@ -108,7 +123,9 @@ def parse_form(text: str, key: str = "train.execution") -> Form:
     trials, batch = split(trials_text, TRIAL_AXES)
     if (loop == "host" and steps is not None) or (trials != "map" and batch is not None):
         raise bad
-    return Form(loop, steps, trials, batch)
+    if unroll is not None and loop != "scan":
+        raise bad
+    return Form(loop, steps, trials, batch, unroll)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +161,7 @@ def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *
 
     local = jnp.arange(length, dtype=jnp.int32)
     if form.loop == "scan":
-        return jax.lax.scan(body, state, (start + local, local))
+        return jax.lax.scan(body, state, (start + local, local), unroll=form.unroll or 1)
     outs = []
     for i in range(length):
         state, metrics = body(state, (start + i, i))
@@ -161,13 +178,16 @@ class CallFunctions(NamedTuple):
       [length, n])``: ``batches`` is the chunk's ``(perms, first)`` on the device, or ``(feed,
       which, offset)`` fed from the host (:func:`jaxtune.engine.batching.make_step`);
       ``keep``: which updates the steps keep (:mod:`jaxtune.engine.step`)
-    * ``chunk(state, hp, data, data_key, keys, start, *, length) -> (state, metrics)``: a
-      whole chunk in one program, its shuffle included, for a chunk run in one dispatch from
-      the on-device split (then there is no separate shuffle program and no hand-over between
-      two). For batched trials (``vmap``, ``map``) its quarantine is deferred: the steps keep
-      every update (no per-step selects, which cost XLA a second pass over the optimizer
-      state) and at the chunk's end every diverged trial gets its state of the chunk's start
-      back. ``metrics`` then also holds each trial's ``diverged_step``: a trial that diverged
+    * ``chunk(state, hp, data, data_key, keys, start, *, length) -> (state, metrics,
+      evaluation)``: a whole chunk in one program, its shuffle and the evaluation after it
+      included (``evaluate`` of the new state), for a chunk run in one dispatch from the
+      on-device split (then there are no separate shuffle and evaluation programs and no
+      hand-over between them: for one digits-MLP trial the chunk ran 1-9% faster with its
+      evaluation folded in, benchmarks/results/folded_eval_cpu.json). For batched trials
+      (``vmap``, ``map``) its quarantine is deferred: the steps keep every update (no
+      per-step selects, which cost XLA a second pass over the optimizer state) and at the
+      chunk's end every diverged trial gets its state of the chunk's start back.
+      ``metrics`` then also holds each trial's ``diverged_step``: a trial that diverged
       within the chunk must be replayed
     * ``replay(state, hp, data, data_key, keys, start, until, *, length) -> state``: the chunk
       again with the quarantine per step, keeping each trial's updates of steps ``< until``
@@ -230,9 +250,12 @@ def call_functions(
     def chunk(state, hp, data, data_key, keys, start, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
         if not form.defers_quarantine:
-            return sharded_steps(state, hp, data, batches, start, length)
-        new, metrics = sharded_steps(state, hp, data, batches, start, length, "all")
-        return put_back_diverged(state, new), {**metrics, "diverged_step": new.diverged_step}
+            new, metrics = sharded_steps(state, hp, data, batches, start, length)
+        else:
+            new, metrics = sharded_steps(state, hp, data, batches, start, length, "all")
+            new = put_back_diverged(state, new)
+            metrics = {**metrics, "diverged_step": new.diverged_step}
+        return new, metrics, evaluate(new, hp, data)
 
     def replay(state, hp, data, data_key, keys, start, until, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)

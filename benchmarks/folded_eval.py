@@ -1,0 +1,140 @@
+"""A chunk's evaluation folded into its program, against a separate evaluation program.
+
+For each case (a workload at N trials in a one-program form) three variants of one chunk,
+training steps then the evaluation of every trial on the validation and test splits, with the
+host reading the metrics back, are timed side by side:
+
+* ``baseline``: benchmarks/execution.py's hand-written ``jit(scan(vmap))`` (evaluation in the
+  same program);
+* ``separate``: the engine's chunk program without its evaluation, then the engine's
+  evaluation program (two dispatches: how the engine ran chunks before);
+* ``folded``: the engine's chunk program, evaluation included (one dispatch).
+
+Rounds alternate their order; ratios are medians over rounds of the wall and process CPU time
+against the baseline (lower is faster).
+
+    python benchmarks/folded_eval.py --out benchmarks/results/folded_eval_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from execution import Baselines, cases, learning_rates
+from scan_unroll import chunk_call
+
+
+def measure(name, n, form, chunk, rounds, chunks) -> dict:
+    case = cases([name])[name]
+    task = case["workload"].task({})
+    lrs = learning_rates(case["lr"], n)
+    base = Baselines(task, case["optimizer"], lrs, case["batch"], chunk)
+    call = chunk_call(case, task, lrs, chunk, form)
+    p, fns = call.program, call.program.fns
+    if not p.one_program(chunk):
+        raise SystemExit(f"{form} does not run a chunk of {chunk} steps as one program")
+
+    def steps_only(*args):
+        return fns.chunk(*args, length=chunk)[:2]  # XLA drops the unused evaluation
+
+    separate = jax.jit(steps_only, donate_argnums=0)
+    states = {
+        "baseline": base.vinit(base.lrs),
+        "separate": p.init()(call.hp, call.keys),
+        "folded": call.state,
+    }
+
+    def run(v, c):
+        start = np.int32(c * chunk)
+        args = (call.hp, call.data, call.data_key, call.keys, start)
+        if v == "baseline":
+            states[v], losses, ev = base.vchunk(states[v], base.lrs, start)
+            out = (losses, ev)
+        elif v == "separate":
+            states[v], metrics = separate(states[v], *args)
+            out = (metrics, p.evaluate()(states[v], call.hp, call.data))
+        else:
+            states[v], metrics, ev = p.chunk(chunk)(states[v], *args)
+            out = (metrics, ev)
+        jax.device_get(out)
+
+    names = list(states)
+    for v in names:  # compile and warm up
+        run(v, 0)
+        run(v, 1)
+    wall = {v: [] for v in names}
+    cpu = {v: [] for v in names}
+    for r in range(rounds):
+        for v in names if r % 2 == 0 else names[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for c in range(2, 2 + chunks):
+                run(v, c)
+            wall[v].append(time.perf_counter() - t0)
+            cpu[v].append(time.process_time() - c0)
+
+    def ratio(times, a, b):
+        return statistics.median([x / y for x, y in zip(times[a], times[b], strict=True)])
+
+    pairs = [("separate", "baseline"), ("folded", "baseline"), ("folded", "separate")]
+    row = {
+        "workload": name,
+        "n": n,
+        "form": form,
+        "chunk": chunk,
+        "batch": case["batch"],
+        "optimizer": case["optimizer"],
+        "ms_per_chunk": {v: 1e3 * statistics.median(wall[v]) / chunks for v in names},
+        "wall_ratio": {f"{a}/{b}": ratio(wall, a, b) for a, b in pairs},
+        "cpu_ratio": {f"{a}/{b}": ratio(cpu, a, b) for a, b in pairs},
+    }
+    text = ", ".join(
+        f"{k}: wall {row['wall_ratio'][k]:.3f} cpu {row['cpu_ratio'][k]:.3f}"
+        for k in row["wall_ratio"]
+    )
+    print(f"{name} N={n} {form}: {text}", flush=True)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--cases",
+        default="digits_mlp_b128:1:scan/unroll,digits_mlp:1:scan/unroll,"
+        "digits_mlp_b128:8:scan/vmap,digits_mlp:8:scan/vmap,diabetes:8:scan/vmap",
+        help="comma-separated WORKLOAD:N:FORM",
+    )
+    ap.add_argument("--chunk", type=int, default=10, help="steps per chunk")
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--chunks", type=int, default=4, help="chunks per variant and round")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    rows = []
+    for text in args.cases.split(","):
+        name, n, form = text.split(":", 2)
+        rows.append(measure(name, int(n), form, args.chunk, args.rounds, args.chunks))
+    if args.out:
+        doc = {
+            "machine": {
+                "backend": jax.default_backend(),
+                "processor": platform.processor() or platform.machine(),
+                "jax": jax.__version__,
+            },
+            "settings": vars(args),
+            "rows": rows,
+        }
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
