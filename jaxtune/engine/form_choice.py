@@ -27,10 +27,11 @@ MIN_TIMING_S = 0.2
 #: with every unrolled trial).
 MAX_UNROLLED_TRIALS = 16
 
-#: Steps per loop iteration of the partly unrolled scan ``auto`` measures for one dense trial
-#: per CPU device (``scan(unroll=4)/unroll``). For one digits-MLP trial at batch 128 it ran
-#: 3-9% faster than the plain scan; it was neutral or slower at batch 64 with Adam, with 8 or
-#: 32 vmapped trials and on the diabetes regression (benchmarks/results/scan_unroll_cpu.json).
+#: Steps per loop iteration of the partly unrolled scan ``auto`` measures (after the plain
+#: scan) for one dense trial per CPU device: ``scan(unroll=4)/unroll``. For one digits-MLP
+#: trial it took 0.91-1.03x the time of the plain scan, which is this machine's noise; with 8
+#: vmapped trials 1.00-1.02x (benchmarks/results/scan_unroll_cpu.json). It wins where a loop
+#: iteration's own cost shows, and ``auto`` keeps it only if it measures 3% faster.
 SCAN_UNROLL = 4
 
 
