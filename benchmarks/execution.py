@@ -16,8 +16,8 @@ workload's reference learning rate, one seed, so the trials share their batches)
 Every variant does the same work per chunk of ``--chunk`` steps: the training steps, then an
 evaluation of every trial on the validation and test splits (the engine evaluates after each
 chunk; the baselines do the same). Variants are compiled first, then timed in interleaved
-rounds (median of ``--repeats``), each timing lasting at least ``--min-time`` seconds (whole
-chunks). A variant whose first timing takes longer than ``--max-time`` seconds is timed once.
+rounds (median of ``--repeats``; every other round in reverse order), each timing lasting at
+least ``--min-time`` seconds (whole chunks). A variant whose first timing takes longer than ``--max-time`` seconds is timed once.
 Absolute rates depend on the machine's load; the ratios are measured side by side.
 
     python benchmarks/execution.py --quick
@@ -308,10 +308,13 @@ def cell(name, case, n, args) -> dict[str, Any]:
             if v.startswith("jaxtune[") and v != "jaxtune[auto]":
                 TOO_SLOW.add((name, v[len("jaxtune[") : -1]))
         log(f"  {v}: {r:.1f} trial-steps/s ({time.perf_counter() - t0:.1f} s with compile)")
+    order = list(variants)
     for rep in range(args.repeats):
-        for v, fn in variants.items():
+        # Every other round runs the variants in reverse order, so that no variant always
+        # follows the same one (a variant's speed depends on what ran just before it).
+        for v in order if rep % 2 == 0 else order[::-1]:
             if chunks[v]:
-                rates[v].append(fn(chunks[v]))
+                rates[v].append(variants[v](chunks[v]))
         log(f"{name} N={n}: round {rep + 1}/{args.repeats}")
     med = {v: statistics.median(r) for v, r in rates.items()}
     form_rates = {f: med[f"jaxtune[{f}]"] for f in forms}

@@ -94,7 +94,7 @@ def parse_form(text: str, key: str = "train.execution") -> Form:
 
     Example:
       >>> parse_form("scan:16/map:4")
-      Form(loop='scan', steps=16, trials='map', batch=4)
+      Form(loop='scan', steps=16, trials='map', batch=4, unroll=None)
       >>> str(parse_form("host/vmap"))
       'host/vmap'
       >>> parse_form("scan(unroll=4)/unroll").unroll
