@@ -16,8 +16,9 @@ workload's reference learning rate, one seed, so the trials share their batches)
 Every variant does the same work per chunk of ``--chunk`` steps: the training steps, then an
 evaluation of every trial on the validation and test splits (the engine evaluates after each
 chunk; the baselines do the same). Variants are compiled first, then timed in interleaved
-rounds (median of ``--repeats``; every other round in reverse order), each timing lasting at
-least ``--min-time`` seconds (whole chunks). A variant whose first timing takes longer than ``--max-time`` seconds is timed once.
+rounds (median of ``--repeats``; every other round in reverse order), every variant running
+the same whole chunks per timing, enough for the fastest one's to last ``--min-time``
+seconds. A variant whose first timing takes longer than ``--max-time`` seconds is timed once.
 Absolute rates depend on the machine's load; the ratios are measured side by side.
 
     python benchmarks/execution.py --quick
@@ -308,6 +309,12 @@ def cell(name, case, n, args) -> dict[str, Any]:
             if v.startswith("jaxtune[") and v != "jaxtune[auto]":
                 TOO_SLOW.add((name, v[len("jaxtune[") : -1]))
         log(f"  {v}: {r:.1f} trial-steps/s ({time.perf_counter() - t0:.1f} s with compile)")
+    # Every variant timed repeatedly runs the same number of chunks: enough for the fastest
+    # one's timing to last --min-time. (A count per variant gave a sweep, whose one-chunk
+    # calibration carries its fixed per-run cost, a third of the baseline's chunks at N = 1 to
+    # amortize that cost over.)
+    common = max(chunks.values())
+    chunks = {v: common if c else 0 for v, c in chunks.items()}
     order = list(variants)
     for rep in range(args.repeats):
         # Every other round runs the variants in reverse order, so that no variant always

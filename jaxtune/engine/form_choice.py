@@ -29,9 +29,9 @@ MAX_UNROLLED_TRIALS = 16
 
 #: Steps per loop iteration of the partly unrolled scan ``auto`` measures (after the plain
 #: scan) for one dense trial per CPU device: ``scan(unroll=4)/unroll``. For one digits-MLP
-#: trial it took 0.91-1.03x the time of the plain scan, which is this machine's noise; with 8
-#: vmapped trials 1.00-1.02x (benchmarks/results/scan_unroll_cpu.json). It wins where a loop
-#: iteration's own cost shows, and ``auto`` keeps it only if it measures 3% faster.
+#: trial it took 0.91-1.05x the time of the plain scan in three runs, which is this machine's
+#: noise; with 8 vmapped trials 0.99-1.04x (benchmarks/results/scan_unroll_cpu.json). It wins
+#: where a loop iteration's own cost shows; ``auto`` keeps it only if it measures 3% faster.
 SCAN_UNROLL = 4
 
 
