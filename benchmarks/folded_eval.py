@@ -18,12 +18,8 @@ against the baseline (lower is faster).
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -32,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from execution import Baselines, cases, learning_rates
 from scan_unroll import chunk_call
+from side_by_side import median_ratio, parser, run_cases, time_rounds
 
 
 def measure(name, n, form, chunk, rounds, chunks) -> dict:
@@ -69,21 +66,8 @@ def measure(name, n, form, chunk, rounds, chunks) -> dict:
         jax.device_get(out)
 
     names = list(states)
-    for v in names:  # compile and warm up
-        run(v, 0)
-        run(v, 1)
-    wall = {v: [] for v in names}
-    cpu = {v: [] for v in names}
-    for r in range(rounds):
-        for v in names if r % 2 == 0 else names[::-1]:
-            t0, c0 = time.perf_counter(), time.process_time()
-            for c in range(2, 2 + chunks):
-                run(v, c)
-            wall[v].append(time.perf_counter() - t0)
-            cpu[v].append(time.process_time() - c0)
-
-    def ratio(times, a, b):
-        return statistics.median([x / y for x, y in zip(times[a], times[b], strict=True)])
+    wall, cpu = time_rounds(names, run, rounds, chunks)
+    ratio = median_ratio
 
     pairs = [("separate", "baseline"), ("folded", "baseline"), ("folded", "separate")]
     row = {
@@ -106,34 +90,15 @@ def measure(name, n, form, chunk, rounds, chunks) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--cases",
-        default="digits_mlp_b128:1:scan/unroll,digits_mlp:1:scan/unroll,"
+    ap = parser(
+        __doc__.splitlines()[0],
+        "digits_mlp_b128:1:scan/unroll,digits_mlp:1:scan/unroll,"
         "digits_mlp_b128:8:scan/vmap,digits_mlp:8:scan/vmap,diabetes:8:scan/vmap",
-        help="comma-separated WORKLOAD:N:FORM",
+        "comma-separated WORKLOAD:N:FORM",
+        rounds=20,
+        chunk=10,
     )
-    ap.add_argument("--chunk", type=int, default=10, help="steps per chunk")
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--chunks", type=int, default=4, help="chunks per variant and round")
-    ap.add_argument("--out", default=None, help="write the rows as JSON here")
-    args = ap.parse_args(argv)
-    rows = []
-    for text in args.cases.split(","):
-        name, n, form = text.split(":", 2)
-        rows.append(measure(name, int(n), form, args.chunk, args.rounds, args.chunks))
-    if args.out:
-        doc = {
-            "machine": {
-                "backend": jax.default_backend(),
-                "processor": platform.processor() or platform.machine(),
-                "jax": jax.__version__,
-            },
-            "settings": vars(args),
-            "rows": rows,
-        }
-        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    return 0
+    return run_cases(ap.parse_args(argv), measure)
 
 
 if __name__ == "__main__":

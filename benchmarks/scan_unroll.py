@@ -12,12 +12,8 @@ device (:data:`jaxtune.engine.form_choice.SCAN_UNROLL`).
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -25,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from execution import cases, engine_config, learning_rates
+from side_by_side import median_ratio, parser, run_cases, time_rounds
 
 import jaxtune
 from jaxtune.engine.bind import Binder
@@ -55,21 +52,10 @@ def measure(name, n, trials, unrolls, chunk, rounds, chunks) -> dict:
         call.state, out, ev = call.program.chunk(chunk)(call.state, *args)
         jax.block_until_ready((out, ev))
 
-    for f in forms:  # compile and warm up
-        run(f, 0)
-        run(f, 1)
-    wall = {f: [] for f in forms}
-    cpu = {f: [] for f in forms}
-    for r in range(rounds):
-        for f in forms if r % 2 == 0 else forms[::-1]:
-            t0, c0 = time.perf_counter(), time.process_time()
-            for c in range(2, 2 + chunks):
-                run(f, c)
-            wall[f].append(time.perf_counter() - t0)
-            cpu[f].append(time.process_time() - c0)
+    wall, cpu = time_rounds(forms, run, rounds, chunks)
 
     def ratio(times, f):
-        return statistics.median([a / b for a, b in zip(times[f], times[forms[0]], strict=True)])
+        return median_ratio(times, f, forms[0])
 
     row = {
         "workload": name,
@@ -90,36 +76,17 @@ def measure(name, n, trials, unrolls, chunk, rounds, chunks) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--cases",
-        default="digits_mlp_b128:1:unroll,digits_mlp:1:unroll,diabetes:1:unroll,"
+    ap = parser(
+        __doc__.splitlines()[0],
+        "digits_mlp_b128:1:unroll,digits_mlp:1:unroll,diabetes:1:unroll,"
         "digits_mlp_b128:8:vmap,digits_mlp:8:vmap",
-        help="comma-separated WORKLOAD:N:TRIALS",
+        "comma-separated WORKLOAD:N:TRIALS",
+        rounds=20,
+        chunk=20,
     )
     ap.add_argument("--unrolls", default="2,4", help="comma-separated unroll factors")
-    ap.add_argument("--chunk", type=int, default=20, help="steps per chunk")
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--chunks", type=int, default=3, help="chunks per form and round")
-    ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
-    unrolls = [int(u) for u in args.unrolls.split(",")]
-    rows = []
-    for text in args.cases.split(","):
-        name, n, trials = text.split(":")
-        rows.append(measure(name, int(n), trials, unrolls, args.chunk, args.rounds, args.chunks))
-    if args.out:
-        doc = {
-            "machine": {
-                "backend": jax.default_backend(),
-                "processor": platform.processor() or platform.machine(),
-                "jax": jax.__version__,
-            },
-            "settings": vars(args),
-            "rows": rows,
-        }
-        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    return 0
+    return run_cases(args, measure, [int(u) for u in args.unrolls.split(",")])
 
 
 if __name__ == "__main__":

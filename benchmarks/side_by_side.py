@@ -1,0 +1,80 @@
+"""What the chunk benchmarks share (quarantine.py, scan_unroll.py, folded_eval.py): timing
+variants in rounds that alternate their order, median ratios, and the JSON they write."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+
+def time_rounds(
+    names: Sequence[str], run: Callable[[str, int], None], rounds: int, chunks: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process CPU seconds of ``chunks`` calls ``run(variant, c)`` per variant and
+    round (chunks 0 and 1 compile and warm up first); every other round runs in reverse."""
+    for v in names:
+        run(v, 0)
+        run(v, 1)
+    wall: dict[str, list[float]] = {v: [] for v in names}
+    cpu: dict[str, list[float]] = {v: [] for v in names}
+    for r in range(rounds):
+        for v in names if r % 2 == 0 else list(names)[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for c in range(2, 2 + chunks):
+                run(v, c)
+            wall[v].append(time.perf_counter() - t0)
+            cpu[v].append(time.process_time() - c0)
+    return wall, cpu
+
+
+def median_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """The median over rounds of ``a``'s time over ``b``'s in the same round."""
+    return statistics.median([x / y for x, y in zip(times[a], times[b], strict=True)])
+
+
+def write_rows(path: str | None, settings: Any, rows: list[dict]) -> None:
+    """Write the rows, the settings and the machine as JSON to ``path`` (None: nothing)."""
+    if not path:
+        return
+    doc = {
+        "machine": {
+            "backend": jax.default_backend(),
+            "processor": platform.processor() or platform.machine(),
+            "jax": jax.__version__,
+        },
+        "settings": vars(settings),
+        "rows": rows,
+    }
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def parser(description: str, cases: str, case_help: str, *, rounds: int, chunk: int):
+    """The command line the chunk benchmarks share: ``--cases``, ``--chunk``, ``--rounds``,
+    ``--chunks`` and ``--out``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--cases", default=cases, help=case_help)
+    ap.add_argument("--chunk", type=int, default=chunk, help="steps per chunk")
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--chunks", type=int, default=4, help="chunks per variant and round")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    return ap
+
+
+def run_cases(args: Any, measure: Callable[..., dict], *extra: Any) -> int:
+    """``measure(workload, n, third, *extra, chunk, rounds, chunks)`` for every
+    ``WORKLOAD:N:THIRD`` of ``--cases``; the rows go to ``--out``."""
+    rows = []
+    for text in args.cases.split(","):
+        name, n, third = text.split(":", 2)
+        rows.append(measure(name, int(n), third, *extra, args.chunk, args.rounds, args.chunks))
+    write_rows(args.out, args, rows)
+    return 0
