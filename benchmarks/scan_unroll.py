@@ -1,7 +1,7 @@
 """A partly unrolled scan (``scan(unroll=U)``) against the plain scan, side by side.
 
 For each case (a workload at N trials with a trial axis) the engine's one-chunk program (the
-epoch shuffle, the steps and the evaluation after them) is built in the forms ``scan/T`` and
+epoch shuffle and the steps) and its evaluation program are built in the forms ``scan/T`` and
 ``scan(unroll=U)/T`` for every ``U`` of ``--unrolls``, and timed in rounds that alternate their
 order. Ratios are medians over rounds of the wall and process CPU time against the plain scan
 (lower is faster). ``auto`` measures ``scan(unroll=4)/unroll`` for one dense trial per CPU
@@ -49,7 +49,8 @@ def measure(name, n, trials, unrolls, chunk, rounds, chunks) -> dict:
     def run(form, c):
         call = calls[form]
         args = (call.hp, call.data, call.data_key, call.keys, np.int32(c * chunk))
-        call.state, out, ev = call.program.chunk(chunk)(call.state, *args)
+        call.state, out = call.program.chunk(chunk)(call.state, *args)
+        ev = call.program.evaluate()(call.state, call.hp, call.data)
         jax.block_until_ready((out, ev))
 
     wall, cpu = time_rounds(forms, run, rounds, chunks)

@@ -189,8 +189,8 @@ class CompiledCall:
         return self.feed is None and dispatches(self.form, length) == [length]
 
     def chunk(self, length: int) -> Any:
-        """The program of a whole chunk of ``length`` steps, shuffle, steps and the
-        evaluation after them together (``chunk(state, hp, data, data_key, keys, start)``)."""
+        """The program of a whole chunk of ``length`` steps, shuffle and steps together
+        (``chunk(state, hp, data, data_key, keys, start)``)."""
         hp, keys, data_key, data = self._args
 
         def lower():
@@ -227,8 +227,6 @@ class CompiledCall:
         return self.steps(self.form.steps_per_call(length), length)
 
     def evaluate(self) -> Any:
-        """The evaluation program on the splits on the devices (a one-program chunk evaluates
-        within itself: compiled for it only when a replayed trial is evaluated again)."""
         hp, _, _, data = self._args
         return self._compiled(
             "evaluate", lambda: jax.jit(self.fns.evaluate).lower(self.state_shape, hp, data)
@@ -256,8 +254,7 @@ class CompiledCall:
                 self.shuffle(length)
             for m in sorted(set(dispatches(self.form, length))):
                 self.steps(m, length)
-        if not all(self.one_program(length) for length in lengths):
-            self.evaluate()
+        self.evaluate()
         for split in self.host_evals:
             self.evaluate_batch(split)
         return self.seconds - before

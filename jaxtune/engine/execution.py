@@ -178,13 +178,12 @@ class CallFunctions(NamedTuple):
       [length, n])``: ``batches`` is the chunk's ``(perms, first)`` on the device, or ``(feed,
       which, offset)`` fed from the host (:func:`jaxtune.engine.batching.make_step`);
       ``keep``: which updates the steps keep (:mod:`jaxtune.engine.step`)
-    * ``chunk(state, hp, data, data_key, keys, start, *, length) -> (state, metrics,
-      evaluation)``: a whole chunk in one program, its shuffle and the evaluation after it
-      included (``evaluate`` of the new state), for a chunk run in one dispatch from the
-      on-device split (then there are no separate shuffle and evaluation programs and no
-      hand-over between them: one dispatch per chunk, which the dispatch-bound diabetes MLP
-      ran in 0.90-0.96x the time of two; neutral on the digits MLP,
-      benchmarks/results/folded_eval_cpu.json). For batched trials
+    * ``chunk(state, hp, data, data_key, keys, start, *, length) -> (state, metrics)``: a
+      whole chunk in one program, its shuffle included, for a chunk run in one dispatch from
+      the on-device split (then there is no separate shuffle program and no hand-over between
+      two). The evaluation stays a program of its own: folding it in was neutral on the
+      digits MLP and cost each chunk program's compile the evaluation's again
+      (benchmarks/results/folded_eval_cpu.json). For batched trials
       (``vmap``, ``map``) its quarantine is deferred: the steps keep every update (no
       per-step selects, which cost XLA a second pass over the optimizer state) and at the
       chunk's end every diverged trial gets its state of the chunk's start back.
@@ -251,12 +250,9 @@ def call_functions(
     def chunk(state, hp, data, data_key, keys, start, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
         if not form.defers_quarantine:
-            new, metrics = sharded_steps(state, hp, data, batches, start, length)
-        else:
-            new, metrics = sharded_steps(state, hp, data, batches, start, length, "all")
-            new = put_back_diverged(state, new)
-            metrics = {**metrics, "diverged_step": new.diverged_step}
-        return new, metrics, evaluate(new, hp, data)
+            return sharded_steps(state, hp, data, batches, start, length)
+        new, metrics = sharded_steps(state, hp, data, batches, start, length, "all")
+        return put_back_diverged(state, new), {**metrics, "diverged_step": new.diverged_step}
 
     def replay(state, hp, data, data_key, keys, start, until, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)

@@ -50,10 +50,10 @@ class Call:
         fed from the host gets the chunk's ``feed`` (its batches, on the devices)."""
         p = self.program
         if p.one_program(length):
-            self.state, out, ev = p.chunk(length)(
+            self.state, out = p.chunk(length)(
                 self.state, self.hp, self.data, self.data_key, self.keys, np.int32(start)
             )
-            return [out], self.evaluate(ev)
+            return [out], self.evaluate()
         if p.feed is None:
             batches = p.shuffle(length)(self.data_key, self.keys, self.hp, np.int32(start))
         metrics, t = [], start
@@ -77,14 +77,11 @@ class Call:
             self.state, self.hp, self.data, self.data_key, self.keys, np.int32(start), until
         )
 
-    def evaluate(self, device: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+    def evaluate(self) -> dict[str, jax.Array]:
         """Every trial's means on each evaluated split (those on the host batch by batch, their
-        sums added in the device path's order); ``device``: the means on the splits on the
-        devices, when a chunk program already computed them."""
+        sums added in the device path's order)."""
         p = self.program
-        if device is None:
-            device = p.evaluate()(self.state, self.hp, self.data)
-        out = dict(device)
+        out = dict(p.evaluate()(self.state, self.hp, self.data))
         for split, host in p.host_evals.items():
             program, total = p.evaluate_batch(split), None
             for batch, mask in host.batches():
