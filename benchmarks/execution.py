@@ -18,7 +18,8 @@ evaluation of every trial on the validation and test splits (the engine evaluate
 chunk; the baselines do the same). Variants are compiled first, then timed in interleaved
 rounds (median of ``--repeats``; every other round in reverse order), every variant running
 the same whole chunks per timing, enough for the fastest one's to last ``--min-time``
-seconds. A variant whose first timing takes longer than ``--max-time`` seconds is timed once.
+seconds. ``auto`` is also compared round by round: the median of its per-round ratios to each
+baseline and to the fastest form, with a 95% paired t interval (``*_paired``, ``*_ci``). A variant whose first timing takes longer than ``--max-time`` seconds is timed once.
 Absolute rates depend on the machine's load; the ratios are measured side by side.
 
     python benchmarks/execution.py --quick
@@ -34,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -43,6 +45,9 @@ import optax
 
 import jaxtune
 from jaxtune.data import batch_from_permutations, epoch_permutations
+
+sys.path.insert(0, str(Path(__file__).parent))
+from side_by_side import paired_interval
 
 FORMS = ("scan/vmap", "scan:16/vmap", "host/vmap", "host/unroll", "host/map", "scan/map")
 _T0 = time.perf_counter()
@@ -344,22 +349,41 @@ def cell(name, case, n, args) -> dict[str, Any]:
         "auto_vs_fastest": auto / form_rates[fastest],
         "auto_vs_loop": auto / med["loop"],
         "auto_vs_scan_vmap": auto / med["scan_vmap"],
+        **paired(
+            rates,
+            "jaxtune[auto]",
+            {"fastest": f"jaxtune[{fastest}]", "loop": "loop", "scan_vmap": "scan_vmap"},
+        ),
         "pruned": pruned,
         "baseline_compile_s": compile_base,
     }
     log(
         f"{name} N={n}: auto {auto:.1f} ({row['auto_form']}) = {row['auto_vs_fastest']:.2f}x "
         f"fastest ({fastest} {form_rates[fastest]:.1f}), {row['auto_vs_loop']:.2f}x loop, "
-        f"{row['auto_vs_scan_vmap']:.2f}x scan_vmap"
+        f"{row['auto_vs_scan_vmap']:.2f}x scan_vmap (paired {_paired_text(row)})"
     )
     return row
+
+
+def paired(rates: dict[str, list[float]], a: str, others: dict[str, str]) -> dict[str, Any]:
+    """``a``'s rate over each of ``others`` round by round: the median of the per-round ratios
+    (``<a>_vs_<label>_paired``) and its 95% confidence interval (``..._ci``), where both were
+    timed every round (a variant timed once has neither)."""
+    out: dict[str, Any] = {}
+    for label, b in others.items():
+        x, y = rates[a], rates[b]
+        if len(x) != len(y) or len(x) < 2:
+            continue
+        out[f"auto_vs_{label}_paired"] = statistics.median(u / v for u, v in zip(x, y, strict=True))
+        out[f"auto_vs_{label}_ci"] = paired_interval(x, y)
+    return out
 
 
 def table(rows: list[dict]) -> str:
     lines = [
         "| workload | N | loop | scan_vmap | fastest form | auto (form) | auto/fastest | "
-        "auto/loop | auto/scan_vmap |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "auto/loop | auto/scan_vmap | paired [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rt = r["rates"]
@@ -370,9 +394,16 @@ def table(rows: list[dict]) -> str:
             f"| {r['workload']} | {r['n']} | {rt['loop']:.0f} | {rt['scan_vmap']:.0f} | "
             f"{f} {rt[f'jaxtune[{f}]']:.0f} | {auto} | "
             + " | ".join(f"{x:.2f}" for x in ratios)
-            + " |"
+            + f" | {_paired_text(r)} |"
         )
     return "\n".join(lines)
+
+
+def _paired_text(row: dict) -> str:
+    if "auto_vs_scan_vmap_ci" not in row:
+        return "-"
+    lo, hi = row["auto_vs_scan_vmap_ci"]
+    return f"{row['auto_vs_scan_vmap_paired']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 def main(argv=None) -> int:

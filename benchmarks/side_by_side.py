@@ -4,6 +4,7 @@ variants in rounds that alternate their order, median ratios, and the JSON they 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -37,6 +38,26 @@ def time_rounds(
 def median_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
     """The median over rounds of ``a``'s time over ``b``'s in the same round."""
     return statistics.median([x / y for x, y in zip(times[a], times[b], strict=True)])
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> list[float]:
+    """The ``level`` confidence interval of the ratio ``a / b`` of two variants timed in the
+    same rounds: the paired Student t interval (``scipy.stats.ttest_rel``) of the mean
+    per-round log ratio, exponentiated. Rounds pair the two, so the machine's drift over the
+    run cancels. NaN with fewer than 2 rounds.
+
+    Example:
+      >>> lo, hi = paired_interval([1.1, 1.0, 1.2, 1.05], [1.0, 0.95, 1.1, 1.0])
+      >>> bool(lo < 1.07 < hi)
+      True
+    """
+    from scipy import stats
+
+    if len(a) < 2:
+        return [math.nan, math.nan]
+    logs_a, logs_b = [math.log(x) for x in a], [math.log(y) for y in b]
+    ci = stats.ttest_rel(logs_a, logs_b).confidence_interval(level)
+    return [math.exp(ci.low), math.exp(ci.high)]
 
 
 def write_rows(path: str | None, settings: Any, rows: list[dict]) -> None:
