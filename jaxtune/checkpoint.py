@@ -210,6 +210,7 @@ class SweepCheckpointer:
         members: Sequence[Sequence[int]],
         *,
         extra: dict[str, Any] | None = None,
+        ids: Sequence[int] | None = None,
     ) -> None:
         """Save the sweep at ``step`` (blocking; the write is atomic).
 
@@ -217,9 +218,11 @@ class SweepCheckpointer:
           step: the checkpoint's number.
           states: one state pytree per group, stacked over the group's trials.
           history: the metric histories so far.
-          members: the trials each group stacks, in order.
+          members: the trials each group stacks, in order, as positions in the population.
           extra: JSON-able notes stored with the checkpoint (e.g. what an adaptive strategy
             needs to rebuild the population it was training).
+          ids: the sweep-wide trial id (as in ``results.json``) of each population position;
+            None: the positions are the ids (a plain sweep trains every trial).
         """
         states = _stored(jax.device_get(list(states)))
         history = {k: np.asarray(v) for k, v in history.items() if np.size(v)}
@@ -229,6 +232,8 @@ class SweepCheckpointer:
             "members": [list(map(int, m)) for m in members],
             "extra": extra or {},
         }
+        if ids is not None:
+            meta["ids"] = list(map(int, ids))
         self.manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -349,10 +354,12 @@ def latest_notes(directory: str | Path) -> dict[str, Any] | None:
 
 
 def export_trial(run_dir: str | Path, trial_id: int) -> dict[str, Any]:
-    """One trial's trained variables from a sweep's latest intact checkpoint.
+    """One trial's trained variables from the newest intact checkpoint of a sweep that holds it.
 
     Works for any model or task: Orbax restores the saved structure. Nothing is moved or
-    written; a corrupt checkpoint is skipped with a :class:`CheckpointWarning`.
+    written; a corrupt checkpoint is skipped with a :class:`CheckpointWarning`. A trial that an
+    adaptive strategy (halving, Hyperband, PBT, Optuna) stopped is not in the checkpoints taken
+    after it stopped: its variables come from the newest kept checkpoint taken before.
 
     Args:
       run_dir: a sweep's output directory (with ``checkpoints/``).
@@ -361,32 +368,53 @@ def export_trial(run_dir: str | Path, trial_id: int) -> dict[str, Any]:
     Returns:
       ``{"params": ..., **model_state}`` (e.g. ``batch_stats``) as nested dicts of NumPy arrays,
       ready for a Flax ``module.apply(variables, x, ...)``.
+
+    Raises:
+      ConfigError: no kept checkpoint holds ``trial_id`` (the message names the trials the
+        newest one holds).
     """
     directory = Path(run_dir).absolute() / "checkpoints"
     manager = _read_only(directory)
-
-    def warn(step: int, e: Exception) -> None:
-        warnings.warn(
-            f"checkpoint at step {step} in {directory} is unreadable "
-            f"({type(e).__name__}: {str(e)[:200]}); trying the previous one",
-            CheckpointWarning,
-            stacklevel=4,
-        )
-
-    def read(step: int, meta: dict) -> dict[str, Any]:
-        states, _ = _restore(manager, step, meta, None)
-        for members, state in zip(meta["members"], states, strict=True):
-            if trial_id in members:
-                j = members.index(trial_id)
-                take = lambda tree: jax.tree.map(lambda a: np.asarray(a)[j], tree or {})
-                return {"params": take(state["params"]), **take(state.get("model_state"))}
-        total = sum(map(len, meta["members"]))
-        raise ConfigError(f"trial_id = {trial_id} is invalid: expected an integer in [0, {total})")
-
+    newest: list[int] | None = None
     try:
-        out = _intact(manager, directory, read, warn)
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                meta = _step_meta(manager, step, directory)
+                ids = meta.get("ids") or list(range(sum(map(len, meta["members"]))))
+                newest = ids if newest is None else newest
+                where = _position(meta["members"], ids, trial_id)
+                if where is None:
+                    continue
+                states, _ = _restore(manager, step, meta, None)
+            except ConfigError:
+                raise
+            except Exception as e:
+                warnings.warn(
+                    f"checkpoint at step {step} in {directory} is unreadable "
+                    f"({type(e).__name__}: {str(e)[:200]}); trying the previous one",
+                    CheckpointWarning,
+                    stacklevel=2,
+                )
+                continue
+            g, j = where
+            take = lambda tree: jax.tree.map(lambda a: np.asarray(a)[j], tree or {})
+            return {"params": take(states[g]["params"]), **take(states[g].get("model_state"))}
     finally:
         manager.close()
-    if out is None:
+    if newest is None:
         raise FileNotFoundError(f"no intact checkpoint in {directory}")
-    return out
+    raise ConfigError(
+        f"trial_id = {trial_id}: no checkpoint kept in {directory} holds this trial (the newest "
+        f"holds trials {sorted(newest)}; a trial that an adaptive strategy stopped is only in "
+        "the checkpoints taken before it stopped, see checkpoint.max_to_keep)"
+    )
+
+
+def _position(members: list[list[int]], ids: list[int], trial_id: int) -> tuple[int, int] | None:
+    """``(group, index in the group)`` of the trial ``trial_id`` in a checkpoint whose groups
+    stack the population positions ``members`` of the trials ``ids``; None: not there."""
+    for g, positions in enumerate(members):
+        for j, position in enumerate(positions):
+            if ids[position] == trial_id:
+                return g, j
+    return None

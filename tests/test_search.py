@@ -65,8 +65,15 @@ def grid():
 
 
 @pytest.fixture(scope="module")
-def halved():
-    return jaxtune.run_sweep(_with(HALVING, sweep={"strategy": "halving"}), task=TASK)
+def halved_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("halved") / "run"
+
+
+@pytest.fixture(scope="module")
+def halved(halved_dir):
+    # Checkpoints every rung, all kept: export_trial finds stopped trials in the older ones.
+    cfg = _with(HALVING, sweep={"strategy": "halving"}, checkpoint={"every": 10, "max_to_keep": 9})
+    return jaxtune.run_sweep(cfg, task=TASK, out_dir=halved_dir)
 
 
 def _value(result, metric, trial, step):
@@ -105,6 +112,40 @@ def test_rungs_keep_exactly_the_best_third_of_a_grid_run(grid, halved):
     assert halved.timing["trial_steps"] == 8 * 10 + 3 * 20 + 1 * 60
     assert halved.timing["grid_trial_steps"] == 8 * 90
     assert halved.best().id in finalists
+
+
+def test_export_trial_finds_each_trial_by_its_id_after_halving(halved, halved_dir):
+    """Checkpoints after a rung hold only its survivors: a trial is found by its results id
+    (not its position in the saved population), a stopped one in a checkpoint taken before it
+    stopped, and equals a plain optax loop of its hyperparameters up to its last step."""
+    import types
+
+    import optax
+    from reference import optax_loop
+
+    finalist = halved.search["rungs"][-1]["survivors"][0]
+    stopped = next(t for t in halved.trials if t.stopped_step == 10 and t.diverged_step is None)
+    model = types.SimpleNamespace(init=lambda key: ({"w": jnp.zeros(20)}, {}))
+    for trial, steps in ((halved.trials[finalist], 90), (stopped, 10)):
+        hp = trial.hparams
+        want, _, _ = optax_loop(
+            model,
+            TASK.data.train,
+            optax.sgd(hp["optimizer.learning_rate"]),
+            steps=steps,
+            batch_size=hp["train.batch_size"],
+            forward=lambda p, x: x @ p["w"],
+            loss=lambda out, y: (out - y) ** 2,
+        )
+        got = jaxtune.export_trial(halved_dir, trial.id)["params"]
+        np.testing.assert_allclose(got["w"], np.asarray(want["w"]), rtol=2e-5, atol=2e-6)
+    # With the checkpoints of the first rung gone, a trial stopped there is refused by name.
+    import shutil
+
+    for step in (0, 10):
+        shutil.rmtree(halved_dir / "checkpoints" / str(step), ignore_errors=True)
+    with pytest.raises(jaxtune.ConfigError, match=f"trial_id = {stopped.id}: no checkpoint"):
+        jaxtune.export_trial(halved_dir, stopped.id)
 
 
 def test_best_is_a_finalist_even_when_a_stopped_trial_scored_better_early(halved):

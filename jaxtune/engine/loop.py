@@ -67,7 +67,12 @@ class Checkpoints:
         spent = extra.pop("trial_steps_base", 0) + step * len(population.ids)
         extra.update(step=int(step), offset=int(self.offset), trial_steps=int(spent))
         self.checkpointer.save(
-            self.offset + step, population.group_states(), history, population.members, extra=extra
+            self.offset + step,
+            population.group_states(),
+            history,
+            population.members,
+            extra=extra,
+            ids=population.ids,
         )
         self.last = step
 
