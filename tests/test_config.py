@@ -92,6 +92,9 @@ def test_explicit_trial_list():
     assert expand_trials(cfg) == [{"optimizer.learning_rate": 0.1}, {"optimizer.name": "adam"}]
 
 
+_LR_SPACE = {"optimizer.learning_rate": {"distribution": "log_uniform", "low": 1e-3, "high": 1.0}}
+
+
 @pytest.mark.parametrize(
     "d, match",
     [
@@ -111,6 +114,61 @@ def test_explicit_trial_list():
         ({"sweep": {"method": "random", "space": {}}}, r"sweep.space"),
         ({"sweep": {"gird": {}}}, r"did you mean 'grid'"),
         ({"optimizer": {"name": "adagrad", "momentum": 0.9}}, r"optimizer.momentum"),
+        # A warmup as long as the run leaves the cosine no steps (its rate would be 0 or NaN).
+        (
+            {"schedule": {"name": "warmup_cosine", "warmup_steps": 20}, "train": {"steps": 20}},
+            r"schedule.warmup_steps = 20 is invalid.*\[0, 20\)",
+        ),
+        (
+            {
+                "schedule": {"name": "warmup_cosine"},
+                "train": {"steps": 20},
+                "sweep": {"grid": {"schedule.warmup_steps": [5, 30]}},
+            },
+            r"schedule.warmup_steps = 30",
+        ),
+        # Sampled integers: a continuous distribution would give batch sizes like 46.57.
+        (
+            {
+                "sweep": {
+                    "method": "random",
+                    "num_trials": 2,
+                    "space": {
+                        "train.batch_size": {"distribution": "uniform", "low": 16, "high": 64}
+                    },
+                }
+            },
+            r"sweep.space\['train.batch_size'\].distribution = 'uniform'.*'int_uniform' or 'choice'",
+        ),
+        (
+            {"sweep": {"method": "random", "num_trials": 2, "seed": -1, "space": _LR_SPACE}},
+            r"sweep.seed = -1 is invalid: expected an integer >= 0",
+        ),
+        # Tables the method would drop without a word.
+        (
+            {
+                "sweep": {
+                    "method": "random",
+                    "num_trials": 2,
+                    "space": _LR_SPACE,
+                    "grid": {"train.batch_size": [16, 64]},
+                }
+            },
+            r"sweep.grid is only used by sweep.method = 'grid' \(got 'random'\)",
+        ),
+        (
+            {"sweep": {"method": "grid", "trials": [{"optimizer.learning_rate": 0.1}]}},
+            r"sweep.trials is only used by sweep.method = 'list'",
+        ),
+        (
+            {"sweep": {"grid": {"optimizer.learning_rate": [0.1]}, "num_trials": 4}},
+            r"sweep.num_trials is only used by sweep.method = 'random' or 'quasi_random'",
+        ),
+        ({"train": {"log_every": 10}}, r"unknown configuration key 'train.log_every'"),
+        (
+            {"task": {"dataset": "synthetic", "valid_fraction": 0.3}},
+            r"task.valid_fraction = 0.3 has no effect with task.dataset = 'synthetic'",
+        ),
     ],
 )
 def test_bad_config_names_the_key(d, match):

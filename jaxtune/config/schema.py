@@ -79,7 +79,6 @@ KEYS: dict[str, KeySpec] = {
     "train.steps": KeySpec("int", 500, low=1),
     "train.batch_size": KeySpec("int", 128, low=1),
     "train.eval_every": KeySpec("int", 100, low=1),
-    "train.log_every": KeySpec("int", 1, low=1),
     "train.seed": KeySpec("int", 0, low=0),
     "train.batch_grouping": KeySpec("choice", "auto", ("auto", "pad", "split")),
     "train.max_trials_per_call": KeySpec("auto_int", "auto", ("auto",)),

@@ -28,7 +28,6 @@ DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 UNSWEEPABLE = (
     "train.steps",
     "train.eval_every",
-    "train.log_every",
     "train.max_trials_per_call",
     "train.batch_grouping",
     "train.execution",
@@ -140,6 +139,11 @@ def check_space(space: Any, base: Mapping[str, Any]) -> dict[str, dict]:
                 raise ConfigError(f"sweep.space[{key!r}]: low ({low}) must be < high ({high})")
             if dist == "log_uniform" and low <= 0:
                 raise ConfigError(f"sweep.space[{key!r}]: log_uniform needs low > 0")
+            if dist != "int_uniform" and not is_hparam(key) and KEYS[key].kind == "int":
+                raise ConfigError(
+                    f"sweep.space[{key!r}].distribution = {dist!r} is invalid for an integer "
+                    "key: expected 'int_uniform' or 'choice'"
+                )
             if dist == "int_uniform":
                 spec["low"], spec["high"] = int(low), int(high)
             check_value(key, spec["low"])

@@ -105,8 +105,8 @@ class SweepConfig:
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"sweep.seeds = {seeds!r} is invalid: expected an integer >= 1")
         sampler_seed = sweep.get("seed", 0)
-        if isinstance(sampler_seed, bool) or not isinstance(sampler_seed, int):
-            raise ConfigError(f"sweep.seed = {sampler_seed!r} is invalid: expected an integer")
+        if isinstance(sampler_seed, bool) or not isinstance(sampler_seed, int) or sampler_seed < 0:
+            raise ConfigError(f"sweep.seed = {sampler_seed!r} is invalid: expected an integer >= 0")
         grid = space_lib.check_grid(sweep.get("grid", {}), base)
         space = space_lib.check_space(sweep.get("space", {}), base)
         trials = space_lib.check_trials(sweep.get("trials", []), base)
@@ -129,6 +129,7 @@ class SweepConfig:
             )
         if method == "list" and not trials:
             raise ConfigError("sweep.method = 'list' needs a non-empty sweep.trials list")
+        _check_unused_tables(method, grid, trials, num_trials, strategy)
         if strategy not in registry.STRATEGIES:
             raise ConfigError(
                 f"sweep.strategy = {strategy!r} is invalid: expected one of "
@@ -142,6 +143,20 @@ class SweepConfig:
                 raise ConfigError(
                     "optimizer.momentum must be null (unset) for optimizer.name = 'adagrad'"
                 )
+            warm, steps = merged["schedule.warmup_steps"], merged["train.steps"]
+            if merged["schedule.name"] == "warmup_cosine" and warm >= steps:
+                raise ConfigError(
+                    f"schedule.warmup_steps = {warm} is invalid for schedule.name = "
+                    f"'warmup_cosine': expected an integer in [0, train.steps) = [0, {steps})"
+                )
+        if cfg.base["task.dataset"] == "synthetic":
+            for key in ("task.valid_fraction", "task.test_fraction"):
+                if cfg.base[key] != KEYS[key].default:
+                    raise ConfigError(
+                        f"{key} = {cfg.base[key]} has no effect with task.dataset = "
+                        "'synthetic' (its splits have fixed sizes): leave it at its default "
+                        f"({KEYS[key].default})"
+                    )
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,6 +205,27 @@ def _default_method(sweep: Mapping[str, Any]) -> str:
     if sweep.get("strategy") == "optuna" and sweep.get("space"):
         return "random"
     return "grid"
+
+
+def _check_unused_tables(
+    method: str, grid: Mapping, trials: tuple, num_trials: Any, strategy: str
+) -> None:
+    """Refuse a sweep table the method would silently drop."""
+    if grid and method != "grid":
+        raise ConfigError(
+            f"sweep.grid is only used by sweep.method = 'grid' (got {method!r}): put its values "
+            "in sweep.space as {{ choice = [...] }} or in sweep.trials"
+        )
+    if trials and method != "list":
+        raise ConfigError(
+            f"sweep.trials is only used by sweep.method = 'list' (got {method!r}): set "
+            "sweep.method = 'list', or leave sweep.trials out"
+        )
+    if num_trials is not None and method in ("grid", "list") and strategy != "optuna":
+        raise ConfigError(
+            f"sweep.num_trials is only used by sweep.method = 'random' or 'quasi_random' (got "
+            f"{method!r}, whose trials are the grid's points or the listed ones): leave it out"
+        )
 
 
 def _check_strategy(cfg: SweepConfig) -> None:
