@@ -35,7 +35,7 @@ import jaxtune
 from jaxtune import checkpoint
 from jaxtune import config as config_lib
 from jaxtune.config import ConfigError, SweepConfig
-from jaxtune.run_folders import default_out, search_path
+from jaxtune.run_folders import default_out, read_search_path, search_path, write_search_path
 
 __all__ = ["add_config_arguments", "build_parser", "main", "search_path"]
 
@@ -195,6 +195,40 @@ def _check_resume(cfg: SweepConfig, out: Path) -> None:
 # Subcommands.
 
 
+def _check_set_keys(cfg: SweepConfig, settings: Sequence[str]) -> None:
+    """Refuse ``--set KEY=VALUE`` on a key the sweep varies: every trial would override it."""
+    varied = {
+        **{k: "sweep.grid" for k in cfg.grid},
+        **{k: "sweep.space" for k in cfg.space},
+        **{k: "sweep.trials" for t in cfg.trials for k in t},
+    }
+    for text in settings:
+        key, value = config_lib.parse_override(text)
+        if key in varied:
+            raise ConfigError(
+                f"--set {key} = {value!r} has no effect: the sweep varies {key} "
+                f"({varied[key]}); set the values there, e.g. --set '{varied[key]}.{key}=[...]'"
+                if varied[key] != "sweep.trials"
+                else f"--set {key} = {value!r} has no effect: sweep.trials sets {key}"
+            )
+
+
+class _RecordSearchPath:
+    """Records, when the sweep starts, where its factories were imported from."""
+
+    def __init__(self, out: Path, search: list[Path]) -> None:
+        self.out, self.search = out, search
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        write_search_path(self.out, self.search)
+
+    def on_chunk(self, start: int, stop: int, history: Any) -> None:
+        pass
+
+    def on_end(self, result: Any) -> None:
+        pass
+
+
 def _resume_hint(out: Path) -> str:
     return f"{PROG} sweep --out {out} --resume"
 
@@ -212,15 +246,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR: the folder of the sweep to continue")
     out = Path(args.out) if args.out is not None else default_out()
+    search = search_path(args)
     if args.config is None and args.resume and (out / "config.toml").is_file():
         args.config = str(out / "config.toml")
+        # The factories come from where the first run found them, not from DIR.
+        stored = read_search_path(out)
+        search = search_path(args) if stored is None else stored
     cfg = load_config_from_args(args)
+    _check_set_keys(cfg, args.set or ())
     _check_output_dir(out, resume=args.resume)
     if args.resume:
         _check_resume(cfg, out)
 
     base = cfg.base
-    callbacks: list[engine.SweepCallback] = [_Banner(), progress.ProgressBar()]
+    callbacks: list[engine.SweepCallback] = [
+        _Banner(),
+        progress.ProgressBar(),
+        _RecordSearchPath(out, search),
+    ]
     tb_dir = out / "tb"
     if base["log.tensorboard"]:
         callbacks.append(tensorboard.TensorBoardLogger(tb_dir))
@@ -230,7 +273,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             out_dir=out,
             resume=args.resume,
             callbacks=callbacks,
-            search_path=search_path(args),
+            search_path=search,
         )
     except KeyboardInterrupt:
         print(file=sys.stderr)

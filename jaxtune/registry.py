@@ -192,9 +192,17 @@ def build_model(
         dtype=flat["task.dtype"],
     )
     widths = flat["task.widths"]
-    if flat["task.model"] == "mlp":
-        return models_lib.mlp(widths=widths or (256, 256), **common)
-    return models_lib.cnn(channels=widths or (16, 32, 64), pooling=flat["task.pooling"], **common)
+    try:
+        if flat["task.model"] == "mlp":
+            return models_lib.mlp(widths=widths or (256, 256), **common)
+        return models_lib.cnn(
+            channels=widths or (16, 32, 64), pooling=flat["task.pooling"], **common
+        )
+    except ValueError as e:
+        raise ConfigError(
+            f"task.model = {flat['task.model']!r} cannot be built for task.dataset = "
+            f"{flat['task.dataset']!r} (inputs of shape {tuple(input_shape)}): {e}"
+        ) from e
 
 
 def build_task(

@@ -10,12 +10,42 @@ from pathlib import Path
 
 from jaxtune.errors import ConfigError
 
-__all__ = ["default_out", "make_out_dir", "resumable_run", "search_path"]
+__all__ = [
+    "default_out",
+    "make_out_dir",
+    "read_search_path",
+    "resumable_run",
+    "search_path",
+    "write_search_path",
+]
+
+#: The file of a sweep's folder that records where its factories were imported from.
+RUN_FILE = "run.json"
 
 
 def search_path(args: argparse.Namespace) -> list[Path]:
     """Folders searched first for ``task.factory`` / ``optimizer.factory``: the config's own."""
     return [Path(args.config).resolve().parent] if args.config else []
+
+
+def write_search_path(out: Path, search: list[Path]) -> None:
+    """Record ``search`` in ``<out>/run.json``, so that ``jaxtune sweep --out DIR --resume``
+    without CONFIG imports the factories from where the first run did."""
+    from jaxtune.files import atomic_write
+
+    text = json.dumps({"search_path": [str(p) for p in search]}, indent=2) + "\n"
+    atomic_write(out / RUN_FILE, text)
+
+
+def read_search_path(out: Path) -> list[Path] | None:
+    """The search path recorded in ``<out>/run.json`` (None: nothing recorded)."""
+    path = out / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return [Path(p) for p in json.loads(path.read_text())["search_path"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a jaxtune run file ({e})") from None
 
 
 def default_out(prefix: str = "") -> Path:

@@ -60,6 +60,28 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["sweep", str(tiny), "--set", 'task.dtype="float16"', *out],
             "task.dtype = 'float16' is invalid: expected one of 'float32', 'bfloat16'",
         ),
+        "set a swept key": (
+            ["sweep", str(tiny), "--set", "optimizer.learning_rate=0.1", *out],
+            "--set optimizer.learning_rate = 0.1 has no effect: the sweep varies "
+            "optimizer.learning_rate (sweep.grid)",
+        ),
+        "model and data mismatch": (
+            ["sweep", str(tiny), "--set", "task.model=cnn", "--set", "task.dataset=diabetes", *out],
+            "task.model = 'cnn' cannot be built for task.dataset = 'diabetes' (inputs of shape "
+            "(10,))",
+        ),
+        "factory refuses its configuration": (
+            [
+                "sweep",
+                str(tiny),
+                "--set",
+                "task.factory=jaxtune.workloads.language:bytes_lm",
+                "--set",
+                "task.widths=[30, 30]",
+                *out,
+            ],
+            "task.widths = (30, 30)): num_heads = 4 is invalid",
+        ),
     }
 
 
@@ -81,6 +103,9 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "bad execution form",
         "bad precision",
         "bad dtype",
+        "set a swept key",
+        "model and data mismatch",
+        "factory refuses its configuration",
     ],
 )
 def test_bad_config_exits_2_with_one_line(case, tmp_path, capsys):

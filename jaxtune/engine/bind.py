@@ -111,7 +111,17 @@ class Binder:
         if self.task is not None:
             key = tuple(sorted(structure.items(), key=lambda kv: kv[0]))
             if key not in self._tasks:
-                self._tasks[key] = self.task(dict(structure))
+                try:
+                    self._tasks[key] = self.task(dict(structure))
+                except ValueError as e:  # a model builder refusing its arguments
+                    shown = ", ".join(
+                        f"{k} = {v!r}"
+                        for k, v in key
+                        if k.startswith("task.") and k != "task.factory" and _set(k, v)
+                    )
+                    raise ConfigError(
+                        f"{self.where} refused its configuration ({shown}): {e}"
+                    ) from e
             t = self._tasks[key]
             if not isinstance(t, Task):
                 raise ConfigError(
@@ -163,6 +173,12 @@ class Binder:
     def names_of(self, task: Task) -> list[str]:
         """The metric names of a task this binder checked."""
         return self._checked[id(task)]
+
+
+def _set(key: str, value: Any) -> bool:
+    """Whether a configuration key holds other than its default."""
+    spec = config_lib.KEYS.get(key)
+    return spec is None or value != spec.default
 
 
 def _identity(task: Task) -> tuple:
