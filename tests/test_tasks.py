@@ -311,6 +311,46 @@ def test_a_factory_returning_something_else_is_named():
         jaxtune.run_sweep({"task": {"factory": "nowhere.at_all:make"}, "train": TRAIN})
 
 
+def test_settings_a_user_task_ignores_are_refused_before_training(tmp_path):
+    """A structure key of the built-in task that a factory never reads, set or swept, would
+    label identical trials as different settings; augmentation strengths need an augment
+    function. A factory that reads its whole structure (a copy) may use any key."""
+    grid = {"task.normalization": ["none", "batch"]}
+    cases = [
+        (
+            {"task": {"factory": "jaxtune.workloads.tabular:digits_mlp"}, "sweep": {"grid": grid}},
+            None,
+            r"task.normalization = 'batch' has no effect: task.factory "
+            r"'jaxtune.workloads.tabular:digits_mlp' does not read it \(it reads task.dtype, "
+            r"task.subset, task.widths\)",
+        ),
+        (
+            {"task": {"activation": "tanh"}},
+            lambda structure: _linen_task(8),
+            r"task.activation = 'tanh' has no effect: task does not read it \(it reads no task",
+        ),
+        (
+            {"augment": {"noise": 0.5}},
+            _linen_task(8),
+            r"augment.noise has no effect: the given Task has no augment function",
+        ),
+    ]
+    for cfg, task, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            jaxtune.run_sweep({"train": TRAIN, **cfg}, task=task, out_dir=tmp_path / "never")
+        assert not (tmp_path / "never").exists()
+    seen = []
+
+    def reads_everything(structure):
+        seen.append(dict(structure)["task.activation"])
+        return _linen_task(8)
+
+    jaxtune.run_sweep(
+        {"train": {**TRAIN, "steps": 10}, "task": {"activation": "tanh"}}, task=reads_everything
+    )
+    assert seen == ["tanh"]
+
+
 def test_selection_metric_must_exist_and_not_be_test():
     with pytest.raises(ConfigError, match="hyperparameters are chosen on the validation split"):
         jaxtune.SweepConfig.from_dict({"select": {"metric": "test.accuracy"}})

@@ -99,6 +99,7 @@ class Binder:
         self.task, self.optimizer = task, optimizer
         self.model, self.dataset = model, dataset
         self._tasks: dict[tuple, Task] = {}
+        self._reads: dict[tuple, _Reads] = {}  # what each factory call read of its structure
         self._checked: dict[int, list[str]] = {}
         self.metric_names: list[str] | None = None
 
@@ -111,8 +112,9 @@ class Binder:
         if self.task is not None:
             key = tuple(sorted(structure.items(), key=lambda kv: kv[0]))
             if key not in self._tasks:
+                given = _Reads(structure)
                 try:
-                    self._tasks[key] = self.task(dict(structure))
+                    self._tasks[key] = self.task(given)
                 except ValueError as e:  # a model builder refusing its arguments
                     shown = ", ".join(
                         f"{k} = {v!r}"
@@ -122,6 +124,7 @@ class Binder:
                     raise ConfigError(
                         f"{self.where} refused its configuration ({shown}): {e}"
                     ) from e
+                self._reads[key] = given
             t = self._tasks[key]
             if not isinstance(t, Task):
                 raise ConfigError(
@@ -161,6 +164,7 @@ class Binder:
         if id(task) not in self._checked:
             self._checked[id(task)] = check_task(task, hp0, where=self.where)
         names = self._checked[id(task)]
+        self._check_effect(task, structure, trials)
         if self.metric_names is None:
             self.metric_names = names
         optimizer, schedule, opt_id = self.optimizer_for(structure, trials)
@@ -170,9 +174,83 @@ class Binder:
         cache_key = (task_id, opt_id, rng, present, tuple(sorted(hp0)))
         return Binding(task, step, cache_key, optimizer, schedule, rng, tuple(names))
 
+    def _check_effect(self, task: Task, structure: dict[str, Any], trials: list[dict]) -> None:
+        """Refuse settings a user task would ignore: a structure key of the built-in task that
+        the factory never read, set away from its default, and augmentation strengths for a
+        task without an ``augment`` function. (Checked after the task's functions first ran,
+        so that a factory reading its structure lazily counts.)"""
+        if self.task is None:
+            return
+        if not isinstance(self.task, Task):
+            given = self._reads[tuple(sorted(structure.items(), key=lambda kv: kv[0]))]
+            for k in _TASK_KEYS:
+                if k not in given.read and _set(k, structure.get(k)):
+                    reads = sorted(r for r in given.read if r.startswith("task."))
+                    raise ConfigError(
+                        f"{k} = {structure[k]!r} has no effect: {self.where} does not read it "
+                        f"(it reads {', '.join(reads) if reads else 'no task.* key'}); leave "
+                        "it unset, or read it in the factory"
+                    )
+        if task.augment is None:
+            who = (
+                "the given Task"
+                if isinstance(self.task, Task)
+                else f"the Task {self.where} returns"
+            )
+            for k in AUGMENT_KEYS:
+                if any(t.get(k, 0.0) for t in trials):
+                    raise ConfigError(
+                        f"{k} has no effect: {who} has no augment function (give it one "
+                        "reading hp['augment.*'], or leave the strengths at 0)"
+                    )
+
     def names_of(self, task: Task) -> list[str]:
         """The metric names of a task this binder checked."""
         return self._checked[id(task)]
+
+
+class _Reads(dict):
+    """A task factory's structure that records which keys the factory reads (every key once
+    it is iterated or copied)."""
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        super().__init__(items)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+    def _everything(self) -> None:
+        self.read.update(super().keys())
+
+    def __iter__(self) -> Any:
+        self._everything()
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self._everything()
+        return super().keys()
+
+    def items(self) -> Any:
+        self._everything()
+        return super().items()
+
+    def values(self) -> Any:
+        self._everything()
+        return super().values()
+
+    def copy(self) -> dict[str, Any]:
+        self._everything()
+        return dict(super().items())
 
 
 def _set(key: str, value: Any) -> bool:
