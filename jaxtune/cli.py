@@ -338,8 +338,10 @@ def _load_result(directory: str) -> Any:
         raise ConfigError(f"no results.json in {d}{hint}")
     try:
         return SweepResult.load(d)
-    except (json.JSONDecodeError, KeyError) as e:
-        raise ConfigError(f"{d / 'results.json'} is not a jaxtune results file ({e})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError included
+        raise ConfigError(
+            f"{d / 'results.json'} is not a jaxtune results file ({type(e).__name__}: {e})"
+        ) from None
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -199,3 +199,11 @@ def test_existing_out_is_refused_without_resume(cli_run, capsys):
 def test_show_without_results(tmp_path, capsys):
     assert main(["show", str(tmp_path)]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1]", '{"config": 3, "trials": []}'])
+def test_show_of_a_file_that_is_not_a_results_file(text, tmp_path, capsys):
+    (tmp_path / "results.json").write_text(text)
+    assert main(["show", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a jaxtune results file" in err and "Traceback" not in err
