@@ -138,7 +138,8 @@ _LR_SPACE = {"optimizer.learning_rate": {"distribution": "log_uniform", "low": 1
                     },
                 }
             },
-            r"sweep.space\['train.batch_size'\].distribution = 'uniform'.*'int_uniform' or 'choice'",
+            r"sweep.space\['train.batch_size'\].distribution = 'uniform'"
+            r".*'int_uniform' or 'choice'",
         ),
         (
             {"sweep": {"method": "random", "num_trials": 2, "seed": -1, "space": _LR_SPACE}},
