@@ -245,6 +245,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR: the folder of the sweep to continue")
     out = Path(args.out) if args.out is not None else default_out()
+    if args.resume and not out.exists():
+        raise ConfigError(
+            f"--resume: {out} does not exist, so there is no sweep to continue; check --out, "
+            "or leave --resume out to start a new sweep there"
+        )
     search = search_path(args)
     if args.config is None and args.resume and (out / "config.toml").is_file():
         args.config = str(out / "config.toml")

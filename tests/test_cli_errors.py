@@ -40,6 +40,10 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "empty grid": (["sweep", str(empty), *out], "empty"),
         "out is a file": (["sweep", str(tiny), "--out", str(a_file)], "is a file"),
         "resume without out": (["sweep", str(tiny), "--resume"], "--resume needs --out"),
+        "resume of a missing folder": (
+            ["sweep", str(tiny), "--resume", *out],
+            "does not exist, so there is no sweep to continue",
+        ),
         "factory import fails": (
             ["sweep", str(tiny), "--set", "task.factory=no_such_module:make", *out],
             "task.factory = 'no_such_module:make' cannot be imported",
@@ -98,6 +102,7 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "empty grid",
         "out is a file",
         "resume without out",
+        "resume of a missing folder",
         "factory import fails",
         "factory returns no task",
         "bad execution form",
