@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxtune.errors import ConfigError
+
 __all__ = ["barrier", "gather", "initialize", "is_primary", "put"]
 
 _ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -37,6 +39,14 @@ def initialize(config: Mapping[str, Any]) -> bool:
     """
     coordinator = config.get("parallel.coordinator") or os.environ.get(_ENV[0])
     if not coordinator:
+        for key in ("parallel.num_processes", "parallel.process_id"):
+            value = config.get(key)
+            if value is not None and value > (1 if key.endswith("num_processes") else 0):
+                raise ConfigError(
+                    f"{key} = {value} needs parallel.coordinator (host:port of process 0, or "
+                    "'auto' on clusters JAX detects) or JAX_COORDINATOR_ADDRESS; without one "
+                    "the run is a single process"
+                )
         return False
     if jax.distributed.is_initialized():
         return True

@@ -64,6 +64,10 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["sweep", str(tiny), "--set", 'task.dtype="float16"', *out],
             "task.dtype = 'float16' is invalid: expected one of 'float32', 'bfloat16'",
         ),
+        "processes without a coordinator": (
+            ["sweep", str(tiny), "--set", "parallel.num_processes=2", *out],
+            "parallel.num_processes = 2 needs parallel.coordinator",
+        ),
         "set a swept key": (
             ["sweep", str(tiny), "--set", "optimizer.learning_rate=0.1", *out],
             "--set optimizer.learning_rate = 0.1 has no effect: the sweep varies "
@@ -108,6 +112,7 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "bad execution form",
         "bad precision",
         "bad dtype",
+        "processes without a coordinator",
         "set a swept key",
         "model and data mismatch",
         "factory refuses its configuration",
