@@ -2,7 +2,8 @@
 
 Each round's proposals train as one vectorized group; the study (SQLite in the run folder) holds
 each trial's final validation metric and its evaluations, diverged trials as pruned; a trial's
-numbers equal a plain sweep of the same point; a killed study resumes to the same result.
+numbers equal a plain sweep of the same point; a killed study resumes to the same result, whichever
+round it was killed in.
 """
 
 import math
@@ -13,6 +14,7 @@ import pytest
 from test_search import TASK, _StopAt
 
 import jaxtune
+from jaxtune.checkpoint import latest_notes
 
 optuna = pytest.importorskip("optuna")
 
@@ -101,6 +103,44 @@ def test_a_killed_study_resumes_to_the_same_result(tmp_path, study_run):
         np.testing.assert_array_equal(resumed.history[k], whole.history[k], err_msg=k)
     assert resumed.search["told"] == whole.search["told"]
     assert [t.hparams for t in resumed.trials] == [t.hparams for t in whole.trials]
+
+
+class _KillAt(jaxtune.SweepCallback):
+    """Raise KeyboardInterrupt the ``nth`` time a chunk ends at ``step``."""
+
+    def __init__(self, step, nth):
+        self.step, self.nth, self.seen = step, nth, 0
+
+    def on_chunk(self, start, stop, history):
+        if stop == self.step:
+            self.seen += 1
+            if self.seen == self.nth:
+                raise KeyboardInterrupt
+
+
+def test_a_study_killed_in_a_later_round_reports_the_earlier_rounds_as_trained(tmp_path, study_run):
+    """Resumed in round 2, the trials of rounds 0 and 1 are reported with the points the study
+    proposed and the steps they diverged at, exactly as by the uninterrupted run."""
+    out, whole = study_run
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):  # the 3rd chunk ending at step 40: round 2
+        jaxtune.run_sweep(CFG, task=TASK, out_dir=cut, callbacks=[_KillAt(40, nth=3)])
+    assert latest_notes(cut / "checkpoints")["strategy"]["round"] == 2
+    # What the test is about: a trial of round 1 diverged.
+    assert any(t.diverged_step is not None for t in whole.trials[4:8])
+    resumed = jaxtune.run_sweep(CFG, task=TASK, out_dir=cut, resume=True)
+    for k in whole.history:
+        np.testing.assert_array_equal(resumed.history[k], whole.history[k], err_msg=k)
+    assert resumed.search["told"] == whole.search["told"]
+    for a, b in (
+        (resumed, whole),
+        (jaxtune.SweepResult.load(cut), jaxtune.SweepResult.load(out)),
+    ):
+        assert [(t.hparams, t.diverged_step) for t in a.trials] == [
+            (t.hparams, t.diverged_step) for t in b.trials
+        ]
+        assert [t.id for t in a.ranked()] == [t.id for t in b.ranked()]
+        assert a.best().id == b.best().id
 
 
 @pytest.mark.parametrize(

@@ -239,7 +239,11 @@ class Sweep:
     ) -> SweepResult:
         """Assemble, save and announce the result; raise KeyboardInterrupt when interrupted.
 
-        ``search`` is the strategy's record, or a function of the result that returns it.
+        A trial's divergence step is read from the last of ``populations`` that holds it,
+        then from ``diverged`` (``id -> step``), which must name every diverged trial of a
+        population not passed: one a strategy left behind, or one trained before a resume
+        (strategies keep those in their checkpointed notes). ``search`` is the strategy's
+        record, or a function of the result that returns it.
         """
         if self.checkpoints is not None:
             self.checkpoints.checkpointer.close()

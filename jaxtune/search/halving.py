@@ -8,8 +8,9 @@ fewer trials, so it costs less (masking stopped trials in place would save nothi
 trials never survive a rung. Ranking spans every structure group. Hyperband runs several
 brackets of successive halving, each with its own starting budget.
 
-A checkpoint records the live trials and the rung; a resumed run rebuilds that population and
-continues bit-identically.
+A checkpoint records the live trials, the rung and the divergences of the trials that left
+(stopped at a rung, or finalists of an earlier bracket); a resumed run rebuilds that population,
+continues bit-identically and reports what the uninterrupted run reports.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ class HalvingState:
     Attributes:
       bracket: the bracket being trained; ``live``: its trials still training.
       stopped: ``id -> (step, reason)`` of every trial a rung stopped.
-      diverged: ``id -> step`` of the stopped trials that had diverged.
+      diverged: ``id -> step`` of every trial known to have diverged: those a rung stopped and
+        the finalists of every finished bracket (a run resumed in a later bracket reports
+        them from here, since their populations are gone).
       rungs: each rung's ``bracket``, ``step``, ``trials`` and ``survivors``.
     """
 
@@ -213,6 +216,9 @@ def _run(sweep: Sweep, brackets: list[tuple[list[int], list[int]]], strategy: st
         populations.append(pop)
         if interrupted:
             break
+        # The bracket's finalists leave with it: the next bracket's checkpoints keep their
+        # divergences in the notes.
+        state.diverged.update({i: s for i, s in pop.diverged_steps().items() if s is not None})
     search = {
         "strategy": strategy,
         "eta": eta,

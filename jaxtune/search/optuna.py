@@ -12,7 +12,9 @@ dashboard draws the curves. A diverged trial (or one whose metric is not finite)
 With an output folder the study lives in ``<out>/optuna.db`` (SQLite, study ``jaxtune``):
 ``optuna-dashboard sqlite:///<out>/optuna.db`` shows it, and ``--resume`` continues the round
 that was interrupted (from its checkpoint) and the rounds after it. Each round's sampler is
-seeded from ``(sweep.seed, round)``, so a resumed study proposes what the uninterrupted one would.
+seeded from ``(sweep.seed, round)``, so a resumed study proposes what the uninterrupted one would;
+the earlier rounds' trials are reported with the points the study holds for them and the
+divergences the checkpoints' notes keep, so the result equals the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -177,6 +179,14 @@ def run_optuna(sweep: Sweep) -> SweepResult:
     )
     built: dict[int, Any] = {}
 
+    def define(ids: range) -> None:
+        """Trials ``ids`` become the points the study holds for them."""
+        trials = study.trials
+        sweep.define(
+            {i: {k: _value(cfg.space[k], trials[i].params[k]) for k in cfg.space} for i in ids},
+            names,
+        )
+
     def population(r: int) -> Any:
         """Round ``r``: ask for the points the study does not hold yet, then compile."""
         ids = range(r * batch, (r + 1) * batch)
@@ -184,11 +194,7 @@ def run_optuna(sweep: Sweep) -> SweepResult:
             study.sampler = make_sampler(base["optuna.sampler"], _round_seed(cfg.seed, r))
             while len(study.trials) < ids[-1] + 1:
                 study.ask(dists)
-        trials = study.trials
-        sweep.define(
-            {i: {k: _value(cfg.space[k], trials[i].params[k]) for k in cfg.space} for i in ids},
-            names,
-        )
+        define(ids)
         if r not in built:
             built[r] = sweep.population(ids)
         return built[r]
@@ -201,6 +207,20 @@ def run_optuna(sweep: Sweep) -> SweepResult:
     if notes is None and sweep.resume:  # killed before a checkpoint: the first round not told
         finished = [t.state.is_finished() for t in study.trials]
         r0 = next((r for r in range(rounds) if not all(finished[r * batch : (r + 1) * batch])), 0)
+    # id -> step of every trial of an earlier round that diverged: their populations are gone,
+    # so the checkpoints' notes keep them (a resumed run reports what the whole run reports).
+    diverged: dict[int, int] = {}
+    if r0 > 0:  # resumed in a later round: the earlier rounds' points and divergences
+        define(range(r0 * batch))
+        if notes is not None and "diverged" in notes:
+            diverged = {int(i): int(s) for i, s in notes["diverged"]}
+        else:  # no checkpoint, or one without them: the study holds each told trial's
+            told = study.trials[: r0 * batch]
+            diverged = {
+                t.number: int(t.user_attrs["diverged_step"])
+                for t in told
+                if t.user_attrs.get("diverged_step") is not None
+            }
     populations, interrupted, step = [], False, 0
     for r in range(r0, rounds):
         if r > r0 or (notes is None and r0 > 0):
@@ -209,13 +229,15 @@ def run_optuna(sweep: Sweep) -> SweepResult:
             if sweep.checkpoints is not None:
                 sweep.checkpoints.restart(r * steps)
         sweep.begin(pop, start)
-        step, interrupted = sweep.train(pop, start, steps, notes={"round": r})
+        notes_r = {"round": r, "diverged": [[i, s] for i, s in sorted(diverged.items())]}
+        step, interrupted = sweep.train(pop, start, steps, notes=notes_r)
         populations.append(pop)
         if interrupted:
             break
         for i in range(r * batch, (r + 1) * batch):
             if not study.trials[i].state.is_finished():
                 _tell(optuna, study, sweep, i, pop)
+        diverged.update({i: s for i, s in pop.diverged_steps().items() if s is not None})
     search = {
         "strategy": "optuna",
         "sampler": base["optuna.sampler"],
@@ -225,4 +247,6 @@ def run_optuna(sweep: Sweep) -> SweepResult:
         "study": STUDY,
         "told": _told(study),
     }
-    return sweep.finish(populations, step if interrupted else steps, interrupted, search=search)
+    return sweep.finish(
+        populations, step if interrupted else steps, interrupted, diverged=diverged, search=search
+    )
