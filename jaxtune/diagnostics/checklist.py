@@ -21,9 +21,9 @@ from jaxtune.diagnostics.lr_find import lr_range_test, plot_lr_find
 from jaxtune.diagnostics.normalization import normalization_masking
 from jaxtune.diagnostics.overfit import overfit_check
 from jaxtune.diagnostics.signal import init_report
-from jaxtune.diagnostics.subject import Check, make_subject
+from jaxtune.diagnostics.subject import Check, make_subject, require_int, require_lrs
 from jaxtune.engine import run_sweep
-from jaxtune.errors import TaskError
+from jaxtune.errors import ConfigError, TaskError
 
 __all__ = ["CHECKS", "CheckReport", "run_checks"]
 
@@ -79,14 +79,20 @@ def run_checks(
       task, optimizer: a user task or factory and optimizer factory (as for ``run_sweep``).
       out_dir: where PNG plots and ``checks.txt`` go.
       checks: which of :data:`CHECKS` to run.
-      steps: training steps of the short runs.
-      overfit_lrs: learning rates of the overfit check (default the trial's).
+      steps: training steps of the short runs (an integer >= 1; >= 5 with the ``lr`` check).
+      overfit_lrs: learning rates of the overfit check (default the trial's; each > 0).
       fast: a smaller budget (for smoke tests).
       search: folders searched first for the factories.
+
+    Raises:
+      ConfigError: naming the argument when ``checks``, ``steps`` or ``overfit_lrs`` is invalid.
     """
     unknown = set(checks) - set(CHECKS)
     if unknown:
-        raise ValueError(f"unknown check(s) {sorted(unknown)}; allowed: {', '.join(CHECKS)}")
+        raise ConfigError(f"unknown check(s) {sorted(unknown)}; allowed: {', '.join(CHECKS)}")
+    steps = require_int("steps", steps, minimum=5 if "lr" in checks else 1)
+    if overfit_lrs is not None:
+        overfit_lrs = require_lrs("overfit_lrs", overfit_lrs)
     if fast:
         steps = min(steps, 60)
     kw = dict(task=task, optimizer=optimizer, search=search)

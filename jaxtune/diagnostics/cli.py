@@ -2,12 +2,17 @@
 
 Both take the same ``CONFIG``, ``--set key=value`` and ``--out DIR`` as ``jaxtune sweep``, so a
 user task runs through ``task.factory`` (the config file's folder is searched first). A check
-that fails exits 1; a bad configuration or task exits 2 (raised as ``ConfigError``).
+that fails exits 1; a bad configuration or task exits 2 (raised as ``ConfigError``), and so does a
+bad flag value: argparse rejects a non-positive ``--steps``, ``--width``, ``--depth``,
+``--num-lrs``, ``--min-lr`` or ``--max-lr`` and an empty or non-positive ``--lrs`` naming the
+flag, and the handlers reject ``--min-lr`` not below ``--max-lr`` and a ``--steps`` below the
+LR range test's minimum with a ``ConfigError`` naming the flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,19 +27,73 @@ from jaxtune.diagnostics.normalization import normalization_masking
 from jaxtune.diagnostics.overfit import overfit_check
 from jaxtune.diagnostics.signal import DEFAULT_PRESETS, init_report
 from jaxtune.diagnostics.subject import make_subject
+from jaxtune.errors import ConfigError
 
 __all__ = ["add_subcommands"]
 
 ACTIONS = ("all", *CHECKS)
 
 
-def _parse_floats(text: str) -> list[float]:
+#: The fewest steps of the LR range test (:func:`lr_range_test`), run by ``check lr``, ``check
+#: all`` and ``lr-find --mode classic|both``.
+MIN_LR_TEST_STEPS = 5
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag when it raises)."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected comma-separated numbers, e.g. 0.01,0.1,1"
+            f"{text!r} is invalid: expected an integer >= 1, e.g. 100"
         ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: expected an integer >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is invalid: expected a finite number > 0, e.g. 0.01"
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a finite number > 0")
+    return value
+
+
+def _parse_floats(text: str) -> list[float]:
+    """An argparse type: a non-empty comma-separated list of learning rates, each finite and
+    > 0."""
+    parts = [v.strip() for v in text.split(",") if v.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is invalid: expected one or more comma-separated learning rates > 0, "
+            "e.g. 0.01,0.1,1"
+        )
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is invalid: expected comma-separated numbers > 0, e.g. 0.01,0.1,1"
+        ) from None
+    bad = [p for p, v in zip(parts, values, strict=True) if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is invalid: learning rate {bad[0]} is not a finite number > 0"
+        )
+    return values
+
+
+def _check_lr_test_steps(steps: int, where: str) -> None:
+    if steps < MIN_LR_TEST_STEPS:
+        raise ConfigError(
+            f"--steps {steps} is invalid for {where}: the LR range test needs an integer "
+            f">= {MIN_LR_TEST_STEPS}"
+        )
 
 
 def _load(args: argparse.Namespace) -> tuple[SweepConfig, list[Path]]:
@@ -52,6 +111,8 @@ def _check_handler(args: argparse.Namespace) -> int:
             )
         what, args.config = "all", what
     what = what or "all"
+    if what in ("all", "lr") and args.steps is not None:
+        _check_lr_test_steps(args.steps, f"check {what}")
     cfg, search = _load(args)
     out = getattr(args, "out", None)
     steps = args.steps
@@ -61,7 +122,7 @@ def _check_handler(args: argparse.Namespace) -> int:
             cfg,
             out_dir=out,
             checks=checks,
-            steps=steps or 200,
+            steps=steps if steps is not None else 200,
             overfit_lrs=args.lrs,
             fast=args.fast,
             search=search,
@@ -74,7 +135,7 @@ def _check_handler(args: argparse.Namespace) -> int:
     elif what == "overfit":
         off = {"task.dropout": 0.0, "optimizer.weight_decay": 0.0}
         subject = make_subject(cfg, overrides=off, search=search)
-        r = overfit_check(subject=subject, steps=steps or 300, lrs=args.lrs)
+        r = overfit_check(subject=subject, steps=steps if steps is not None else 300, lrs=args.lrs)
     elif what == "init":
         if args.depth is not None:
             base = cfg.base
@@ -91,11 +152,14 @@ def _check_handler(args: argparse.Namespace) -> int:
         else:
             r = init_report(subject=make_subject(cfg, search=search), out_dir=out)
     elif what == "norm":
-        r = normalization_masking(subject=make_subject(cfg, search=search), steps=steps or 200)
+        r = normalization_masking(
+            subject=make_subject(cfg, search=search), steps=steps if steps is not None else 200
+        )
     else:
         overrides = {"schedule.name": "constant"} if not cfg.base["optimizer.factory"] else None
         r = lr_range_test(
-            subject=make_subject(cfg, overrides=overrides, search=search), steps=steps or 100
+            subject=make_subject(cfg, overrides=overrides, search=search),
+            steps=steps if steps is not None else 100,
         )
         plot_lr_find(r, out_dir=out)
     print(r.report())
@@ -110,6 +174,13 @@ def _outputs(subject: Any) -> int | None:
 
 
 def _lr_find_handler(args: argparse.Namespace) -> int:
+    if not args.min_lr < args.max_lr:
+        raise ConfigError(
+            f"--min-lr {args.min_lr:g} and --max-lr {args.max_lr:g} are invalid: expected "
+            "--min-lr < --max-lr (the range the learning rate grows over)"
+        )
+    if args.mode in ("classic", "both"):
+        _check_lr_test_steps(args.steps, f"lr-find --mode {args.mode}")
     cfg, search = _load(args)
     found = []
     if args.mode in ("classic", "both"):
@@ -161,9 +232,16 @@ def add_subcommands(
     check.add_argument(
         "--lrs", type=_parse_floats, default=None, help="overfit: learning rates tried at once"
     )
-    check.add_argument("--steps", type=int, default=None, help="step budget of the short runs")
-    check.add_argument("--depth", type=int, default=None, help="init: a synthetic net this deep")
-    check.add_argument("--width", type=int, default=256, help="init: its hidden width")
+    check.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help=f"step budget of the short runs (>= 1; >= {MIN_LR_TEST_STEPS} for all and lr)",
+    )
+    check.add_argument(
+        "--depth", type=_positive_int, default=None, help="init: a synthetic net this deep"
+    )
+    check.add_argument("--width", type=_positive_int, default=256, help="init: its hidden width")
     check.add_argument("--fast", action="store_true", help="all: a smaller budget")
     check.set_defaults(func=_check_handler, _check_parser=check)
 
@@ -172,10 +250,15 @@ def add_subcommands(
     )
     add_config_arguments(lr)
     lr.add_argument("--mode", choices=("classic", "vectorized", "both"), default="both")
-    lr.add_argument("--min-lr", type=float, default=1e-4)
-    lr.add_argument("--max-lr", type=float, default=10.0)
-    lr.add_argument("--steps", type=int, default=100)
-    lr.add_argument("--num-lrs", type=int, default=11, help="vectorized: number of lrs")
+    lr.add_argument("--min-lr", type=_positive_float, default=1e-4, help="> 0, below --max-lr")
+    lr.add_argument("--max-lr", type=_positive_float, default=10.0)
+    lr.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=100,
+        help=f"steps of each run (>= {MIN_LR_TEST_STEPS} for classic and both)",
+    )
+    lr.add_argument("--num-lrs", type=_positive_int, default=11, help="vectorized: number of lrs")
     lr.add_argument(
         "--lrs", type=_parse_floats, default=None, help="vectorized: explicit learning rates"
     )

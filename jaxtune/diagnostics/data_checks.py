@@ -1,10 +1,11 @@
 """Data checks (checklist items 6 and 9): what to look at in a task's splits before training.
 
 Every array of every split is looked at: non-finite values; for floating inputs, features far from
-zero mean and unit variance on the training split, held-out splits standardized with their own
-statistics or with statistics fit on all the data (leakage), a standardizer that was not fit on
-the training split, and held-out values far outside the training range; for integer class labels,
-labels outside the model's outputs and class imbalance.
+zero mean and unit variance on the training split (beyond the sampling noise of its size),
+held-out splits standardized with their own statistics or with statistics fit on all the data
+(leakage), a standardizer that was not fit on the training split, and held-out values far
+outside the training range; for integer class labels, labels outside the model's outputs and
+class imbalance.
 
 A split read on the host (:func:`jaxtune.data.is_host_source`: a memmap, a grain source) is not
 read whole: the statistics come from a seeded random sample of at most ``sample_rows`` rows and
@@ -143,6 +144,8 @@ def data_checks(
     standardizer: Standardizer | None = None,
     mean_tol: float = 0.5,
     std_range: tuple[float, float] = (0.5, 2.0),
+    mean_noise: float = 4.0,
+    std_noise: float = 7.0,
     imbalance: float = 10.0,
     outlier: float = 50.0,
     sample_rows: int = 10_000,
@@ -155,6 +158,15 @@ def data_checks(
       splits: the task's data.
       num_outputs: the model's number of outputs (bounds integer class labels).
       standardizer: the standardizer that produced the inputs, if known.
+      mean_tol, std_range: how far a training feature's mean may be from 0 and its std from 1
+        on a large training split.
+      mean_noise, std_noise: the sampling-noise allowance added on a small one (a
+        ``task.subset``, a sample of a host split): a split standardized on more data than it
+        holds is standardized only up to sampling noise. A feature's mean may reach
+        ``mean_noise * max(std, 1) / sqrt(n)``, and its std may lie beyond ``std_range`` by the
+        factor ``exp(std_noise * sqrt((kurtosis - 1) / n) / 2)`` (the standard error of the log
+        std; the kurtosis is the feature's own, at least 3), so sparse, heavy-tailed features of
+        a small sample pass while an unstandardized feature still fails.
       sample_rows: the most rows read from a split kept on the host (a memmap, a grain
         source); in-memory arrays are always looked at whole.
       sample_bytes: the most bytes read from such a split.
@@ -188,7 +200,15 @@ def data_checks(
     finite = _check_finite(present, add)
     train_x = _float_leaves(present["train"][0])
     if finite and train_x:
-        _check_features(train_x[0], present, standardizer, add, stats, mean_tol, std_range, outlier)
+        _check_features(
+            train_x[0],
+            present,
+            standardizer,
+            add,
+            stats,
+            (mean_tol, std_range, mean_noise, std_noise),
+            outlier,
+        )
     labels = _labels(splits)
     if labels is not None:
         _check_labels(labels, num_outputs, imbalance, add, stats)
@@ -229,7 +249,7 @@ def _check_finite(present: dict[str, Any], add: Any) -> bool:
     return finite
 
 
-def _check_features(x_tr, present, standardizer, add, stats, mean_tol, std_range, outlier) -> None:
+def _check_features(x_tr, present, standardizer, add, stats, tolerance, outlier) -> None:
     """Standardization of the training inputs, leakage into and outliers of the held-out
     splits, and the standardizer's statistics against the training split's."""
     mean_tr, std_tr = _stats(x_tr)
@@ -238,15 +258,17 @@ def _check_features(x_tr, present, standardizer, add, stats, mean_tol, std_range
         train_max_abs_mean=float(np.abs(mean_tr[live]).max(initial=0.0)),
         constant_features=int(const.sum()),
     )
-    far = live & ((np.abs(mean_tr) > mean_tol) | (std_tr < std_range[0]) | (std_tr > std_range[1]))
+    mean_max, std_lo, std_hi = _standardize_band(x_tr, mean_tr, std_tr, *tolerance)
+    far = live & ((np.abs(mean_tr) > mean_max) | (std_tr < std_lo) | (std_tr > std_hi))
     if far.any():
         j = int(np.flatnonzero(far)[0])
         add(
             "standardize",
             "error",
             f"{int(far.sum())} of {int(live.sum())} training features are far from zero mean "
-            f"/ unit variance (e.g. feature {j}: mean {mean_tr[j]:.3g}, std {std_tr[j]:.3g}); "
-            "standardize with the training mean and std",
+            f"/ unit variance (e.g. feature {j}: mean {mean_tr[j]:.3g}, std {std_tr[j]:.3g}; "
+            f"allowed with {int(np.shape(x_tr)[0])} examples: |mean| <= {mean_max[j]:.3g}, std "
+            f"in [{std_lo[j]:.3g}, {std_hi[j]:.3g}]); standardize with the training mean and std",
         )
     if const.any():
         add("constant", "note", f"{int(const.sum())} feature(s) are constant on train")
@@ -280,6 +302,19 @@ def _check_features(x_tr, present, standardizer, add, stats, mean_tol, std_range
             f"the standardizer's statistics differ from the training split's for "
             f"{int(off.sum())} feature(s): it was not fit on the training data only",
         )
+
+
+def _standardize_band(x, mean, std, mean_tol, std_range, mean_noise, std_noise):
+    """Per feature: the largest ``|mean|`` and the std range a standardized feature may show in
+    ``n`` examples, ``mean_tol`` / ``std_range`` widened by the sampling noise of ``n`` rows
+    (see :func:`data_checks`)."""
+    x = np.asarray(x, np.float64).reshape(np.shape(x)[0], -1)
+    n = max(int(x.shape[0]), 1)
+    scale = np.where(std >= 1e-8, std, 1.0)
+    kurtosis = ((x - mean) ** 4).mean(0) / scale**4
+    mean_max = np.maximum(mean_tol, mean_noise * np.maximum(std, 1.0) / math.sqrt(n))
+    widen = np.exp(std_noise * np.sqrt(np.maximum(kurtosis - 1.0, 2.0) / n) / 2)
+    return mean_max, std_range[0] / widen, std_range[1] * widen
 
 
 def _check_labels(labels, num_outputs, imbalance, add, stats) -> None:

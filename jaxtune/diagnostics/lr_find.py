@@ -19,9 +19,18 @@ import numpy as np
 
 from jaxtune import data as data_lib
 from jaxtune.config import SweepConfig
-from jaxtune.diagnostics.subject import Check, Subject, figure, make_subject, savefig
+from jaxtune.diagnostics.subject import (
+    Check,
+    Subject,
+    figure,
+    make_subject,
+    require_int,
+    require_lrs,
+    savefig,
+)
 from jaxtune.engine import SweepResult, run_sweep
 from jaxtune.engine.step import trial_keys
+from jaxtune.errors import ConfigError
 from jaxtune.formatting import fmt
 
 __all__ = ["LRFindResult", "lr_range_test", "lr_sweep_test", "plot_lr_find"]
@@ -90,10 +99,11 @@ def lr_range_test(
     ``log(lr)`` (before its minimum), and ``min/10``, the learning rate at the minimum smoothed
     loss divided by 10 (the main ``suggestion``).
     """
-    if not 0 < min_lr < max_lr:
-        raise ValueError(f"need 0 < min_lr < max_lr, got min_lr={min_lr}, max_lr={max_lr}")
-    if steps < 5:
-        raise ValueError(f"steps = {steps} is too small: expected at least 5")
+    if not (np.isfinite(min_lr) and np.isfinite(max_lr) and 0 < min_lr < max_lr):
+        raise ConfigError(
+            f"min_lr = {min_lr!r}, max_lr = {max_lr!r} are invalid: expected 0 < min_lr < max_lr"
+        )
+    steps = require_int("steps", steps, minimum=5)
     if subject is None:
         overrides = {"schedule.name": "constant"} if optimizer is None else None
         subject = make_subject(config, task=task, optimizer=optimizer, overrides=overrides)
@@ -190,7 +200,8 @@ def lr_sweep_test(
     Suggestions: ``best``, the learning rate of the lowest final loss (``suggestion``), and
     ``largest_within``, the largest learning rate within ``within`` (relative) of the best.
     """
-    lrs = np.logspace(-4, 1, 13) if lrs is None else np.asarray(sorted(lrs), np.float64)
+    steps = require_int("steps", steps)
+    lrs = np.logspace(-4, 1, 13) if lrs is None else np.asarray(sorted(require_lrs("lrs", lrs)))
     cfg = SweepConfig.from_dict(config if config is not None else {}).replace(
         {
             "train.steps": int(steps),

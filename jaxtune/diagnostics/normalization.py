@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxtune.config import SweepConfig
 from jaxtune.diagnostics.signal import layer_records, robust_std, safe_ratio
-from jaxtune.diagnostics.subject import Check, Subject, make_subject
+from jaxtune.diagnostics.subject import Check, Subject, make_subject, require_int
 from jaxtune.engine import SweepResult, run_sweep
 from jaxtune.formatting import fmt
 
@@ -100,6 +100,7 @@ def normalization_masking(
       loss below its start) while the unnormalized one diverges, or a run's layer growth exceeds
       ``growth_limit``.
     """
+    steps = require_int("steps", steps)
     subject = subject or make_subject(config, task=task, optimizer=optimizer)
     base_norm = subject.cfg.base["task.normalization"]
     norms = list(normalizations or ["none", "batch" if base_norm == "none" else base_norm])

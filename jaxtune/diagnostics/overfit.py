@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtune.diagnostics.subject import Check, Subject, make_subject
+from jaxtune.diagnostics.subject import Check, Subject, make_subject, require_int, require_lrs
 from jaxtune.formatting import fmt
 
 __all__ = ["OverfitResult", "diagnose_curve", "overfit_check"]
@@ -215,6 +215,11 @@ def overfit_check(
       >>> r.passed
       True
     """
+    steps = require_int("steps", steps)
+    if lrs is not None:
+        lrs = require_lrs("lrs", lrs)
+    if batch_size is not None:
+        batch_size = require_int("batch_size", batch_size)
     if subject is None:
         off = {"task.dropout": 0.0, "optimizer.weight_decay": 0.0}
         subject = make_subject(config, task=task, optimizer=optimizer, overrides=off)

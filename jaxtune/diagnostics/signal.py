@@ -29,7 +29,15 @@ from jaxtune import initializers as init_lib
 from jaxtune import models as models_lib
 from jaxtune import tasks as tasks_lib
 from jaxtune.data import Splits
-from jaxtune.diagnostics.subject import Check, Subject, figure, make_subject, savefig
+from jaxtune.diagnostics.subject import (
+    Check,
+    Subject,
+    figure,
+    make_subject,
+    require_int,
+    savefig,
+)
+from jaxtune.errors import ConfigError
 from jaxtune.formatting import fmt
 
 __all__ = [
@@ -201,8 +209,17 @@ def init_report(
     """
     synthetic = subject is None and config is None and task is None
     if synthetic:
+        if widths is not None:
+            widths = [require_int("widths", w) for w in widths]
+            if not widths:
+                raise ConfigError("widths = [] is invalid: expected one or more integers >= 1")
+        else:
+            depth = require_int("depth", depth if depth is not None else 20)
+            width = require_int("width", width)
+        if input_dim is not None:
+            input_dim = require_int("input_dim", input_dim)
         t, (x, y) = _synthetic(
-            depth or 20, width, widths, model, activation, normalization, input_dim, batch, seed
+            depth, width, widths, model, activation, normalization, input_dim, batch, seed
         )
         hp, root = {}, jax.random.PRNGKey(seed)
         names_to_check = list(check) if check is not None else list(presets)

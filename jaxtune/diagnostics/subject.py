@@ -10,6 +10,7 @@ key rule. Every check trains through the public per-trial step
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,38 @@ from jaxtune.config import SweepConfig
 from jaxtune.engine.bind import Binder
 from jaxtune.engine.step import TrainStep, make_train_step, trial_keys
 from jaxtune.engine.trials import hp_arrays, structure_of
-from jaxtune.errors import TaskError
+from jaxtune.errors import ConfigError, TaskError
 from jaxtune.report import figures
 from jaxtune.tasks import Task
 
 __all__ = ["Check", "Subject", "make_subject"]
+
+
+def require_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int, or a ``ConfigError`` naming ``name`` when it is not an integer
+    ``>= minimum`` (a check's step budget, a synthetic net's depth or width)."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{name} = {value!r} is invalid: expected an integer >= {minimum}")
+    return int(value)
+
+
+def require_lrs(name: str, lrs: Sequence[Any]) -> list[float]:
+    """``lrs`` as floats, or a ``ConfigError`` naming ``name`` unless it holds one or more
+    learning rates, each finite and > 0."""
+    try:
+        values = [float(x) for x in lrs]
+    except (TypeError, ValueError):
+        values = []
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(
+            f"{name} = {list(lrs)!r} is invalid: expected one or more learning rates, each a "
+            "finite number > 0"
+        )
+    return values
 
 
 @dataclasses.dataclass
