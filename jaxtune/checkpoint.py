@@ -145,9 +145,20 @@ def _intact(manager: Any, directory: Path, read: Callable[[int, dict], Any], war
             return read(step, meta)
         except ConfigError:  # a mismatch or a bad request, not a damaged checkpoint
             raise
+        except _CallerError as e:  # the caller failed, not the checkpoint: it stays as it is
+            raise e.error from e.error.__cause__
         except Exception as e:
             warn(step, e)
     return None
+
+
+class _CallerError(Exception):
+    """An error of the caller's own code while it reads a checkpoint (e.g. compiling the
+    population the checkpoint is restored into): passed on, never taken for damage."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _restore(manager: Any, step: int, meta: dict, target: Any) -> tuple[Any, dict]:
@@ -265,7 +276,12 @@ class SweepCheckpointer:
 
         def read(step: int, meta: dict) -> Any:
             extra = meta.get("extra", {})
-            templates, members = expect(extra)
+            try:
+                templates, members = expect(extra)
+            except ConfigError:
+                raise
+            except Exception as e:
+                raise _CallerError(e) from e
             want = [list(map(int, m)) for m in members]
             if meta["members"] != want:
                 raise CheckpointMismatchError(

@@ -200,3 +200,29 @@ def test_a_format_1_checkpoint_is_refused_naming_the_format(tmp_path):
     assert "format 2" in str(err.value)
     after = sorted((p.relative_to(ckpt), p.stat().st_size) for p in ckpt.rglob("*"))
     assert after == before
+
+
+def test_an_error_of_the_caller_while_restoring_leaves_the_checkpoint_intact(tmp_path):
+    """Only a checkpoint that fails to read is moved aside as corrupt: an error of the code
+    that rebuilds what it is restored into (out of memory, a failing compile, a user factory)
+    propagates, and the checkpoint stays where it was."""
+    from jaxtune.checkpoint import SweepCheckpointer
+
+    cfg = jaxtune.SweepConfig.from_dict(CFG)
+    state = {"params": {"w": np.arange(4, dtype=np.float32)}}
+    history = {"train.loss": np.ones((1, 4), np.float32)}
+    ckpt = SweepCheckpointer(tmp_path / "checkpoints", cfg)
+    ckpt.save(10, [state], history, [[0]])
+    ckpt.close()
+
+    def failing(extra):
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while compiling")
+
+    again = SweepCheckpointer(tmp_path / "checkpoints", cfg, resume=True)
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        again.restore_latest(failing)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10", "metadata"]
+    step, states, restored, _ = again.restore_latest(lambda extra: ([state], [[0]]))
+    again.close()
+    assert step == 10
+    np.testing.assert_array_equal(states[0]["params"]["w"], state["params"]["w"])
