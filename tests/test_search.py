@@ -139,6 +139,9 @@ def test_export_trial_finds_each_trial_by_its_id_after_halving(halved, halved_di
         )
         got = jaxtune.export_trial(halved_dir, trial.id)["params"]
         np.testing.assert_allclose(got["w"], np.asarray(want["w"]), rtol=2e-5, atol=2e-6)
+    # The result itself keeps only the finalists' states, and says where the others are.
+    with pytest.raises(ValueError, match="it was stopped at step 10.*export_trial"):
+        halved.trial_state(stopped.id)
     # With the checkpoints of the first rung gone, a trial stopped there is refused by name.
     import shutil
 

@@ -86,6 +86,18 @@ class SweepResult:
                 "this result carries no trained states (read back from disk); use "
                 "jaxtune.export_trial(run_dir, trial_id) for the checkpointed variables"
             )
+        if 0 <= trial_id < len(self.trials):
+            stopped = self.trials[trial_id].stopped_step
+            why = (
+                f"it was stopped at step {stopped}"
+                if stopped is not None
+                else "its bracket or round finished before this run resumed"
+            )
+            raise ValueError(
+                f"trial_id = {trial_id} has no trained state in this result ({why}; a result "
+                "keeps the states of the trials training at the end); use "
+                "jaxtune.export_trial(run_dir, trial_id) for its checkpointed variables"
+            )
         raise ValueError(
             f"trial_id = {trial_id} is invalid: expected a trial id in [0, {len(self.trials)})"
         )
