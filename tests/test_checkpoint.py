@@ -226,3 +226,30 @@ def test_an_error_of_the_caller_while_restoring_leaves_the_checkpoint_intact(tmp
     again.close()
     assert step == 10
     np.testing.assert_array_equal(states[0]["params"]["w"], state["params"]["w"])
+
+
+def test_a_second_ctrl_c_while_the_states_change_writes_no_checkpoint(tmp_path, monkeypatch):
+    """A Ctrl-C that lands inside a dispatch leaves the states a chunk ahead of the recorded
+    history: the sweep stops without checkpointing them, and resuming from the last good
+    checkpoint gives the uninterrupted run."""
+    from jaxtune.engine import loop
+
+    cfg = {**CFG, "train": {**CFG["train"], "steps": 40}}
+    whole = jaxtune.run_sweep(cfg)
+    original = loop._dispatch
+
+    def torn(population, start, length):
+        chunk = original(population, start, length)
+        if start == 30:  # the states now hold step 40; the chunk [20, 30) is not yet recorded
+            raise KeyboardInterrupt
+        return chunk
+
+    monkeypatch.setattr(loop, "_dispatch", torn)
+    with pytest.raises(KeyboardInterrupt):
+        jaxtune.run_sweep(cfg, out_dir=tmp_path)
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [20]
+    monkeypatch.setattr(loop, "_dispatch", original)
+    resumed = jaxtune.run_sweep(cfg, out_dir=tmp_path, resume=True)
+    for k in whole.history:
+        np.testing.assert_array_equal(resumed.history[k], whole.history[k], err_msg=k)

@@ -186,14 +186,27 @@ def train(
     def due(at: int) -> bool:
         return checkpoints is not None and checkpoints.due(at, end)
 
+    # Set while the states are being changed (a dispatch, or a record's replay of diverged
+    # trials): a second Ctrl-C there leaves them torn, so no checkpoint is written from them.
+    busy: list[str] = []
+
     def rec(chunk: _Chunk) -> dict[str, np.ndarray]:
         length = chunk.stop - chunk.start
+        busy.append("record")
         outs = population.settle(chunk.start, length, parallel.gather(chunk.outs))
-        return record(history, population, outs, chunk.start, length)
+        out = record(history, population, outs, chunk.start, length)
+        busy.pop()
+        return out
+
+    def dispatch(at: int, length: int) -> _Chunk:
+        busy.append("dispatch")
+        chunk = _dispatch(population, at, length)
+        busy.pop()
+        return chunk
 
     pending: _Chunk | None = None
     ahead: _Chunk | None = None
-    interrupted = False
+    interrupted = torn = False
     chunks, at = [], start
     while at < stop:
         chunks.append((at, min(eval_every, stop - at)))
@@ -204,7 +217,7 @@ def train(
             while True:
                 ahead = None
                 if step < stop and not stop_requested() and not (pending and due(pending.stop)):
-                    ahead = _dispatch(population, step, min(eval_every, stop - step))
+                    ahead = dispatch(step, min(eval_every, stop - step))
                     step = ahead.stop
                 if pending is not None:
                     history, done = rec(pending), pending.stop
@@ -217,12 +230,13 @@ def train(
                     break
         except KeyboardInterrupt:  # raised by a callback: record what already ran
             interrupted = True
-            for chunk in (pending, ahead):
+            torn = bool(busy)  # a second Ctrl-C in the middle of changing the states
+            for chunk in () if torn else (pending, ahead):
                 if chunk is not None and chunk.stop > done:
                     history, done = rec(chunk), chunk.stop
         finally:
             population.close_feeds()
         interrupted = interrupted or stop_requested()
-        if interrupted and checkpoints is not None and done > checkpoints.last:
+        if interrupted and not torn and checkpoints is not None and done > checkpoints.last:
             checkpoints.save(done, population, history, extra)
     return done, history, interrupted
