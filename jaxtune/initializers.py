@@ -149,7 +149,7 @@ def get_initializer(name: str, *, scale: float = 1.0, stddev: float | None = Non
     base, stddev = _parse_name(name, stddev)
     scale = _check_scale(scale)
     if base == "normal":
-        return jax.nn.initializers.normal(stddev)
+        return jax.nn.initializers.normal(stddev * scale)
     initializer = _VARIANCE_SCALING[base][0]()
     return initializer if scale == 1.0 else _scaled(initializer, scale)
 

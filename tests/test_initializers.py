@@ -182,3 +182,10 @@ def test_reinitialize_scale():
 def test_reinitialize_bad_scheme():
     with pytest.raises(ValueError):
         reinitialize(_params(), "zeros", jax.random.key(0))
+
+
+def test_a_scaled_normal_draws_what_jax_draws_at_the_scaled_stddev():
+    key = jax.random.key(3)
+    got = get_initializer("normal(0.01)", scale=3.0)(key, (64, 32))
+    want = jax.nn.initializers.normal(0.03)(key, (64, 32))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

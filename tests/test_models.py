@@ -530,3 +530,36 @@ def test_linen_modules_used_directly_name_a_bad_option():
         shape = (2, 10) if option.startswith("input") else x.shape
         with pytest.raises(ValueError, match=option):
             jax.eval_shape(partial(module.init, train=False), KEY, jnp.zeros(shape))
+
+
+class _TokenClassifier(nn.Module):
+    @nn.compact
+    def __call__(self, tokens, train: bool = False):
+        h = nn.Embed(num_embeddings=11, features=6)(tokens)
+        return nn.Dense(3)(h.mean(axis=1))
+
+
+def test_from_linen_and_from_nnx_take_integer_inputs():
+    """A module whose inputs are token ids (an ``nn.Embed`` first) is traced on integer zeros;
+    the wrapped model computes what the module does."""
+    tokens = jnp.array([[1, 4, 2, 9], [0, 10, 3, 3]], jnp.int32)
+    module = _TokenClassifier()
+    model = from_linen(module, (4,), input_dtype=jnp.int32)
+    assert model.num_outputs == 3
+    params, state = model.init(jax.random.key(0))
+    out, _ = model.apply(params, state, tokens, train=False)
+    want = module.apply({"params": params}, tokens)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=1e-6)
+
+    class Tokens(nnx.Module):
+        def __init__(self, rngs):
+            self.embed = nnx.Embed(11, 6, rngs=rngs)
+            self.head = nnx.Linear(6, 3, rngs=rngs)
+
+        def __call__(self, tokens):
+            return self.head(self.embed(tokens).mean(axis=1))
+
+    nnx_model = from_nnx(Tokens, (4,), input_dtype=jnp.int32)
+    assert nnx_model.num_outputs == 3
+    p, s = nnx_model.init(jax.random.key(0))
+    assert nnx_model.apply(p, s, tokens, train=False)[0].shape == (2, 3)

@@ -372,3 +372,41 @@ def test_user_hyperparameters_are_validated():
     ):
         jaxtune.SweepConfig.from_dict({"sweep": {"grid": {"hparams.y": [1.0, 2.0]}}})
     assert math.isclose(jaxtune.SweepConfig.from_dict({"hparams": {"x": 1}})["hparams.x"], 1)
+
+
+def test_a_training_split_of_one_example_trains_like_a_plain_loop():
+    """The "overfit one example" debug mode: a split of one example, batch size 1, with the
+    default ``train.execution = "auto"`` (which inspects the step on real rows)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5], np.float32)).astype(np.float32)
+    splits = data_lib.Splits((x[:1], y[:1]), (x[1:5], y[1:5]), (x[5:], y[5:]))
+    task = jaxtune.Task(
+        init=lambda key, hp: ({"w": jnp.zeros((3,))}, {}),
+        apply=lambda p, s, x, *, train, key=None, mask=None: (x @ p["w"], s),
+        loss=lambda out, y, hp: (out - y) ** 2,
+        metrics=lambda out, y: {"mae": jnp.abs(out - y)},
+        data=splits,
+    )
+    cfg = {
+        "optimizer": {"name": "sgd"},
+        "train": {"steps": 6, "eval_every": 3, "batch_size": 1},
+        "sweep": {"grid": {"optimizer.learning_rate": [0.05, 0.1]}},
+    }
+    result = jaxtune.run_sweep(cfg, task=task)
+    import types
+
+    model = types.SimpleNamespace(init=lambda key: ({"w": jnp.zeros(3)}, {}))
+    for t in result.trials:
+        want, _, _ = optax_loop(
+            model,
+            splits.train,
+            optax.sgd(t.hparams["optimizer.learning_rate"]),
+            steps=6,
+            batch_size=1,
+            forward=lambda p, x: x @ p["w"],
+            loss=lambda out, y: (out - y) ** 2,
+        )
+        np.testing.assert_allclose(
+            np.asarray(result.trial_state(t.id).params["w"]), want["w"], rtol=2e-6, atol=1e-7
+        )

@@ -258,7 +258,8 @@ class Preparer:
         fns = grp.binding.step
         hp, keys, _ = call_arrays(plan, spec)
         h0 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
-        x, y = as_source(plan.data[grp.data_index].train).gather(np.arange(2))
+        source = as_source(plan.data[grp.data_index].train)
+        x, y = source.gather(np.arange(min(2, len(source))))
 
         def one_step(key):
             state = fns.init(key, h0)

@@ -37,12 +37,13 @@ def _infer_num_outputs(
     init: Callable[[jax.Array], tuple[Params, ModelState]],
     apply: Callable[..., tuple[jax.Array, ModelState]],
     input_shape: tuple[int, ...],
+    input_dtype: Any = jnp.float32,
 ) -> int:
     """Size of the last output axis, found by abstract evaluation (no FLOPs)."""
 
     def run(key: jax.Array) -> jax.Array:
         params, state = init(key)
-        return apply(params, state, jnp.zeros((1, *input_shape), jnp.float32), train=False)[0]
+        return apply(params, state, jnp.zeros((1, *input_shape), input_dtype), train=False)[0]
 
     out = jax.eval_shape(run, jax.random.key(0))
     return int(out.shape[-1]) if out.ndim > 1 else 1
@@ -54,6 +55,7 @@ def linen_model(
     num_outputs: int | None,
     *,
     accepts_mask: bool,
+    input_dtype: Any = jnp.float32,
 ) -> Model:
     """Wraps a linen module called as ``module(x, train=..., [mask=...])`` into a Model.
 
@@ -64,6 +66,7 @@ def linen_model(
       input_shape: Per-example input shape.
       num_outputs: Size of the output's last axis; inferred abstractly when ``None``.
       accepts_mask: Whether ``apply`` passes ``mask=`` on to the module.
+      input_dtype: The dtype of the inputs ``init`` traces the module on.
 
     Returns:
       The model.
@@ -71,7 +74,7 @@ def linen_model(
 
     def init(key: jax.Array) -> tuple[Params, ModelState]:
         params_key, dropout_key = jax.random.split(key)
-        x = jnp.zeros((1, *input_shape), jnp.float32)
+        x = jnp.zeros((1, *input_shape), input_dtype)
         variables = module.init({"params": params_key, "dropout": dropout_key}, x, train=False)
         variables = flax.core.unfreeze(variables)
         params = variables.pop("params", {})
@@ -98,7 +101,7 @@ def linen_model(
         return outputs, model_state
 
     if num_outputs is None:
-        num_outputs = _infer_num_outputs(init, apply, input_shape)
+        num_outputs = _infer_num_outputs(init, apply, input_shape, input_dtype)
     return Model(init=init, apply=apply, input_shape=input_shape, num_outputs=num_outputs)
 
 
@@ -115,6 +118,7 @@ def from_linen(
     input_shape: Sequence[int] | int,
     *,
     num_outputs: int | None = None,
+    input_dtype: Any = jnp.float32,
 ) -> Model:
     """Wraps a user's linen module into a :class:`Model`.
 
@@ -128,6 +132,8 @@ def from_linen(
       module: A linen module with ``__call__(x, train: bool, ...)``.
       input_shape: Per-example input shape.
       num_outputs: Size of the output's last axis; inferred abstractly when omitted.
+      input_dtype: The dtype of the inputs (``jnp.int32`` for token ids fed to an
+        ``nn.Embed``); ``init`` traces the module on zeros of it.
 
     Returns:
       The model.
@@ -137,7 +143,9 @@ def from_linen(
     """
     input_shape, num_outputs = _sizes(input_shape, num_outputs)
     accepts_mask = _accepts_kwarg(type(module).__call__, "mask")
-    return linen_model(module, input_shape, num_outputs, accepts_mask=accepts_mask)
+    return linen_model(
+        module, input_shape, num_outputs, accepts_mask=accepts_mask, input_dtype=input_dtype
+    )
 
 
 def _nnx_rngs(key: jax.Array) -> nnx.Rngs:
@@ -160,6 +168,7 @@ def from_nnx(
     input_shape: Sequence[int] | int,
     *,
     num_outputs: int | None = None,
+    input_dtype: Any = jnp.float32,
 ) -> Model:
     """Wraps a Flax NNX module factory into a :class:`Model`.
 
@@ -176,6 +185,8 @@ def from_nnx(
         and a ``"dropout"`` stream.
       input_shape: Per-example input shape.
       num_outputs: Size of the output's last axis; inferred abstractly when omitted.
+      input_dtype: The dtype of the inputs (``jnp.int32`` for token ids), used when
+        ``num_outputs`` is inferred.
 
     Returns:
       The model.
@@ -219,5 +230,5 @@ def from_nnx(
         return outputs, new_state.to_pure_dict()
 
     if num_outputs is None:
-        num_outputs = _infer_num_outputs(init, apply, input_shape)
+        num_outputs = _infer_num_outputs(init, apply, input_shape, input_dtype)
     return Model(init=init, apply=apply, input_shape=input_shape, num_outputs=num_outputs)
