@@ -173,6 +173,17 @@ def summary_line(result: SweepResult) -> str:
     return line
 
 
+def _column_names(keys: list[str]) -> list[str]:
+    """Each key's last part, or the whole key where two would share it.
+
+    Example:
+      >>> _column_names(["optimizer.momentum", "hparams.momentum", "train.batch_size"])
+      ['optimizer.momentum', 'hparams.momentum', 'batch_size']
+    """
+    short = [k.split(".")[-1] for k in keys]
+    return [k if short.count(s) > 1 else s for k, s in zip(keys, short, strict=True)]
+
+
 def format_table(result: SweepResult, *, top: int | None = None) -> str:
     """A ranked plain-text table of the trials and a summary line.
 
@@ -187,7 +198,7 @@ def format_table(result: SweepResult, *, top: int | None = None) -> str:
     keys = list(dict.fromkeys(k for t in result.trials for k in t.hparams))
     metrics = _metric_columns(result)
     target = result.selection.target is not None
-    header = ["rank", "name", *[k.split(".")[-1] for k in keys], *metrics, "diverged_at"]
+    header = ["rank", "name", *_column_names(keys), *metrics, "diverged_at"]
     stopped = any(t.stopped_step is not None for t in result.trials)
     if stopped:
         header.append("stopped_at")
