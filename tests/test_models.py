@@ -563,3 +563,11 @@ def test_from_linen_and_from_nnx_take_integer_inputs():
     assert nnx_model.num_outputs == 3
     p, s = nnx_model.init(jax.random.key(0))
     assert nnx_model.apply(p, s, tokens, train=False)[0].shape == (2, 3)
+
+
+def test_decoder_lm_refuses_sequences_longer_than_its_positions():
+    model = decoder_lm(**LM)
+    params, state = model.init(jax.random.key(0))
+    too_long = jnp.zeros((1, LM["seq_len"] + 1), jnp.int32)
+    with pytest.raises(ValueError, match=f"expected at most seq_len = {LM['seq_len']}"):
+        model.apply(params, state, too_long, train=False)

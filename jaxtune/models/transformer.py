@@ -104,6 +104,11 @@ class DecoderLM(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """Next-token logits at every position."""
+        if tokens.shape[-1] > self.seq_len:
+            raise ValueError(
+                f"tokens of length {tokens.shape[-1]} are invalid: expected at most seq_len = "
+                f"{self.seq_len} positions"
+            )
         dtype = jnp.dtype(self.dtype)
         embed = nn.Embed(self.vocab_size, self.width, embedding_init=_INIT, dtype=dtype)
         position = self.param("position", _INIT, (self.seq_len, self.width), jnp.float32)
