@@ -11,7 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-from test_search import TASK, _StopAt
+from interrupts import StopAt
+from test_search import TASK
 
 import jaxtune
 from jaxtune.checkpoint import latest_notes
@@ -95,7 +96,7 @@ def test_proposals_follow_the_told_results(study_run):
 def test_a_killed_study_resumes_to_the_same_result(tmp_path, study_run):
     _, whole = study_run
     with pytest.raises(KeyboardInterrupt):
-        jaxtune.run_sweep(CFG, task=TASK, out_dir=tmp_path / "cut", callbacks=[_StopAt(40)])
+        jaxtune.run_sweep(CFG, task=TASK, out_dir=tmp_path / "cut", callbacks=[StopAt(40)])
     # Killed in round 0; round 1 is asked only after round 0 is told.
     assert len(_load(tmp_path / "cut").trials) == 4
     resumed = jaxtune.run_sweep(CFG, task=TASK, out_dir=tmp_path / "cut", resume=True)
@@ -105,26 +106,13 @@ def test_a_killed_study_resumes_to_the_same_result(tmp_path, study_run):
     assert [t.hparams for t in resumed.trials] == [t.hparams for t in whole.trials]
 
 
-class _KillAt(jaxtune.SweepCallback):
-    """Raise KeyboardInterrupt the ``nth`` time a chunk ends at ``step``."""
-
-    def __init__(self, step, nth):
-        self.step, self.nth, self.seen = step, nth, 0
-
-    def on_chunk(self, start, stop, history):
-        if stop == self.step:
-            self.seen += 1
-            if self.seen == self.nth:
-                raise KeyboardInterrupt
-
-
 def test_a_study_killed_in_a_later_round_reports_the_earlier_rounds_as_trained(tmp_path, study_run):
     """Resumed in round 2, the trials of rounds 0 and 1 are reported with the points the study
     proposed and the steps they diverged at, exactly as by the uninterrupted run."""
     out, whole = study_run
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):  # the 3rd chunk ending at step 40: round 2
-        jaxtune.run_sweep(CFG, task=TASK, out_dir=cut, callbacks=[_KillAt(40, nth=3)])
+        jaxtune.run_sweep(CFG, task=TASK, out_dir=cut, callbacks=[StopAt(40, nth=3)])
     assert latest_notes(cut / "checkpoints")["strategy"]["round"] == 2
     # What the test is about: a trial of round 1 diverged.
     assert any(t.diverged_step is not None for t in whole.trials[4:8])

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from interrupts import StopAt
 
 import jaxtune
 from jaxtune.data import Splits
@@ -238,15 +239,6 @@ def test_halving_ranks_across_structure_groups():
     assert widths  # a finalist exists, from whichever group was best
 
 
-class _StopAt(jaxtune.SweepCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_chunk(self, start, stop, history):
-        if stop == self.step:
-            raise KeyboardInterrupt
-
-
 def _assert_same(a, b):
     for k in a.history:
         np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
@@ -282,7 +274,7 @@ def test_a_killed_adaptive_sweep_resumes_bit_identically(tmp_path, strategy, cut
     )
     whole = jaxtune.run_sweep(cfg, task=TASK, out_dir=tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
-        jaxtune.run_sweep(cfg, task=TASK, out_dir=tmp_path / "cut", callbacks=[_StopAt(cut)])
+        jaxtune.run_sweep(cfg, task=TASK, out_dir=tmp_path / "cut", callbacks=[StopAt(cut)])
     resumed = jaxtune.run_sweep(cfg, task=TASK, out_dir=tmp_path / "cut", resume=True)
     _assert_same(whole, resumed)
     assert jaxtune.SweepResult.load(tmp_path / "cut").search == whole.search

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from interrupts import StopAt
 
 import jaxtune
 from jaxtune.checkpoint import latest_notes
@@ -66,19 +67,6 @@ def _by_width(structure):
     return _task(width)
 
 
-class _StopAt(jaxtune.SweepCallback):
-    """Raise KeyboardInterrupt the ``nth`` time a chunk ends at ``step``."""
-
-    def __init__(self, step, nth=1):
-        self.step, self.nth, self.seen = step, nth, 0
-
-    def on_chunk(self, start, stop, history):
-        if stop == self.step:
-            self.seen += 1
-            if self.seen == self.nth:
-                raise KeyboardInterrupt
-
-
 def _assert_reports_the_same(whole, resumed):
     for k in whole.history:
         np.testing.assert_array_equal(resumed.history[k], whole.history[k], err_msg=k)
@@ -124,9 +112,7 @@ def test_hyperband_resumed_in_a_later_bracket_reports_the_earlier_divergences(tm
     assert [whole.trials[i].diverged_step for i in finalists] == [19]
     assert whole.best().id in first and whole.best().stopped_step == 10
     with pytest.raises(KeyboardInterrupt):  # the 2nd chunk ending at step 10: second bracket
-        jaxtune.run_sweep(
-            HYPERBAND, out_dir=tmp_path / "cut", callbacks=[_StopAt(10, nth=2)], **run
-        )
+        jaxtune.run_sweep(HYPERBAND, out_dir=tmp_path / "cut", callbacks=[StopAt(10, nth=2)], **run)
     assert latest_notes(tmp_path / "cut" / "checkpoints")["strategy"]["live"] == second
     resumed = jaxtune.run_sweep(HYPERBAND, out_dir=tmp_path / "cut", resume=True, **run)
     _assert_reports_the_same(whole, resumed)

@@ -39,30 +39,24 @@ ACTIONS = ("all", *CHECKS)
 MIN_LR_TEST_STEPS = 5
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (argparse names the flag when it raises)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is invalid: expected an integer >= 1, e.g. 100"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is invalid: expected an integer >= 1")
-    return value
+def _positive(convert: type, allowed: str, example: str) -> Any:
+    """An argparse type: ``convert(text)``, finite and > 0 (argparse names the flag when it
+    raises)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected {allowed}{example}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is invalid: expected a finite number > 0, e.g. 0.01"
-        ) from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a finite number > 0")
-    return value
+_positive_int = _positive(int, "an integer >= 1", ", e.g. 100")
+_positive_float = _positive(float, "a finite number > 0", ", e.g. 0.01")
 
 
 def _parse_floats(text: str) -> list[float]:
