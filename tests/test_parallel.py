@@ -136,20 +136,34 @@ DIVERGING = {
 }
 
 
+#: A conv net's seed sweep driven from the host: every trial shuffles its own batches, and
+#: the shuffle program's outputs must be split over the devices as the steps program takes them.
+CNN_SEEDS = {
+    "task": {"dataset": "synthetic", "model": "cnn", "widths": [4]},
+    "optimizer": {"name": "sgd"},
+    "train": {"steps": 20, "eval_every": 10, "batch_size": 16, "execution": "host/vmap"},
+    "sweep": {"seeds": 2, "grid": {"optimizer.learning_rate": [0.01, 0.1]}},
+}
+
+
 @pytest.mark.accelerator
 def test_sharded_sweep_equals_single_device_and_resumes_on_fewer_devices(tmp_path):
     one = _in_process(tmp_path / "one", cfg=DIVERGING)
+    one_cnn = _in_process(tmp_path / "one_cnn", cfg=CNN_SEEDS)
     # Streamed from the host, checkpointed on 4 devices at step 20, resumed on 2 (a mesh of
     # two of the four devices): the same trials as device-resident data on one device.
     host = {**DIVERGING, "data": {"placement": "host"}}
-    four, stopped, two = _runs(
+    four, stopped, two, cnn = _runs(
         tmp_path,
         [
             (tmp_path / "four", 4, False, -1, DIVERGING),
             (tmp_path / "elastic", 4, False, 20, host),
             (tmp_path / "elastic", 2, True, -1, host),
+            (tmp_path / "cnn", 2, False, -1, CNN_SEEDS),
         ],
     )
+    assert cnn["devices"] == 2
+    _close(one_cnn, cnn)
     assert one["devices"] == 1 and four["devices"] == 4 and four["local"] == 4
     # 16 trials over 4 devices: the call is padded to a multiple of 4 and the padding dropped.
     assert all(g["trials_per_call"] % 4 == 0 for g in four["groups"])

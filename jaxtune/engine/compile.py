@@ -98,6 +98,7 @@ class CompiledCall:
         host_evals: dict[str, Any] | None = None,
     ) -> None:
         self.form, self.precision, self.mesh = form, precision, mesh
+        self.shared_batch = group.layout.shared_batch
         self.feed, self.host_evals = feed, dict(host_evals or {})
         self._args = (hp, keys, data_key, data)
         fed = None if feed is None else (len(feed.pairs), _shapes(feed.spec(1)))
@@ -151,10 +152,19 @@ class CompiledCall:
         )
 
     def shuffle(self, length: int) -> Any:
+        """The program of a chunk's shuffle. Its outputs are placed as the steps program takes
+        them: split over the trials (one permutation per trial), or replicated when the trials
+        share their batches."""
         hp, keys, data_key, _ = self._args
+        spec = (
+            jax.sharding.PartitionSpec()
+            if self.shared_batch
+            else jax.sharding.PartitionSpec("trials")
+        )
+        out = jax.sharding.NamedSharding(self.mesh, spec)
         return self._compiled(
             f"shuffle{length}",
-            lambda: jax.jit(self.fns.shuffle, static_argnames="length").lower(
+            lambda: jax.jit(self.fns.shuffle, static_argnames="length", out_shardings=out).lower(
                 data_key, keys, hp, np.int32(0), length=length
             ),
         )
