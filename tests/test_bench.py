@@ -295,6 +295,35 @@ BAD = {
     "unknown bench key": ({"bench": {**DOC["bench"], "trails": 3}}, "unknown bench key"),
     "no workloads": ({"bench": {"submissions": DOC["bench"]["submissions"]}}, "bench.workloads"),
     "a sweep table": ({**_bench(), "sweep": {"method": "grid"}}, "[sweep] is invalid"),
+    # A submission may not move the budget or target its numbers are reported against.
+    "a submission's own budget": (
+        _bench(
+            submissions={
+                "x": {"optimizer": "adam", "space": {LR: [0.1]}, "set": {"train.steps": 5}}
+            }
+        ),
+        "bench.submissions.x.set['train.steps'] is invalid: the workload owns it",
+    ),
+    "a submission's own target": (
+        _bench(
+            submissions={
+                "x": {"optimizer": "adam", "space": {LR: [0.1]}, "set": {"select.target": 0.1}}
+            }
+        ),
+        "bench.submissions.x.set['select.target'] is invalid: the workload owns it",
+    ),
+    "a workload's steps through set": (
+        _bench(workloads=[{"name": "diabetes", "set": {"train.steps": 5}}]),
+        "bench.workloads.diabetes.set['train.steps'] is invalid: it is the workload's 'steps'",
+    ),
+    "a seed through set": (
+        _bench(workloads=[{"name": "diabetes", "set": {"train.seed": 7}}]),
+        "the benchmark seeds every study itself",
+    ),
+    "a workload entry that is no table": (
+        _bench(workloads={"diabetes": 5}),
+        "bench.workloads.diabetes = 5 is invalid: expected a table",
+    ),
 }
 
 

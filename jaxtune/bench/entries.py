@@ -91,12 +91,41 @@ def _check_name(where: str, name: Any) -> str:
     return name
 
 
-def _dotted(where: str, table: Mapping[str, Any] | None) -> dict[str, Any]:
+#: Keys the benchmark owns: a workload sets them by its own fields (a ``set`` would change
+#: the budget or target its numbers are reported against; the studies' seeds are the bench's).
+_WORKLOAD_FIELDS = {
+    "task.factory": "factory",
+    "train.steps": "steps",
+    "train.eval_every": "eval_every",
+    "train.batch_size": "batch_size",
+    "select.metric": "metric",
+    "select.mode": "mode",
+    "select.target": "target",
+}
+
+
+def _owned(key: str, workload: bool) -> str | None:
+    """Why a ``set`` may not hold ``key`` (None: it may)."""
+    if key == "train.seed":
+        return "the benchmark seeds every study itself (bench.seed)"
+    if workload and key in _WORKLOAD_FIELDS:
+        return f"it is the workload's {_WORKLOAD_FIELDS[key]!r}"
+    if not workload and (key in _WORKLOAD_FIELDS or key.startswith("task.")):
+        if key == "train.batch_size":
+            return None  # a submission may choose its batch size
+        return "the workload owns it: a submission may not change the task, budget or target"
+    return None
+
+
+def _dotted(where: str, table: Mapping[str, Any] | None, *, workload: bool) -> dict[str, Any]:
     """A ``set`` table's dotted keys, each value checked by the configuration's own spec."""
     out = {}
     for key, value in (table or {}).items():
         if key.split(".")[0] in ("sweep", "bench"):
             raise ConfigError(f"{where}[{key!r}] is invalid: set search keys in space")
+        why = _owned(key, workload)
+        if why is not None:
+            raise ConfigError(f"{where}[{key!r}] is invalid: {why}")
         try:
             out[key] = check_value(key, value)
         except ConfigError as e:
@@ -184,7 +213,7 @@ def parse_submission(name: str, table: Any) -> Submission:
     space = v["space"]
     if not space:
         raise ConfigError(f"{where}.space is empty: give at least one distribution")
-    fixed = _dotted(f"{where}.set", v["set"])
+    fixed = _dotted(f"{where}.set", v["set"], workload=False)
     return Submission(name, v["optimizer"], v["factory"], dict(space), fixed)
 
 
@@ -233,7 +262,7 @@ def _workload(where: str, item: Any, base: Mapping[str, Any]) -> BenchWorkload:
     if mode is None:
         raise ConfigError(f"{where}.mode is needed for metric {metric!r}: expected 'max' or 'min'")
     eval_every = v["eval_every"] or base["train.eval_every"]
-    fixed = _dotted(f"{where}.set", v["set"])
+    fixed = _dotted(f"{where}.set", v["set"], workload=True)
     return BenchWorkload(
         name,
         v["factory"],
@@ -249,10 +278,10 @@ def _workload(where: str, item: Any, base: Mapping[str, Any]) -> BenchWorkload:
 
 def parse_workloads(value: Any, base: Mapping[str, Any]) -> tuple[BenchWorkload, ...]:
     if isinstance(value, Mapping):
+        for k, t in value.items():
+            if t is not None and not isinstance(t, Mapping):
+                raise ConfigError(f"bench.workloads.{k} = {t!r} is invalid: expected a table")
         items = [(f"bench.workloads.{k}", {"name": k, **(t or {})}) for k, t in value.items()]
-        for where, t in items:
-            if not isinstance(t, Mapping):
-                raise ConfigError(f"{where} = {t!r} is invalid: expected a table")
     else:
         items = [(f"bench.workloads[{i}]", t) for i, t in enumerate(value)]
     out = tuple(_workload(where, t, base) for where, t in items)

@@ -156,8 +156,8 @@ def measure_step_time(
     compiles nothing more.
     """
     point = config_lib.expand_trials(cfg.study_config(sub, wl, 0))[0]
-    steps = wl.steps
     tcfg = cfg.solo_config(sub, wl, 0, point, checkpoints=False)
+    steps = tcfg.base["train.steps"]
     runs = [bound.sweep(sub, wl, tcfg).timing for _ in range(TIMING_REPEATS)]
     fastest = min(runs, key=lambda t: t["run_s"])
     return {
