@@ -226,6 +226,7 @@ def test_resume_skips_finished_stages_and_gives_the_same_summary(
         ("tune.lr_range.stepz=5", "tune.lr_range.steps"),
         ("tune.lr_range.min_lr=20", "tune.lr_range.min_lr"),
         ("tune.lr_batch.batch_sizes=[0]", "tune.lr_batch.batch_sizes"),
+        ("tune.lr_batch.batch_sizes=[]", "tune.lr_batch.batch_sizes = [] is invalid"),
         ("tune.lr_batch.eta=1", "tune.lr_batch.eta"),
         ('tune.stages=["seeds", "lr_range"]', "tune.stages"),
         ('tune.refine.schedules=["cosine"]', "tune.refine.schedules"),

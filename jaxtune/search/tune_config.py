@@ -261,6 +261,11 @@ def _check_together(v: Mapping[str, Any], base: Mapping[str, Any]) -> None:
             "tune.lr_batch.band is needed without stage 'lr_range': expected a list [low, high] "
             "of learning rates"
         )
+    if "lr_batch" in stages and not v["tune.lr_batch.batch_sizes"]:
+        raise ConfigError(
+            "tune.lr_batch.batch_sizes = [] is invalid: expected a non-empty list of "
+            "train.batch_size values (stage 'lr_batch' searches them)"
+        )
     if "lr_batch" in stages and steps % every:
         raise ConfigError(
             f"train.steps = {steps} is invalid for stage 'lr_batch': expected a multiple of "
