@@ -48,3 +48,16 @@ def scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
 def tags(path: Path) -> set[str]:
     """Every summary tag written."""
     return {v.tag for ev in events(path) for v in ev.summary.value}
+
+
+def visible_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard shows of one run folder: its event files in order, each purge (a
+    ``SessionLog.START`` at step p) dropping what came before at steps >= p."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for ev in events(path):
+        if ev.HasField("session_log") and ev.session_log.status == ev.session_log.START:
+            out = {tag: [(s, v) for s, v in pts if s < ev.step] for tag, pts in out.items()}
+        for v in ev.summary.value:
+            if v.WhichOneof("value") == "simple_value":
+                out.setdefault(v.tag, []).append((int(ev.step), float(v.simple_value)))
+    return out

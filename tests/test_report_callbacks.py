@@ -62,3 +62,22 @@ def test_format_table_of_a_live_result(inproc):
     bad = next(t for t in result.trials if t.diverged)
     assert bad.name in lines[-2] and lines[-2].split()[-1] == str(bad.diverged_step)
     assert lines[-1].startswith("2 trials, 1 diverged; best by valid.accuracy (max): ")
+
+
+@pytest.mark.parametrize("stop_at", [10, 30])
+def test_a_resumed_sweep_logs_every_step_exactly_once(stop_at, tmp_path):
+    """Interrupted by a callback before the first checkpoint (the resume starts again from
+    step 0 over the earlier logs), or in the last chunk (the checkpoint already holds every
+    step, so the resume trains nothing): TensorBoard shows each step once, none missing."""
+    from interrupts import StopAt
+
+    cfg = {**INPROC, "train": {**INPROC["train"], "steps": 40}, "checkpoint": {"every": 20}}
+    out, tb = tmp_path / "run", tmp_path / "run" / "tb"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, out_dir=out, callbacks=[StopAt(stop_at), TensorBoardLogger(tb)])
+    result = run_sweep(cfg, out_dir=out, resume=True, callbacks=[TensorBoardLogger(tb)])
+    trial = result.trials[0]
+    shown = tb_reader.visible_scalars(tb / trial.name)
+    assert [s for s, _ in shown["train/loss"]] == list(range(40))
+    assert [s for s, _ in shown["valid/loss"]] == [10, 20, 30, 40]
+    assert shown["train/loss"][-1][1] == pytest.approx(float(result.history["train.loss"][0, -1]))

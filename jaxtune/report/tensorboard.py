@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,16 +115,19 @@ class TensorBoardLogger(SweepCallback):
             # On resume, continue from the first step the earlier sessions did not log (an
             # interrupt can land after a checkpoint but before the logging of its chunk), and
             # purge what they logged past it, so TensorBoard shows every step exactly once.
-            first = 0 if start == 0 else min(start, last_logged_step(d) + 1)
+            # A sweep that starts again from step 0 over an earlier session's logs (no
+            # checkpoint was reached) purges them all.
+            logged = last_logged_step(d)
+            first = 0 if start == 0 else min(start, logged + 1)
             self._train_from.append(first)
             self._eval_from.append(max(first, 1))
             self.writers.append(
                 SummaryWriter(
                     logdir=str(d),
-                    purge_step=first if first > 0 else None,
+                    purge_step=first if first > 0 or logged >= 0 else None,
                     flush_secs=self.flush_secs,
                     # Unique per session, so a quick resume never reuses an event file's name.
-                    filename_suffix=f".{os.getpid()}-{start}",
+                    filename_suffix=f".{os.getpid()}-{start}-{time.monotonic_ns()}",
                 )
             )
 
@@ -168,6 +172,12 @@ class TensorBoardLogger(SweepCallback):
     def on_end(self, result: SweepResult) -> None:
         try:
             if self.writers:
+                # Steps recorded but never logged: an interrupt raised by a callback records
+                # the chunk already dispatched, and a resume with nothing left to train runs
+                # no chunk at all.
+                done = int(result.timing.get("steps_done", 0))
+                if done and any(f < done for f in self._train_from):
+                    self.on_chunk(done, done, result.history)
                 self._write_hparams(result)
                 if self.num_examples > 0:
                     self._write_worst_examples(result)
