@@ -19,8 +19,9 @@ chunk; the baselines do the same). Variants are compiled first, then timed in in
 rounds (median of ``--repeats``; every other round in reverse order), every variant running
 the same whole chunks per timing, enough for the fastest one's to last ``--min-time``
 seconds. ``auto`` is also compared round by round: the median of its per-round ratios to each
-baseline and to the fastest form, with a 95% paired t interval (``*_paired``, ``*_ci``). A variant whose first timing takes longer than ``--max-time`` seconds is timed once.
-Absolute rates depend on the machine's load; the ratios are measured side by side.
+baseline and to the fastest form, with a 95% paired t interval (``*_paired``, ``*_ci``). A
+variant whose first timing takes longer than ``--max-time`` seconds is timed once. Absolute
+rates depend on the machine's load; the ratios are measured side by side.
 
     python benchmarks/execution.py --quick
     python benchmarks/execution.py --out benchmarks/results/execution_cpu.json
