@@ -306,6 +306,10 @@ def test_a_factory_returning_something_else_is_named():
     with pytest.raises(ConfigError, match="must return a jaxtune.Task, got dict"):
         jaxtune.run_sweep({"train": TRAIN}, task=lambda structure: {"not": "a task"})
     with pytest.raises(
+        ConfigError, match=r"optimizer must return an optax.GradientTransformation.*got dict"
+    ):
+        jaxtune.run_sweep({"train": TRAIN}, task=_linen_task(8), optimizer=lambda hp: {"a": 1})
+    with pytest.raises(
         ConfigError, match=r"task.factory = 'nowhere.at_all:make' cannot be imported"
     ):
         jaxtune.run_sweep({"task": {"factory": "nowhere.at_all:make"}, "train": TRAIN})

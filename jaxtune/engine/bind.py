@@ -82,10 +82,12 @@ class Binder:
         if task is None and base["task.factory"]:
             task = registry.import_factory(base["task.factory"], "task.factory", search=search)
             self.where = f"task.factory {base['task.factory']!r}"
+        self.opt_where, self._optimizer_checked = "optimizer", False
         if optimizer is None and base["optimizer.factory"]:
             optimizer = registry.import_factory(
                 base["optimizer.factory"], "optimizer.factory", search=search
             )
+            self.opt_where = f"optimizer.factory {base['optimizer.factory']!r}"
         if task is not None and not callable(task) and not isinstance(task, Task):
             raise ConfigError(
                 "task must be a jaxtune.Task or a callable returning one, got "
@@ -168,11 +170,26 @@ class Binder:
         if self.metric_names is None:
             self.metric_names = names
         optimizer, schedule, opt_id = self.optimizer_for(structure, trials)
+        if self.optimizer is not None:
+            self._check_optimizer(hp0)
         rng = task_id[0] != "builtin" or structure["task.dropout"] > 0
         step = make_train_step(task, optimizer, schedule=schedule, rng=rng)
         present = tuple(k in hp0 for k in ("optimizer.momentum", "optimizer.clip_norm"))
         cache_key = (task_id, opt_id, rng, present, tuple(sorted(hp0)))
         return Binding(task, step, cache_key, optimizer, schedule, rng, tuple(names))
+
+    def _check_optimizer(self, hp0: Mapping[str, Any]) -> None:
+        """A user optimizer must build an optax chain from ``hp`` (checked once, before
+        anything compiles)."""
+        if self._optimizer_checked:
+            return
+        tx = self.optimizer(hp0)  # its own errors keep their traceback
+        if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+            raise ConfigError(
+                f"{self.opt_where} must return an optax.GradientTransformation (with init and "
+                f"update), got {type(tx).__name__}"
+            )
+        self._optimizer_checked = True
 
     def _check_effect(self, task: Task, structure: dict[str, Any], trials: list[dict]) -> None:
         """Refuse settings a user task would ignore: a structure key of the built-in task that
