@@ -20,7 +20,6 @@ from jaxtune import schedules as schedules
 from jaxtune import tasks as tasks
 from jaxtune import workloads as workloads
 from jaxtune.bench import run_benchmark as run_benchmark
-from jaxtune.checkpoint import export_trial as export_trial
 from jaxtune.config import SweepConfig as SweepConfig
 from jaxtune.config import load_config as load_config
 from jaxtune.data import Splits as Splits
@@ -37,6 +36,7 @@ from jaxtune.engine import make_train_step as make_train_step
 from jaxtune.engine import run_sweep as run_sweep
 from jaxtune.errors import ConfigError as ConfigError
 from jaxtune.errors import TaskError as TaskError
+from jaxtune.export import export_trial as export_trial
 from jaxtune.initializers import INITIALIZERS as INITIALIZERS
 from jaxtune.initializers import get_initializer as get_initializer
 from jaxtune.initializers import reinitialize as reinitialize
