@@ -34,7 +34,13 @@ import jaxtune
 from jaxtune import checkpoint
 from jaxtune import config as config_lib
 from jaxtune.config import ConfigError, SweepConfig
-from jaxtune.run_folders import default_out, read_search_path, search_path, write_search_path
+from jaxtune.run_folders import (
+    SearchPathRecorder,
+    check_output_dir,
+    default_out,
+    read_search_path,
+    search_path,
+)
 
 __all__ = ["add_config_arguments", "build_parser", "main", "search_path"]
 
@@ -159,29 +165,6 @@ def _add_plugin_subcommands(subparsers: Any) -> None:
 # Checks done before anything runs.
 
 
-def _check_output_dir(out: Path, *, resume: bool) -> None:
-    """Refuse an output folder that is a file, cannot be written, or holds another sweep."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory")
-    parent = out
-    while not parent.exists():
-        if parent.parent == parent:
-            break
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
-    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: {parent} is not writable")
-    if out.is_dir() and not resume:
-        ckpt = out / "checkpoints"
-        has_ckpt = ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
-        if has_ckpt or (out / "results.json").exists():
-            raise ConfigError(
-                f"--out {out} already holds a sweep; pass --resume to continue it or choose "
-                "another --out"
-            )
-
-
 def _check_resume(cfg: SweepConfig, out: Path) -> None:
     if cfg.base["checkpoint.every"] <= 0:
         raise ConfigError("--resume needs checkpoints: set checkpoint.every to a positive number")
@@ -212,29 +195,8 @@ def _check_set_keys(cfg: SweepConfig, settings: Sequence[str]) -> None:
             )
 
 
-class _RecordSearchPath:
-    """Records, when the sweep starts, where its factories were imported from."""
-
-    def __init__(self, out: Path, search: list[Path]) -> None:
-        self.out, self.search = out, search
-
-    def on_start(self, info: dict[str, Any]) -> None:
-        write_search_path(self.out, self.search)
-
-    def on_chunk(self, start: int, stop: int, history: Any) -> None:
-        pass
-
-    def on_end(self, result: Any) -> None:
-        pass
-
-
 def _resume_hint(out: Path) -> str:
     return f"{PROG} sweep --out {out} --resume"
-
-
-def _has_checkpoint(out: Path) -> bool:
-    ckpt = out / "checkpoints"
-    return ckpt.is_dir() and any(p.is_dir() and p.name.isdigit() for p in ckpt.iterdir())
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -258,7 +220,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         search = search_path(args) if stored is None else stored
     cfg = load_config_from_args(args)
     _check_set_keys(cfg, args.set or ())
-    _check_output_dir(out, resume=args.resume)
+    check_output_dir(out, resume=args.resume)
     if args.resume:
         _check_resume(cfg, out)
 
@@ -266,11 +228,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     callbacks: list[engine.SweepCallback] = [
         _Banner(),
         progress.ProgressBar(),
-        _RecordSearchPath(out, search),
+        SearchPathRecorder(out, search),
     ]
-    tb_dir = out / "tb"
     if base["log.tensorboard"]:
-        callbacks.append(tensorboard.TensorBoardLogger(tb_dir))
+        callbacks.append(tensorboard.TensorBoardLogger(out / "tb"))
     try:
         result = engine.run_sweep(
             cfg,
@@ -281,32 +242,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print(file=sys.stderr)
-        if _has_checkpoint(out):
-            msg = (
-                f"{PROG}: interrupted; the sweep was checkpointed in {out / 'checkpoints'}. "
-                f"Resume it with: {_resume_hint(out)}"
-            )
-        elif base["checkpoint.every"] <= 0:
-            msg = (
-                f"{PROG}: interrupted; no checkpoint was written (checkpoint.every = 0), so the "
-                "sweep cannot be resumed; set checkpoint.every to make it resumable"
-            )
-        else:
-            msg = (
-                f"{PROG}: interrupted before the first checkpoint; run the same command again "
-                "to start over"
-            )
-        if (out / "results.json").exists():
-            msg += f" (partial results: {PROG} show {out})"
-        print(msg, file=sys.stderr)
+        print(_interrupted_message(out, base), file=sys.stderr)
         return 130
-    config_path = out / "config.toml"
+    _report(result, out, base)
+    return 0
 
-    from jaxtune.report import plots
 
-    written: list[Path] = []
-    if base["log.plots"]:
-        written = plots.write_plots(result, out)
+def _interrupted_message(out: Path, base: dict[str, Any]) -> str:
+    """What an interrupted sweep tells the user: how to resume it, or why it cannot be."""
+    if checkpoint.holds_checkpoints(out / "checkpoints"):
+        msg = (
+            f"{PROG}: interrupted; the sweep was checkpointed in {out / 'checkpoints'}. "
+            f"Resume it with: {_resume_hint(out)}"
+        )
+    elif base["checkpoint.every"] <= 0:
+        msg = (
+            f"{PROG}: interrupted; no checkpoint was written (checkpoint.every = 0), so the "
+            "sweep cannot be resumed; set checkpoint.every to make it resumable"
+        )
+    else:
+        msg = (
+            f"{PROG}: interrupted before the first checkpoint; run the same command again "
+            "to start over"
+        )
+    if (out / "results.json").exists():
+        msg += f" (partial results: {PROG} show {out})"
+    return msg
+
+
+def _report(result: Any, out: Path, base: dict[str, Any]) -> None:
+    """Plot, print the table and the timing line, and list what the sweep wrote."""
+    from jaxtune.report import plots, progress
+
+    written: list[Path] = plots.write_plots(result, out) if base["log.plots"] else []
     print()
     print(progress.format_table(result))
     print("\n" + progress.timing_line(result))
@@ -314,19 +282,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ("results", out / "results.json"),
         ("table", out / "results.csv"),
         ("history", out / "history.npz"),
-        ("config", config_path),
+        ("config", out / "config.toml"),
     ]
     outputs += [("plot", p) for p in written]
     if base["log.tensorboard"]:
-        outputs.append(("tensorboard", tb_dir))
+        outputs.append(("tensorboard", out / "tb"))
     if base["checkpoint.every"] > 0:
         outputs.append(("checkpoints", out / "checkpoints"))
     print("\noutputs:")
     for label, path in outputs:
         print(f"  {label + ':':<13}{path}")
     if base["log.tensorboard"]:
-        print(f"\nview the curves with: tensorboard --logdir {tb_dir}")
-    return 0
+        print(f"\nview the curves with: tensorboard --logdir {out / 'tb'}")
 
 
 def _load_result(directory: str) -> Any:
@@ -337,7 +304,7 @@ def _load_result(directory: str) -> Any:
         raise ConfigError(f"{d} is not a directory")
     if not (d / "results.json").is_file():
         hint = ""
-        if _has_checkpoint(d):
+        if checkpoint.holds_checkpoints(d / "checkpoints"):
             hint = f"; it holds checkpoints: resume it with {_resume_hint(d)}"
         raise ConfigError(f"no results.json in {d}{hint}")
     try:

@@ -1,16 +1,21 @@
-"""Output folders of the command line: a new folder's name, the folders searched for factories,
-and what a resumable command (``jaxtune tune``, ``jaxtune bench``) reads back from its folder."""
+"""Output folders of the command line: a new folder's name, the checks on a given one, the
+folders searched for factories (recorded in ``run.json`` for a resume), and what a resumable
+command (``jaxtune tune``, ``jaxtune bench``) reads back from its folder."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 from jaxtune.errors import ConfigError
 
 __all__ = [
+    "SearchPathRecorder",
+    "check_output_dir",
     "default_out",
     "make_out_dir",
     "read_search_path",
@@ -83,3 +88,43 @@ def make_out_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {out} cannot be used: {e.strerror or e}") from None
+
+
+def check_output_dir(out: Path, *, resume: bool) -> None:
+    """Refuse an output folder that is a file, cannot be written, or holds another sweep."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    parent = out
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {parent} is not writable")
+    if out.is_dir() and not resume:
+        from jaxtune.checkpoint import holds_checkpoints
+
+        if holds_checkpoints(out / "checkpoints") or (out / "results.json").exists():
+            raise ConfigError(
+                f"--out {out} already holds a sweep; pass --resume to continue it or choose "
+                "another --out"
+            )
+
+
+class SearchPathRecorder:
+    """A sweep callback that records, when the sweep starts, where its factories were
+    imported from (:func:`write_search_path`)."""
+
+    def __init__(self, out: Path, search: list[Path]) -> None:
+        self.out, self.search = out, search
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        write_search_path(self.out, self.search)
+
+    def on_chunk(self, start: int, stop: int, history: Any) -> None:
+        pass
+
+    def on_end(self, result: Any) -> None:
+        pass
