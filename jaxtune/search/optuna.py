@@ -151,6 +151,36 @@ def _told(study: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _open_study(optuna: Any, sweep: Sweep) -> tuple[Any, str | None]:
+    """The sweep's study and its storage: ``<out>/optuna.db`` (a fresh run starts it again),
+    or in memory without an output folder."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = None
+    if sweep.out_dir is not None:
+        sweep.out_dir.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{(sweep.out_dir / 'optuna.db').resolve()}"
+        if not sweep.resume:
+            with contextlib.suppress(KeyError):
+                optuna.delete_study(study_name=STUDY, storage=storage)
+    direction = "maximize" if sweep.selection.mode == "max" else "minimize"
+    study = optuna.create_study(
+        storage=storage, study_name=STUDY, direction=direction, load_if_exists=True
+    )
+    return study, storage
+
+
+def _earlier_divergences(study: Any, notes: dict | None, upto: int) -> dict[int, int]:
+    """``id -> step`` of the trials before ``upto`` that diverged: from the checkpoint's notes,
+    else (no checkpoint, or one without them) from what the study was told."""
+    if notes is not None and "diverged" in notes:
+        return {int(i): int(s) for i, s in notes["diverged"]}
+    return {
+        t.number: int(t.user_attrs["diverged_step"])
+        for t in study.trials[:upto]
+        if t.user_attrs.get("diverged_step") is not None
+    }
+
+
 def run_optuna(sweep: Sweep) -> SweepResult:
     """``sweep.strategy = "optuna"``: ask a batch, train it vectorized, tell, for each round.
 
@@ -165,18 +195,7 @@ def run_optuna(sweep: Sweep) -> SweepResult:
     sweep.population(range(batch))
     names = [f"{i:03d}-round{i // batch}" for i in range(batch * rounds)]
     sweep.define({i: {} for i in range(batch * rounds)}, names)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = None
-    if sweep.out_dir is not None:
-        sweep.out_dir.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{(sweep.out_dir / 'optuna.db').resolve()}"
-        if not sweep.resume:
-            with contextlib.suppress(KeyError):
-                optuna.delete_study(study_name=STUDY, storage=storage)
-    direction = "maximize" if sweep.selection.mode == "max" else "minimize"
-    study = optuna.create_study(
-        storage=storage, study_name=STUDY, direction=direction, load_if_exists=True
-    )
+    study, storage = _open_study(optuna, sweep)
     built: dict[int, Any] = {}
 
     def define(ids: range) -> None:
@@ -212,15 +231,7 @@ def run_optuna(sweep: Sweep) -> SweepResult:
     diverged: dict[int, int] = {}
     if r0 > 0:  # resumed in a later round: the earlier rounds' points and divergences
         define(range(r0 * batch))
-        if notes is not None and "diverged" in notes:
-            diverged = {int(i): int(s) for i, s in notes["diverged"]}
-        else:  # no checkpoint, or one without them: the study holds each told trial's
-            told = study.trials[: r0 * batch]
-            diverged = {
-                t.number: int(t.user_attrs["diverged_step"])
-                for t in told
-                if t.user_attrs.get("diverged_step") is not None
-            }
+        diverged = _earlier_divergences(study, notes, r0 * batch)
     populations, interrupted, step = [], False, 0
     for r in range(r0, rounds):
         if r > r0 or (notes is None and r0 > 0):
