@@ -122,7 +122,14 @@ def _scaled(base: Initializer, scale: float) -> Initializer:
     return init
 
 
-def get_initializer(name: str, *, scale: float = 1.0, stddev: float | None = None) -> Initializer:
+def get_initializer(
+    name: str,
+    *,
+    scale: float = 1.0,
+    stddev: float | None = None,
+    in_axis: int | Sequence[int] = -2,
+    out_axis: int | Sequence[int] = -1,
+) -> Initializer:
     """Returns a named kernel initializer.
 
     Args:
@@ -131,6 +138,9 @@ def get_initializer(name: str, *, scale: float = 1.0, stddev: float | None = Non
       scale: Multiplier of the standard deviation of every draw (positive).
       stddev: Standard deviation for ``"normal"`` (default 0.01); an error for
         the variance-scaling presets.
+      in_axis, out_axis: the kernel axes of the fan-in and fan-out of the variance-scaling
+        presets, as ``jax.nn.initializers.variance_scaling`` takes them (the other axes form
+        the receptive field).
 
     Returns:
       A ``jax.nn.initializers.Initializer``; with ``scale=1`` it is JAX's own
@@ -150,7 +160,7 @@ def get_initializer(name: str, *, scale: float = 1.0, stddev: float | None = Non
     scale = _check_scale(scale)
     if base == "normal":
         return jax.nn.initializers.normal(stddev * scale)
-    initializer = _VARIANCE_SCALING[base][0]()
+    initializer = _VARIANCE_SCALING[base][0](in_axis=in_axis, out_axis=out_axis)
     return initializer if scale == 1.0 else _scaled(initializer, scale)
 
 
@@ -234,6 +244,14 @@ def reinitialize(params: Any, scheme: str, key: jax.Array, *, scale: float = 1.0
     set to zero. Every other leaf (e.g. a normalization ``"scale"``) is returned
     unchanged. Dtypes are preserved.
 
+    Fans follow the JAX convention (see the module docstring), except for the projections
+    of a Flax attention module (``nn.MultiHeadDotProductAttention``, ``nnx.MultiHeadAttention``:
+    a module whose children include ``query``, ``key`` and ``value``). Those kernels are
+    ``DenseGeneral`` kernels, and their fans are those of the flattened dense kernel, as
+    Flax draws them: ``query`` / ``key`` / ``value`` ``(in, heads, head_dim)`` have
+    ``fan_in = in`` and ``out`` ``(heads, head_dim, features)`` has
+    ``fan_in = heads * head_dim``.
+
     Args:
       params: A params pytree (nested dicts, as produced by ``module.init``).
       scheme: An initializer name accepted by :func:`get_initializer`.
@@ -249,11 +267,14 @@ def reinitialize(params: Any, scheme: str, key: jax.Array, *, scale: float = 1.0
       >>> float(new["Dense_0"]["bias"].sum())
       0.0
     """
-    initializer = get_initializer(scheme, scale=scale)
+    get_initializer(scheme, scale=scale)  # validates the name and the scale
+    attention = _attention_modules(params)
 
     def redraw(path: tuple[Any, ...], leaf: Any) -> Any:
         name = _leaf_name(path)
         if name == "kernel" and jnp.ndim(leaf) >= 2:
+            axes = _attention_axes(path, jnp.ndim(leaf), attention)
+            initializer = get_initializer(scheme, scale=scale, **axes)
             leaf_key = jax.random.fold_in(key, _path_index(path))
             return initializer(leaf_key, jnp.shape(leaf), jnp.result_type(leaf))
         if name == "bias":
@@ -261,6 +282,33 @@ def reinitialize(params: Any, scheme: str, key: jax.Array, *, scale: float = 1.0
         return leaf
 
     return jax.tree_util.tree_map_with_path(redraw, params)
+
+
+_PROJECTIONS = ("query", "key", "value")
+
+
+def _attention_modules(params: Any) -> set[str]:
+    """The key paths (``keystr``) of the modules whose children include ``query``, ``key``
+    and ``value`` kernels: Flax attention modules."""
+    children: dict[str, set[str]] = {}
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if len(path) >= 2 and _leaf_name(path) == "kernel":
+            parent = _leaf_name(path[:-1])
+            children.setdefault(jax.tree_util.keystr(path[:-2]), set()).add(str(parent))
+    return {m for m, names in children.items() if set(_PROJECTIONS) <= names}
+
+
+def _attention_axes(path: tuple[Any, ...], ndim: int, attention: set[str]) -> dict[str, Any]:
+    """``in_axis`` / ``out_axis`` of a kernel of an attention projection (a ``DenseGeneral``
+    kernel: fans of the flattened dense kernel), or ``{}`` for the JAX convention."""
+    if ndim < 3 or len(path) < 2 or jax.tree_util.keystr(path[:-2]) not in attention:
+        return {}
+    parent = _leaf_name(path[:-1])
+    if parent in _PROJECTIONS:
+        return {"in_axis": 0, "out_axis": tuple(range(1, ndim))}
+    if parent == "out":
+        return {"in_axis": tuple(range(ndim - 1)), "out_axis": ndim - 1}
+    return {}
 
 
 def scale_kernels(params: Any, scale: ArrayLike) -> Any:

@@ -189,3 +189,45 @@ def test_a_scaled_normal_draws_what_jax_draws_at_the_scaled_stddev():
     got = get_initializer("normal(0.01)", scale=3.0)(key, (64, 32))
     want = jax.nn.initializers.normal(0.03)(key, (64, 32))
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("scheme", ["he_normal", "glorot_normal", "lecun_uniform"])
+def test_attention_projections_get_the_fans_of_their_flattened_dense_kernel(scheme):
+    """A Flax attention module's ``query``/``key``/``value`` kernels ``(in, heads, head_dim)``
+    and ``out`` kernel ``(heads, head_dim, features)`` are DenseGeneral kernels: their fans
+    are those of the ``(in, heads * head_dim)`` and ``(heads * head_dim, features)`` dense
+    kernels, as Flax draws them. A conv1d kernel ``(width, in, out)`` beside them keeps the
+    conv fans."""
+    import flax.linen as nn
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(64, (5,))(x)
+            return nn.MultiHeadDotProductAttention(num_heads=8, qkv_features=512)(x)
+
+    params = Model().init(jax.random.key(0), jnp.ones((1, 4, 32)))["params"]
+    new = reinitialize(params, scheme, jax.random.key(1))
+    attention = new["MultiHeadDotProductAttention_0"]
+    for name in ("query", "key", "value"):
+        assert attention[name]["kernel"].shape == (64, 8, 64)
+        got = empirical_std(attention[name]["kernel"])
+        assert abs(got / hand_std(scheme, (64, 512)) - 1.0) < 0.03, name
+    assert attention["out"]["kernel"].shape == (8, 64, 64)
+    got = empirical_std(attention["out"]["kernel"])
+    assert abs(got / hand_std(scheme, (512, 64)) - 1.0) < 0.03
+    got = empirical_std(new["Conv_0"]["kernel"])
+    assert abs(got / hand_std(scheme, (5, 32, 64)) - 1.0) < 0.03
+
+
+def test_reinitialized_attention_matches_flax_own_draw_of_the_same_scheme():
+    """Flax's own ``lecun_normal`` draw of an attention module (its default) has the spread
+    that ``reinitialize(..., "lecun_normal")`` gives it."""
+    import flax.linen as nn
+
+    module = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=256)
+    params = module.init(jax.random.key(0), jnp.ones((1, 3, 256)))["params"]
+    new = reinitialize(params, "lecun_normal", jax.random.key(1))
+    for name in ("query", "key", "value", "out"):
+        flax_std = empirical_std(params[name]["kernel"])
+        assert abs(empirical_std(new[name]["kernel"]) / flax_std - 1.0) < 0.03, name
