@@ -10,6 +10,9 @@ workload's reference learning rate, one seed, so the trials share their batches)
   the documented index rule);
 * ``scan_vmap``: a hand-written ``jit(scan(vmap(step)))`` over a chunk, the batch of each step
   gathered once and shared by every trial;
+* ``scan_vmap_norm``: the same with the global gradient norm of every step recorded, as the
+  engine records it (for its divergence check, clip rate and gradient-health report), so that
+  the cost of that one feature is measured apart from the rest of the engine;
 * ``jaxtune[FORM]``: ``jaxtune.run_sweep`` with ``train.execution = FORM`` for every form, and
   ``jaxtune[auto]`` (what ``auto`` chose is recorded).
 
@@ -151,18 +154,20 @@ class Baselines:
         self.solo = jax.jit(solo, donate_argnums=0)
         self.solo_eval = jax.jit(evaluate)
 
-        def vchunk(state, lrs, start):
+        def vchunk(state, lrs, start, norm=False):
             perms, first = shuffle(start)
 
             def body(s, t):
                 b = gather(perms, first, t)
-                return jax.vmap(lambda si, lr: step(si, lr, b, t))(s, lrs)
+                return jax.vmap(lambda si, lr: step(si, lr, b, t, norm))(s, lrs)
 
             ts = start + jnp.arange(chunk, dtype=jnp.int32)
             state, losses = jax.lax.scan(body, state, ts)
             return state, losses, jax.vmap(evaluate)(state, lrs)
 
-        self.vchunk = jax.jit(vchunk, donate_argnums=0)
+        #: ``vchunk(state, lrs, start, norm)``: a chunk and its evaluation (``norm``: each
+        #: step also records the global gradient norm, as the engine does).
+        self.vchunk = jax.jit(vchunk, donate_argnums=0, static_argnames="norm")
         self.vinit = jax.jit(jax.vmap(init))
 
         def steps_only(state, lrs, start, norm):
@@ -182,6 +187,7 @@ class Baselines:
         t0 = time.perf_counter()
         self.run_loop(1, trials=1)
         self.run_scan(1)
+        self.run_scan(1, norm=True)
         return time.perf_counter() - t0
 
     def run_loop(self, chunks: int, trials: int | None = None) -> float:
@@ -201,12 +207,12 @@ class Baselines:
         jax.block_until_ready(states)
         return len(lrs) * chunks * self.chunk / (time.perf_counter() - t0)
 
-    def run_scan(self, chunks: int) -> float:
+    def run_scan(self, chunks: int, norm: bool = False) -> float:
         s = jax.block_until_ready(self.vinit(self.lrs))
         t0 = time.perf_counter()
         for c in range(chunks):
-            s, losses, ev = self.vchunk(s, self.lrs, jnp.int32(c * self.chunk))
-            np.asarray(losses), np.asarray(ev)
+            s, losses, ev = self.vchunk(s, self.lrs, jnp.int32(c * self.chunk), norm=norm)
+            jax.tree.map(np.asarray, (losses, ev))
         jax.block_until_ready(s)
         return len(self.lrs) * chunks * self.chunk / (time.perf_counter() - t0)
 
@@ -279,6 +285,7 @@ def cell(name, case, n, args) -> dict[str, Any]:
     variants: dict[str, Any] = {
         "loop": lambda k: base.run_loop(k),
         "scan_vmap": lambda k: base.run_scan(k),
+        "scan_vmap_norm": lambda k: base.run_scan(k, norm=True),
     }
     per_device = math.ceil(n / jax.device_count())
     # Pruned: trials unrolled past 16 per device (auto never unrolls more), and a form whose
@@ -350,10 +357,16 @@ def cell(name, case, n, args) -> dict[str, Any]:
         "auto_vs_fastest": auto / form_rates[fastest],
         "auto_vs_loop": auto / med["loop"],
         "auto_vs_scan_vmap": auto / med["scan_vmap"],
+        "auto_vs_scan_vmap_norm": auto / med["scan_vmap_norm"],
         **paired(
             rates,
             "jaxtune[auto]",
-            {"fastest": f"jaxtune[{fastest}]", "loop": "loop", "scan_vmap": "scan_vmap"},
+            {
+                "fastest": f"jaxtune[{fastest}]",
+                "loop": "loop",
+                "scan_vmap": "scan_vmap",
+                "scan_vmap_norm": "scan_vmap_norm",
+            },
         ),
         "pruned": pruned,
         "baseline_compile_s": compile_base,
@@ -361,7 +374,9 @@ def cell(name, case, n, args) -> dict[str, Any]:
     log(
         f"{name} N={n}: auto {auto:.1f} ({row['auto_form']}) = {row['auto_vs_fastest']:.2f}x "
         f"fastest ({fastest} {form_rates[fastest]:.1f}), {row['auto_vs_loop']:.2f}x loop, "
-        f"{row['auto_vs_scan_vmap']:.2f}x scan_vmap (paired {_paired_text(row)})"
+        f"{row['auto_vs_scan_vmap']:.2f}x scan_vmap (paired {_paired_text(row)}), "
+        f"{row['auto_vs_scan_vmap_norm']:.2f}x scan_vmap_norm "
+        f"(paired {_paired_text(row, 'scan_vmap_norm')})"
     )
     return row
 
@@ -383,8 +398,8 @@ def paired(rates: dict[str, list[float]], a: str, others: dict[str, str]) -> dic
 def table(rows: list[dict]) -> str:
     lines = [
         "| workload | N | loop | scan_vmap | fastest form | auto (form) | auto/fastest | "
-        "auto/loop | auto/scan_vmap | paired [95% CI] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "auto/loop | auto/scan_vmap | paired [95% CI] | auto/scan_vmap_norm [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rt = r["rates"]
@@ -395,16 +410,16 @@ def table(rows: list[dict]) -> str:
             f"| {r['workload']} | {r['n']} | {rt['loop']:.0f} | {rt['scan_vmap']:.0f} | "
             f"{f} {rt[f'jaxtune[{f}]']:.0f} | {auto} | "
             + " | ".join(f"{x:.2f}" for x in ratios)
-            + f" | {_paired_text(r)} |"
+            + f" | {_paired_text(r)} | {_paired_text(r, 'scan_vmap_norm')} |"
         )
     return "\n".join(lines)
 
 
-def _paired_text(row: dict) -> str:
-    if "auto_vs_scan_vmap_ci" not in row:
+def _paired_text(row: dict, label: str = "scan_vmap") -> str:
+    if f"auto_vs_{label}_ci" not in row:
         return "-"
-    lo, hi = row["auto_vs_scan_vmap_ci"]
-    return f"{row['auto_vs_scan_vmap_paired']:.2f} [{lo:.2f}, {hi:.2f}]"
+    lo, hi = row[f"auto_vs_{label}_ci"]
+    return f"{row[f'auto_vs_{label}_paired']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 def main(argv=None) -> int:

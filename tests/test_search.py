@@ -345,6 +345,23 @@ def test_exploit_explore_moves_the_bottom_quantile_to_the_top():
     assert all(v["optimizer.learning_rate"] in grid for v in new_hp.values())
 
 
+def test_exploit_explore_moves_a_small_integer_hyperparameter():
+    """``round(1 * 1.25)`` and ``round(2 * 0.8)`` give the value back: an integer perturbed
+    must still move, by one in the factor's direction (and stay within its bounds)."""
+    values = {i: float(i) for i in range(8)}
+    hp = {i: {"hparams.k": 1 + i % 3} for i in range(8)}
+    sweep = _sweep(_with(PBT, pbt={"quantile": 0.5, "resample_probability": 0.0}))
+    moved = []
+    for step in range(100, 1100, 100):
+        copies, new_hp = pbt.exploit_explore(sweep, values, hp, step, "min")
+        for dst, src in copies.items():
+            old, new = hp[src]["hparams.k"], new_hp[dst]["hparams.k"]
+            assert isinstance(new, int) and abs(new - old) >= 1
+            moved.append((old, new))
+    # Both directions occurred from each of 1, 2 and 3 across the rounds.
+    assert {(o, n > o) for o, n in moved} == {(o, up) for o in (1, 2, 3) for up in (False, True)}
+
+
 def test_pbt_beats_the_best_constant_learning_rate_of_the_same_population():
     constant = jaxtune.run_sweep(PBT, task=TASK)
     result = jaxtune.run_sweep(_with(PBT, sweep={"strategy": "pbt"}), task=TASK)

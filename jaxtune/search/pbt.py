@@ -118,6 +118,17 @@ def structure_groups(sweep: Sweep) -> list[list[int]]:
     return list(groups.values())
 
 
+def _perturbed(key: str, like: Any, factor: float) -> Any:
+    """``like`` times ``factor``, within the key's bounds. An integer moves by at least one
+    in the factor's direction (``round(2 * 1.25)`` is 2: small integers would never move)."""
+    value = like * factor
+    if isinstance(like, int) and not isinstance(like, bool):
+        value = round(value)
+        if value == like:
+            value = like + (1 if factor > 1 else -1)
+    return _clamp(key, value, like)
+
+
 def _clamp(key: str, value: float, like: Any) -> Any:
     if isinstance(like, int) and not isinstance(like, bool):
         value = max(1, round(value)) if key in KEYS else round(value)
@@ -186,7 +197,7 @@ def exploit_explore(
                 elif rng.random() < p_resample:
                     new[key] = _resample(sweep, key, rng, v)
                 else:
-                    new[key] = _clamp(key, v * (0.8 if rng.random() < 0.5 else 1.25), v)
+                    new[key] = _perturbed(key, v, 0.8 if rng.random() < 0.5 else 1.25)
             new_hp[dst] = new
     return copies, new_hp
 
