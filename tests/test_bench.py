@@ -361,3 +361,27 @@ def test_the_example_validates():
         "digits_cnn": 200,
     }
     assert bench_config(cfg.to_dict()) == cfg
+
+
+def test_cli_gives_every_study_tensorboard_runs_unless_log_tensorboard_is_off(
+    tmp_path, monkeypatch
+):
+    """``jaxtune bench`` passes one TensorBoard logger to the studies' sweeps (each writes
+    into its own study folder, tests/test_report_callbacks.py) when ``log.tensorboard`` is
+    on, as ``jaxtune sweep`` does, and none when it is off."""
+    import jaxtune.bench.runner as runner
+    from jaxtune.config import to_toml
+    from jaxtune.report import TensorBoardLogger
+
+    seen = []
+
+    def fake(cfg, **kw):
+        seen.append([type(c) for c in kw["callbacks"]])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_benchmark", fake)
+    for i, on in enumerate((True, False)):
+        path = tmp_path / f"b{i}.toml"
+        path.write_text(to_toml({**DOC, "log": {"tensorboard": on}}))
+        assert main(["bench", str(path), "--out", str(tmp_path / f"out{i}")]) == 130
+    assert seen == [[TensorBoardLogger], []]

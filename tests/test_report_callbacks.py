@@ -81,3 +81,16 @@ def test_a_resumed_sweep_logs_every_step_exactly_once(stop_at, tmp_path):
     assert [s for s, _ in shown["train/loss"]] == list(range(40))
     assert [s for s, _ in shown["valid/loss"]] == [10, 20, 30, 40]
     assert shown["train/loss"][-1][1] == pytest.approx(float(result.history["train.loss"][0, -1]))
+
+
+def test_one_logger_serves_sweeps_in_turn_each_in_its_own_folder(tmp_path):
+    """Without ``log_dir``, a logger passed to several sweeps (as ``jaxtune bench`` passes one
+    to every study) writes each sweep's runs under that sweep's own ``out_dir/tb``."""
+    cfg = {**INPROC, "train": {**INPROC["train"], "steps": 10}, "checkpoint": {"every": 0}}
+    logger = TensorBoardLogger(num_examples=0)
+    results = [run_sweep(cfg, out_dir=tmp_path / d, callbacks=[logger]) for d in ("a", "b")]
+    for d, result in zip(("a", "b"), results, strict=True):
+        for trial in result.trials:
+            shown = tb_reader.visible_scalars(tmp_path / d / "tb" / trial.name)
+            steps = [s for s, _ in shown["train/loss"]]
+            assert steps == sorted(set(steps)) and len(steps) >= 1, (d, trial.name)

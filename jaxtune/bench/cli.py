@@ -33,12 +33,18 @@ def _bench_handler(args: argparse.Namespace) -> int:
         raise ConfigError("jaxtune bench needs CONFIG.toml: a file with a [bench] table")
     cfg = load_bench_config(args.config, list(args.set or ()), document=document)
     make_out_dir(out)
+    callbacks = []
+    if cfg.base["log"]["tensorboard"]:
+        from jaxtune.report import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(num_examples=0))  # DIR/<submission>/<workload>/...
     t0 = time.perf_counter()
     try:
         result = run_benchmark(
             cfg,
             out_dir=out,
             resume=args.resume,
+            callbacks=callbacks,
             progress=True,
             search_path=search,
             notes={"search_path": [str(Path(p).resolve()) for p in search]},

@@ -63,7 +63,8 @@ class TensorBoardLogger(SweepCallback):
     """Writes per-trial TensorBoard runs during a sweep (see the module docstring).
 
     Args:
-      log_dir: the root folder of the runs; default ``<out_dir>/tb`` of the sweep.
+      log_dir: the root folder of the runs; default ``<out_dir>/tb`` of each sweep (one
+        logger may serve several sweeps in turn, each writing into its own folder).
       clip_window: the number of trailing steps over which ``train/clip_rate`` is computed.
       num_examples: how many worst-classified validation examples the image grid shows
         (0: none).
@@ -80,7 +81,8 @@ class TensorBoardLogger(SweepCallback):
     ) -> None:
         if clip_window < 1:
             raise ValueError(f"clip_window = {clip_window} is invalid: expected an integer >= 1")
-        self.log_dir = None if log_dir is None else Path(log_dir)
+        self.root = None if log_dir is None else Path(log_dir)
+        self.log_dir = self.root  # the current sweep's root
         self.clip_window = int(clip_window)
         self.num_examples = int(num_examples)
         self.flush_secs = flush_secs
@@ -95,7 +97,7 @@ class TensorBoardLogger(SweepCallback):
     def on_start(self, info: dict[str, Any]) -> None:
         from tensorboardX import SummaryWriter
 
-        root = self.log_dir
+        root = self.root
         if root is None:
             if info.get("out_dir") is None:
                 raise ValueError(
