@@ -218,8 +218,17 @@ def expected_std(
     return scale * math.sqrt(gain / fan)
 
 
+def _variable_path(path: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``path`` without the trailing ``.value`` of an NNX ``Variable`` (the leaves of an
+    ``nnx.State`` sit there), so that it names the parameter as a pure dict's path does."""
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        return path[:-1]
+    return path
+
+
 def _leaf_name(path: tuple[Any, ...]) -> str | None:
     """The name of the last entry of a pytree key path (dict key or attribute)."""
+    path = _variable_path(path)
     if not path:
         return None
     last = path[-1]
@@ -253,7 +262,8 @@ def reinitialize(params: Any, scheme: str, key: jax.Array, *, scale: float = 1.0
     ``fan_in = heads * head_dim``.
 
     Args:
-      params: A params pytree (nested dicts, as produced by ``module.init``).
+      params: A params pytree: nested dicts, as produced by ``module.init``, or an
+        ``nnx.State`` (``nnx.state(model, nnx.Param)``).
       scheme: An initializer name accepted by :func:`get_initializer`.
       key: PRNG key.
       scale: Standard-deviation multiplier for the kernels.
@@ -275,7 +285,7 @@ def reinitialize(params: Any, scheme: str, key: jax.Array, *, scale: float = 1.0
         if name == "kernel" and jnp.ndim(leaf) >= 2:
             axes = _attention_axes(path, jnp.ndim(leaf), attention)
             initializer = get_initializer(scheme, scale=scale, **axes)
-            leaf_key = jax.random.fold_in(key, _path_index(path))
+            leaf_key = jax.random.fold_in(key, _path_index(_variable_path(path)))
             return initializer(leaf_key, jnp.shape(leaf), jnp.result_type(leaf))
         if name == "bias":
             return jnp.zeros_like(leaf)
@@ -291,7 +301,8 @@ def _attention_modules(params: Any) -> set[str]:
     """The key paths (``keystr``) of the modules whose children include ``query``, ``key``
     and ``value`` kernels: Flax attention modules."""
     children: dict[str, set[str]] = {}
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+    for full, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        path = _variable_path(full)
         if len(path) >= 2 and _leaf_name(path) == "kernel":
             parent = _leaf_name(path[:-1])
             children.setdefault(jax.tree_util.keystr(path[:-2]), set()).add(str(parent))
@@ -301,6 +312,7 @@ def _attention_modules(params: Any) -> set[str]:
 def _attention_axes(path: tuple[Any, ...], ndim: int, attention: set[str]) -> dict[str, Any]:
     """``in_axis`` / ``out_axis`` of a kernel of an attention projection (a ``DenseGeneral``
     kernel: fans of the flattened dense kernel), or ``{}`` for the JAX convention."""
+    path = _variable_path(path)
     if ndim < 3 or len(path) < 2 or jax.tree_util.keystr(path[:-2]) not in attention:
         return {}
     parent = _leaf_name(path[:-1])

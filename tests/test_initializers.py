@@ -231,3 +231,29 @@ def test_reinitialized_attention_matches_flax_own_draw_of_the_same_scheme():
     for name in ("query", "key", "value", "out"):
         flax_std = empirical_std(params[name]["kernel"])
         assert abs(empirical_std(new[name]["kernel"]) / flax_std - 1.0) < 0.03, name
+
+
+def test_an_nnx_state_is_redrawn_as_its_pure_dict_is():
+    """``nnx.state(model, nnx.Param)`` holds each parameter under a ``Variable``'s
+    ``.value``: it is redrawn (and scaled) exactly as its pure dict, not left unchanged."""
+    from flax import nnx
+
+    from jaxtune.initializers import scale_kernels
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(32, 64, rngs=rngs)
+            self.attention = nnx.MultiHeadAttention(
+                num_heads=4, in_features=64, qkv_features=128, decode=False, rngs=rngs
+            )
+
+    state = nnx.state(Model(nnx.Rngs(0)), nnx.Param)
+    pure = state.to_pure_dict()
+    for scheme in ("he_normal", "glorot_uniform"):
+        got = reinitialize(state, scheme, jax.random.key(1)).to_pure_dict()
+        want = reinitialize(pure, scheme, jax.random.key(1))
+        assert not np.allclose(got["dense"]["kernel"], pure["dense"]["kernel"])
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    halved = scale_kernels(state, 0.5).to_pure_dict()
+    np.testing.assert_allclose(halved["dense"]["kernel"], 0.5 * pure["dense"]["kernel"])
