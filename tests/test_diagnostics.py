@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -257,6 +258,60 @@ def test_init_report_on_a_user_linen_task_and_a_skip_without_layers():
     )
     skipped = D.init_report({}, task=plain)
     assert skipped.skipped and skipped.passed and "no Flax linen" in skipped.reason
+
+
+class _Tokens(nn.Module):
+    @nn.compact
+    def __call__(self, ids, *, train):
+        x = nn.Embed(256, 32)(ids).mean(axis=1)
+        h = nn.relu(nn.Dense(64)(x))
+        return nn.Dense(10)(h)
+
+
+def test_init_report_of_token_ids_measures_from_the_first_layers_input():
+    """For a model of token ids the reference scale is what the embedding feeds the first
+    Dense layer, not the ids (byte values, std ~70): the ratios equal the hand-computed stds of
+    the model's own activations, and He's init is not flagged."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 256, (300, 8)).astype(np.int32)
+    labels = (ids[:, 0] % 10).astype(np.int32)
+    splits = data_lib.Splits((ids[:200], labels[:200]), (ids[200:], labels[200:]))
+    model = jaxtune.from_linen(_Tokens(), (8,), input_dtype=jnp.int32)
+    task = jaxtune.tasks.classification(model, splits)
+    r = D.init_report({"train": {"batch_size": 64}}, task=task, presets=("he_normal",), batch=64)
+    assert r.layers == ["Dense_0", "Dense_1"]
+    # By hand, on the same batch and the task's own parameters.
+    subject = D.make_subject({"train": {"batch_size": 64}}, task=task)
+    x, _ = subject.batch(64)
+    params, _ = jax.jit(task.init)(subject.key, subject.hp)
+    p = params.get("params", params)
+    embedded = np.asarray(nn.Embed(256, 32).apply({"params": p["Embed_0"]}, x)).mean(axis=1)
+    hidden = np.maximum(embedded @ np.asarray(p["Dense_0"]["kernel"]) + p["Dense_0"]["bias"], 0)
+    logits = hidden @ np.asarray(p["Dense_1"]["kernel"]) + p["Dense_1"]["bias"]
+    assert r.input_std == pytest.approx(np.std(embedded), rel=1e-4)
+    want = [np.std(hidden) / np.std(embedded), np.std(logits) / np.std(embedded)]
+    np.testing.assert_allclose(r.act_ratio["task init"], want, rtol=1e-4)
+    assert np.std(x) > 50 and not r.flags["he_normal"]
+
+
+def test_init_report_names_layers_by_their_path():
+    """Two blocks' ``Dense_0`` are told apart: ``Block_0/Dense_0``, ``Block_1/Dense_0``."""
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.relu(nn.Dense(16)(x))
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train):
+            x = Block()(x)
+            x = Block()(x)
+            return nn.Dense(10)(x)
+
+    task = jaxtune.tasks.classification(jaxtune.from_linen(Net(), (64,)), data_lib.load_digits())
+    r = D.init_report({}, task=task, presets=("he_normal",))
+    assert r.layers == ["Block_0/Dense_0", "Block_1/Dense_0", "Dense_0"]
 
 
 # ---------------------------------------------------------------------------------------------

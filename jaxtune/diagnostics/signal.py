@@ -68,10 +68,16 @@ def layer_records(records: list, eps: Sequence[jax.Array] | None = None) -> Any:
             if eps is not None:
                 out = out + eps[count[0]]
                 count[0] += 1
-            records.append((context.module.name, args[0], out))
+            records.append((_layer_name(context.module), args[0], out))
         return out
 
     return nn.intercept_methods(interceptor)
+
+
+def _layer_name(module: nn.Module) -> str:
+    """The module's path in the model (``Block_1/Dense_0``): names alone repeat per block."""
+    path = getattr(module, "path", None)
+    return "/".join(str(p) for p in path) if path else str(module.name)
 
 
 def robust_std(a: jax.Array) -> jax.Array:
@@ -93,7 +99,9 @@ class InitReport(Check):
     """Per-layer signal scale at initialization for several initializations.
 
     ``act_ratio[preset][l]`` is the std of layer ``l``'s activation (the next layer's input; the
-    output for the last layer) over the input's std; ``grad_ratio[preset][l]`` is the std of the
+    output for the last layer) over ``input_std``, the std of the first layer's input (the task's
+    inputs for an MLP or a CNN; for a model of token ids, what its embedding and normalization
+    feed the first Dense layer, not the ids); ``grad_ratio[preset][l]`` is the std of the
     backpropagated gradient at layer ``l``'s output over the last hidden layer's.
     ``flags[preset]`` lists the layers whose ratio leaves ``[low, high]``.
     """
@@ -118,7 +126,7 @@ class InitReport(Check):
         if len(self.layers) - 1 not in shown:
             shown.append(len(self.layers) - 1)
         head = "  " + f"{'preset':<14}" + "".join(f"{self.layers[k][-10:]:>11}" for k in shown)
-        out = ["  activation std / input std, per layer:", head]
+        out = ["  activation std / first layer's input std, per layer:", head]
         out += [
             "  " + f"{p:<14}" + "".join(f"{fmt(self.act_ratio[p][k]):>11}" for k in shown)
             for p in self.presets
@@ -144,7 +152,7 @@ def _program(task: tasks_lib.Task, hp: dict, params_shape: Any, state: Any, x: A
         recs: list = []
         with layer_records(recs, eps):
             outputs, _ = task.apply(params, state, x, train=True, key=None)
-        acts = [r[1] for r in recs[1:]] + [recs[-1][2]]
+        acts = [r[1] for r in recs] + [recs[-1][2]]  # the first layer's input, then each output
         return jnp.sum(task.loss(outputs, y, hp)), jnp.stack([robust_std(a) for a in acts])
 
     @jax.jit
@@ -238,7 +246,6 @@ def init_report(
         rep.skipped, rep.reason = True, "no Flax linen Dense/Conv layers to record in task.apply"
         return rep
     rep.layers = names
-    rep.input_std = float(robust_std(jax.tree.leaves(x)[0]))
     key = jax.random.fold_in(root, 7)
     for preset in candidates:
         params = params0 if preset == TASK_INIT else init_lib.reinitialize(params0, preset, key)
@@ -262,7 +269,10 @@ def _examine(rep: InitReport, preset: str, measured: Any, low: float, high: floa
     acts, deltas = (np.asarray(a, np.float64) for a in jax.device_get(measured))
     acts = [float(v) if math.isfinite(v) else math.inf for v in acts]
     deltas = [float(v) if math.isfinite(v) else math.inf for v in deltas]
-    rep.act_ratio[preset] = [safe_ratio(v, rep.input_std) for v in acts]
+    reference, acts = acts[0], acts[1:]
+    if preset == rep.presets[0]:
+        rep.input_std = reference
+    rep.act_ratio[preset] = [safe_ratio(v, reference) for v in acts]
     ref = deltas[-2] if len(deltas) > 1 else deltas[-1]
     rep.grad_ratio[preset] = [safe_ratio(v, ref) for v in deltas]
     flags = _flags(names, rep.act_ratio[preset], rep.grad_ratio[preset], low, high)
@@ -300,7 +310,7 @@ def plot_init_report(rep: InitReport, *, out_dir: str | Path | None = None) -> P
                 np.arange(1, len(v) + 1), np.where(np.isfinite(v), v, np.nan), "o-", ms=3, label=p
             )
     for ax, title in (
-        (axes[0, 0], "activation std / input std"),
+        (axes[0, 0], "activation std / first layer's input std"),
         (axes[0, 1], "backprop gradient std / last hidden's"),
     ):
         ax.axhspan(rep.low, rep.high, color="green", alpha=0.08)
