@@ -165,6 +165,17 @@ def _program(task: tasks_lib.Task, hp: dict, params_shape: Any, state: Any, x: A
 
 
 def _synthetic(depth, width, widths, model, activation, normalization, input_dim, batch, seed):
+    """The synthetic subject: a ``depth x width`` (or ``widths``) MLP/CNN of
+    :mod:`jaxtune.models` on standard-normal inputs and random labels (arguments checked)."""
+    if widths is not None:
+        widths = [require_int("widths", w) for w in widths]
+        if not widths:
+            raise ConfigError("widths = [] is invalid: expected one or more integers >= 1")
+    else:
+        depth = require_int("depth", depth if depth is not None else 20)
+        width = require_int("width", width)
+    if input_dim is not None:
+        input_dim = require_int("input_dim", input_dim)
     widths = tuple(widths) if widths is not None else (int(width),) * int(depth)
     key_x, key_y = jax.random.split(jax.random.PRNGKey(seed))
     shape = (int(input_dim or widths[0]),) if model == "mlp" else (8, 8, 1)
@@ -217,15 +228,6 @@ def init_report(
     """
     synthetic = subject is None and config is None and task is None
     if synthetic:
-        if widths is not None:
-            widths = [require_int("widths", w) for w in widths]
-            if not widths:
-                raise ConfigError("widths = [] is invalid: expected one or more integers >= 1")
-        else:
-            depth = require_int("depth", depth if depth is not None else 20)
-            width = require_int("width", width)
-        if input_dim is not None:
-            input_dim = require_int("input_dim", input_dim)
         t, (x, y) = _synthetic(
             depth, width, widths, model, activation, normalization, input_dim, batch, seed
         )
