@@ -14,7 +14,8 @@ workload's reference learning rate, one seed, so the trials share their batches)
   engine records it (for its divergence check, clip rate and gradient-health report), so that
   the cost of that one feature is measured apart from the rest of the engine;
 * ``jaxtune[FORM]``: ``jaxtune.run_sweep`` with ``train.execution = FORM`` for every form, and
-  ``jaxtune[auto]`` (what ``auto`` chose is recorded).
+  ``jaxtune[auto]`` (what ``auto`` chose is recorded). ``--grad-norm off`` runs them with
+  ``train.grad_norm = false``: no gradient norm per step, the per-step work of ``scan_vmap``.
 
 Every variant does the same work per chunk of ``--chunk`` steps: the training steps, then an
 evaluation of every trial on the validation and test splits (the engine evaluates after each
@@ -221,7 +222,7 @@ class Baselines:
 # The engine.
 
 
-def engine_config(case, lrs, chunk, chunks, form):
+def engine_config(case, lrs, chunk, chunks, form, grad_norm=True):
     w = case["workload"]
     return {
         "task": {"factory": w.factory},
@@ -234,6 +235,7 @@ def engine_config(case, lrs, chunk, chunks, form):
             "eval_every": chunk,
             "batch_size": case["batch"],
             "execution": form,
+            "grad_norm": grad_norm,
         },
         "select": {"metric": w.metric, "mode": w.mode},
         "log": {"tensorboard": False, "plots": False},
@@ -241,7 +243,7 @@ def engine_config(case, lrs, chunk, chunks, form):
     }
 
 
-def decide_auto(case, task, lrs, chunk) -> dict:
+def decide_auto(case, task, lrs, chunk, grad_norm=True) -> dict:
     """What ``auto`` chooses for a full-length sweep of this workload (N trials x its step
     budget): the choice is measured once and cached in the process, so the short timed runs
     below run it."""
@@ -249,15 +251,15 @@ def decide_auto(case, task, lrs, chunk) -> dict:
     from jaxtune.engine.prepare import Preparer
 
     w = case["workload"]
-    cfg = jaxtune.SweepConfig.from_dict(engine_config(case, lrs, chunk, 1, "auto"))
+    cfg = jaxtune.SweepConfig.from_dict(engine_config(case, lrs, chunk, 1, "auto", grad_norm))
     t0 = time.perf_counter()
     prep = Preparer(cfg, Binder(cfg, task=task), planned_trial_steps=len(lrs) * w.steps)
     pop = prep.population(list(enumerate(jaxtune.config.expand_trials(cfg))))
     return {"execution": pop.execution, "decide_s": time.perf_counter() - t0}
 
 
-def run_engine(case, task, lrs, chunk, chunks, form) -> tuple[float, dict]:
-    cfg = engine_config(case, lrs, chunk, chunks, form)
+def run_engine(case, task, lrs, chunk, chunks, form, grad_norm=True) -> tuple[float, dict]:
+    cfg = engine_config(case, lrs, chunk, chunks, form, grad_norm)
     result = jaxtune.run_sweep(cfg, task=task)
     return float(result.timing["trial_steps_per_s"]), {
         "execution": result.timing["execution"],
@@ -280,7 +282,8 @@ def cell(name, case, n, args) -> dict[str, Any]:
     log(f"{name} N={n}: compiling baselines")
     compile_base = base.compile()
     log(f"{name} N={n}: what auto chooses for {n} trials x {w.steps} steps")
-    decided = decide_auto(case, task, lrs, chunk)
+    norm = args.grad_norm == "on"
+    decided = decide_auto(case, task, lrs, chunk, norm)
     log(f"  {decided}")
     variants: dict[str, Any] = {
         "loop": lambda k: base.run_loop(k),
@@ -301,7 +304,7 @@ def cell(name, case, n, args) -> dict[str, Any]:
     for form in [*forms, "auto"]:
 
         def run(k, form=form):
-            rate, meta = run_engine(case, task, lrs, chunk, k, form)
+            rate, meta = run_engine(case, task, lrs, chunk, k, form, norm)
             info[form] = meta
             return rate
 
@@ -434,6 +437,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--min-time", type=float, default=2.0)
     p.add_argument("--max-time", type=float, default=30.0)
+    p.add_argument(
+        "--grad-norm",
+        choices=("on", "off"),
+        default="on",
+        help="the engine's train.grad_norm: 'off' does the per-step work of scan_vmap",
+    )
     p.add_argument("--quick", action="store_true", help="digits_mlp and digits_cnn at N=1, 8")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)

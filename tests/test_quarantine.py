@@ -49,12 +49,12 @@ def poisoned():
     return model, task, refs
 
 
-def _sweep(task, form, monkeypatch):
+def _sweep(task, form, monkeypatch, grad_norm=True):
     replays = []
 
-    def spy(self, start, length, until):
-        replays.append((start, length, np.asarray(until).tolist()))
-        return _REPLAY(self, start, length, until)
+    def spy(self, start, length, rows):
+        replays.append((start, length, np.asarray(rows).tolist()))
+        return _REPLAY(self, start, length, rows)
 
     monkeypatch.setattr(population_lib.Call, "replay", spy)
     result = jaxtune.run_sweep(
@@ -64,6 +64,7 @@ def _sweep(task, form, monkeypatch):
                 "eval_every": EVAL_EVERY,
                 "batch_size": BS,
                 "execution": form,
+                "grad_norm": grad_norm,
             },
             "sweep": {"method": "list", "trials": [{"train.seed": s} for s in SEEDS]},
         },
@@ -107,10 +108,10 @@ def test_diverged_trials_hold_their_last_finite_state_and_are_evaluated_on_it(fo
 
 
 def test_only_chunks_with_a_new_divergence_are_replayed(runs):
-    # Chunk [0, 6) replays trial 0 up to step 4, chunk [12, 18) trial 1 up to step 16; the
-    # other trials are left as they are (until = the chunk's start).
+    # Chunk [0, 6) replays trial 0 (diverged at step 4), chunk [12, 18) trial 1 (step 16);
+    # the other trials are left as they are.
     for form in ("scan/vmap", "scan/map:2"):
-        assert runs[form][1] == [(0, 6, [4, 0, 0]), (12, 6, [12, 16, 12])]
+        assert runs[form][1] == [(0, 6, [True, False, False]), (12, 6, [False, True, False])]
     assert runs["host/vmap"][1] == []
 
 
@@ -141,5 +142,85 @@ def test_train_step_keep_values():
     skipped, _ = fns.train_step(state, {}, (x, y), 3, keep=jnp.asarray(False))
     assert_tree_close(skipped.params, state.params, rtol=0, atol=0)
     assert not bool(skipped.diverged)
+    replayed, _ = fns.train_step(state, {}, bad, 3, keep=jnp.asarray(True))  # the quarantine
+    assert bool(replayed.diverged) and int(replayed.diverged_step) == 3
+    assert_tree_close(replayed.params, state.params, rtol=0, atol=0)
     with pytest.raises(ValueError, match="keep = 'some' is invalid: expected 'finite', 'all'"):
         fns.train_step(state, {}, (x, y), 3, keep="some")
+
+
+# ----------------------------------------------------------------------------------------------
+# train.grad_norm = false: no gradient norm per step. The chunk's flags follow the loss, the
+# states are checked at the chunk's end, and the replay finds the exact step. Here a marked
+# training row has a finite loss and a NaN gradient (d sqrt(u) at u = 0, times 0), so only the
+# gradient norm shows the divergence: seed 0 meets it at step 5 (a chunk's last step: only the
+# check of the states catches it), seed 1 at step 9 (the loss of step 10 is NaN), seed 2 never.
+
+WANT_NAN_GRAD = [5, 9, None]
+OFF_FORMS = ("scan/vmap", "scan/unroll", "host/vmap")  # deferred, deferred, per step
+
+
+def _marked_loss(out, y):
+    marked = y >= 4
+    u = jnp.where(marked, 0.0 * jnp.abs(out[..., 0]), 1.0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(out, y % 4)
+    return ce + jnp.where(marked, jnp.sqrt(u), 0.0)
+
+
+@pytest.fixture(scope="module")
+def nan_grad():
+    data = data_lib.make_classification()
+    x, y = (np.array(a) for a in data.train)
+    row = 16
+    assert [_first_hit(s, row, len(x)) for s in SEEDS] == WANT_NAN_GRAD
+    y[row] += 4
+    model = jaxtune.mlp(num_outputs=4, input_shape=(16,), widths=(32,))
+    task = jaxtune.tasks.classification(model, data)._replace(
+        data=data._replace(train=(x, y)), loss=lambda out, t, hp: _marked_loss(out, t)
+    )
+    tx = optax.sgd(LR, momentum=0.9)
+    refs = [
+        optax_loop(model, (x, y), tx, steps=STEPS, batch_size=BS, seed=s, loss=_marked_loss)
+        for s in SEEDS
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        runs = {form: _sweep(task, form, mp, grad_norm=False) for form in OFF_FORMS}
+    return model, task, refs, runs
+
+
+def _check_against(result, model, task, refs, want):
+    steps = result.history["eval_step"]
+    assert np.isnan(result.history["grad_norm"]).all()  # not recorded
+    for i, (params, model_state, hist) in enumerate(refs):
+        assert hist["diverged_step"] == want[i] == result.trials[i].diverged_step
+        taken, loss = len(hist["loss"]), result.history["train.loss"][i]
+        np.testing.assert_allclose(loss[:taken], hist["loss"], rtol=1e-4)
+        assert_tree_close(result.trial_state(i).params, params, rtol=1e-3, atol=1e-5)
+        acc = accuracy(model, params, model_state, task.data.valid)
+        if want[i] is None:
+            assert result.trials[i].final["valid.accuracy"] == pytest.approx(acc, abs=1e-6)
+            continue
+        d = want[i]
+        assert np.isnan(loss[d:]).all()
+        assert np.isnan(result.history["learning_rate"][i, d + 1 :]).all()
+        np.testing.assert_allclose(result.history["valid.accuracy"][i, steps > d], acc, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", OFF_FORMS)
+def test_without_the_gradient_norm_a_nan_gradient_is_caught_at_its_step(form, nan_grad):
+    model, task, refs, runs = nan_grad
+    result, replays = runs[form]
+    assert [e["form"] for e in result.timing["execution"]] == [form]
+    _check_against(result, model, task, refs, WANT_NAN_GRAD)
+    if form == "host/vmap":  # the per-step quarantine computes the norm, and never replays
+        assert replays == []
+    else:  # flagged at the chunk's end (step 6), and by the loss of step 10
+        assert replays == [(0, 6, [True, False, False]), (6, 6, [False, True, False])]
+
+
+def test_without_the_gradient_norm_a_nan_loss_is_caught_at_its_step(poisoned):
+    model, task, refs = poisoned
+    with pytest.MonkeyPatch.context() as mp:
+        result, replays = _sweep(task, "scan/vmap", mp, grad_norm=False)
+    _check_against(result, model, task, refs, WANT_DIVERGED)
+    assert replays == [(0, 6, [True, False, False]), (12, 6, [False, True, False])]

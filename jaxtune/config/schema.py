@@ -86,6 +86,7 @@ KEYS: dict[str, KeySpec] = {
     "train.precision": KeySpec(
         "choice", "float32", ("float32", "tensorfloat32", "bfloat16", "default")
     ),
+    "train.grad_norm": KeySpec("bool", True),
     "augment.shift": KeySpec("float", 0.0, low=0.0),
     "augment.noise": KeySpec("float", 0.0, low=0.0),
     "augment.cutout": KeySpec("float", 0.0, low=0.0),

@@ -32,6 +32,7 @@ UNSWEEPABLE = (
     "train.batch_grouping",
     "train.execution",
     "train.precision",
+    "train.grad_norm",
     "task.factory",
     "task.dataset",
     "task.subset",

@@ -22,6 +22,7 @@ from jaxtune import data as data_lib
 from jaxtune.diagnostics.subject import Check, figure, savefig
 from jaxtune.engine import SweepResult
 from jaxtune.engine.step import trial_keys
+from jaxtune.errors import ConfigError
 from jaxtune.formatting import fmt
 from jaxtune.tasks import Task
 
@@ -171,7 +172,15 @@ def gradient_health(
     instead. For a diverged trial of a result run in this process, the diverging step is rerun
     (:func:`explain_divergence`) to name the layer that exploded. Fails when a trial diverged or
     clipped most of its updates.
+
+    Raises:
+      ConfigError: the sweep ran with ``train.grad_norm = false`` (no norms were recorded).
     """
+    if not result.config.base["train.grad_norm"]:
+        raise ConfigError(
+            "gradient health reads the per-step gradient norms, and this sweep ran with "
+            "train.grad_norm = false: run it with train.grad_norm = true"
+        )
     ids = list(range(len(result.trials))) if trials is None else list(trials)
     h = result.history
     out = GradientHealthResult(True, "")

@@ -176,6 +176,7 @@ def make_subject(
       task, optimizer: as for :func:`jaxtune.run_sweep` (default: ``task.factory`` /
         ``optimizer.factory`` / the built-ins).
       overrides: dotted keys set on the base trial first (e.g. ``{"task.dropout": 0.0}``).
+        ``train.grad_norm`` is always on: the checks read the gradient norms.
       search: folders searched first for ``task.factory`` / ``optimizer.factory``.
       check: check the task's contract (:func:`jaxtune.tasks.check_task`).
 
@@ -183,8 +184,7 @@ def make_subject(
       TaskError / ConfigError: a task that breaks its contract, or a bad configuration.
     """
     cfg = config_lib.default_config() if config is None else SweepConfig.from_dict(config)
-    if overrides:
-        cfg = cfg.replace(dict(overrides))
+    cfg = cfg.replace({"train.grad_norm": True, **dict(overrides or {})})
     binder = Binder(cfg, task=task, optimizer=optimizer, search=search)
     trial = dict(cfg.base)
     numeric = config_lib.numeric_keys(cfg.base)

@@ -173,9 +173,10 @@ class Binder:
         if self.optimizer is not None:
             self._check_optimizer(hp0)
         rng = task_id[0] != "builtin" or structure["task.dropout"] > 0
-        step = make_train_step(task, optimizer, schedule=schedule, rng=rng)
+        norm = structure["train.grad_norm"]
+        step = make_train_step(task, optimizer, schedule=schedule, rng=rng, grad_norm=norm)
         present = tuple(k in hp0 for k in ("optimizer.momentum", "optimizer.clip_norm"))
-        cache_key = (task_id, opt_id, rng, present, tuple(sorted(hp0)))
+        cache_key = (task_id, opt_id, rng, norm, present, tuple(sorted(hp0)))
         return Binding(task, step, cache_key, optimizer, schedule, rng, tuple(names))
 
     def _check_optimizer(self, hp0: Mapping[str, Any]) -> None:

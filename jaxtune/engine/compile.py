@@ -98,6 +98,7 @@ class CompiledCall:
         host_evals: dict[str, Any] | None = None,
     ) -> None:
         self.form, self.precision, self.mesh = form, precision, mesh
+        self.grad_norm = group.binding.step.grad_norm  # whether the steps record the norm
         self.shared_batch = group.layout.shared_batch
         self.feed, self.host_evals = feed, dict(host_evals or {})
         self._args = (hp, keys, data_key, data)
@@ -214,17 +215,17 @@ class CompiledCall:
 
     def replay(self, length: int) -> Any:
         """The program that replays a chunk of ``length`` steps with the quarantine per step
-        (``replay(state, hp, data, data_key, keys, start, until)``, see
+        (``replay(state, hp, data, data_key, keys, start, rows)``, see
         :class:`~jaxtune.engine.execution.CallFunctions`). Compiled when a trial first
         diverges within a :meth:`chunk`: a sweep without divergence never needs it."""
         hp, keys, data_key, data = self._args
-        until = jax.ShapeDtypeStruct(keys.shape[:1], np.int32, sharding=trial_sharding(self.mesh))
+        rows = jax.ShapeDtypeStruct(keys.shape[:1], np.bool_, sharding=trial_sharding(self.mesh))
 
         def lower():
             fn = jax.jit(self.fns.replay, static_argnames="length", donate_argnums=0)
             with jax.default_matmul_precision(self.precision):
                 return fn.lower(
-                    self.state_shape, hp, data, data_key, keys, np.int32(0), until, length=length
+                    self.state_shape, hp, data, data_key, keys, np.int32(0), rows, length=length
                 )
 
         return self._compiled(f"replay{length}", lower)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtune.engine.batching import BatchLayout, make_evaluate, make_shuffle, make_step
-from jaxtune.engine.quarantine import put_back_diverged
+from jaxtune.engine.quarantine import flag_nonfinite, put_back_diverged, reset_flags
 from jaxtune.engine.step import TrainStep
 from jaxtune.errors import ConfigError
 
@@ -74,13 +74,14 @@ class Form:
         trials = self.trials if self.batch is None else f"{self.trials}:{self.batch}"
         return f"{loop}/{trials}"
 
-    @property
-    def defers_quarantine(self) -> bool:
+    def defers_quarantine(self, grad_norm: bool = True) -> bool:
         """Whether a one-program chunk of this form defers the divergence quarantine to its end
-        (:mod:`jaxtune.engine.quarantine`): for batched trials. For unrolled trials XLA fuses
-        the per-step selects without a second pass (deferring cost 3-7% more CPU time there for
-        one digits-MLP trial, benchmarks/results/quarantine_cpu.json)."""
-        return self.trials != "unroll"
+        (:mod:`jaxtune.engine.quarantine`): for batched trials, and for every trial axis when
+        the steps record no gradient norm (``grad_norm=False``: deferring then saves the norm
+        as well). For unrolled trials XLA fuses the per-step selects without a second pass
+        (deferring cost 3-7% more CPU time there for one digits-MLP trial,
+        benchmarks/results/quarantine_cpu.json)."""
+        return self.trials != "unroll" or not grad_norm
 
     def steps_per_call(self, length: int) -> int:
         """Steps each dispatch runs for a chunk of ``length`` steps."""
@@ -143,21 +144,21 @@ def _over_trials(form: Form, fn: Callable, args: tuple) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
-def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *until):
+def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *rows):
     """``length`` steps of one device's trials in ``form``: ``(state, metrics [length, n])``.
-    ``keep`` is passed to every trial's step, or with ``until`` (per trial) a step keeps its
-    update where ``t < until``."""
+    ``keep`` is passed to every trial's step, or with ``rows`` (per trial) the trials of
+    ``rows`` step with the per-step quarantine and the others are left as they are."""
 
     def body(s, ti):
         t, i = ti
         trial_step, per_trial = step_at(data, batches, t, i)
-        if not until:
+        if not rows:
             return _over_trials(form, lambda *a: trial_step(*a, keep=keep), (s, hp, *per_trial))
 
-        def replayed(si, hi, ui, *rest):
-            return trial_step(si, hi, *rest, keep=t < ui)
+        def replayed(si, hi, ri, *rest):
+            return trial_step(si, hi, *rest, keep=ri)
 
-        return _over_trials(form, replayed, (s, hp, *until, *per_trial))
+        return _over_trials(form, replayed, (s, hp, *rows, *per_trial))
 
     local = jnp.arange(length, dtype=jnp.int32)
     if form.loop == "scan":
@@ -188,11 +189,14 @@ class CallFunctions(NamedTuple):
       per-step selects, which cost XLA a second pass over the optimizer state) and at the
       chunk's end every diverged trial gets its state of the chunk's start back.
       ``metrics`` then also holds each trial's ``diverged_step``: a trial that diverged
-      within the chunk must be replayed
-    * ``replay(state, hp, data, data_key, keys, start, until, *, length) -> state``: the chunk
-      again with the quarantine per step, keeping each trial's updates of steps ``< until``
-      (``until = start``: the trial is left as it is): a trial that diverged at step ``d``
-      of a deferred chunk, replayed with ``until = d``, gets exactly its quarantined state
+      within the chunk must be replayed. Steps that record no gradient norm
+      (``train.grad_norm = false``) defer the quarantine in every trial form, and the chunk
+      flags the trials its steps left non-finite
+      (:func:`jaxtune.engine.quarantine.flag_nonfinite`)
+    * ``replay(state, hp, data, data_key, keys, start, rows, *, length) -> (state,
+      metrics)``: the chunk again, the trials of ``rows`` (bool, per trial) with their flags
+      cleared and the quarantine per step, the others left as they are: a trial that diverged
+      within a deferred chunk gets exactly its quarantined state, divergence step and metrics
     * ``evaluate(state, hp, data) -> {"<split>.<metric>": [n]}`` over the splits in ``data``
     * ``evaluate_batch(state, hp, batch, mask) -> {"<metric>": [n]}``: sums over one batch of
       a split streamed from the host
@@ -249,14 +253,18 @@ def call_functions(
 
     def chunk(state, hp, data, data_key, keys, start, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
-        if not form.defers_quarantine:
-            return sharded_steps(state, hp, data, batches, start, length)
-        new, metrics = sharded_steps(state, hp, data, batches, start, length, "all")
-        return put_back_diverged(state, new), {**metrics, "diverged_step": new.diverged_step}
+        if form.defers_quarantine(fns.grad_norm):
+            new, metrics = sharded_steps(state, hp, data, batches, start, length, "all")
+            if not fns.grad_norm:
+                new = flag_nonfinite(new, start + length - 1)  # the replay finds the step
+            return put_back_diverged(state, new), {**metrics, "diverged_step": new.diverged_step}
+        return sharded_steps(state, hp, data, batches, start, length)
 
-    def replay(state, hp, data, data_key, keys, start, until, *, length):
+    def replay(state, hp, data, data_key, keys, start, rows, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
-        return sharded_steps(state, hp, data, batches, start, length, "finite", until)[0]
+        state = reset_flags(state, rows)
+        state, metrics = sharded_steps(state, hp, data, batches, start, length, "finite", rows)
+        return (state if fns.grad_norm else flag_nonfinite(state, start + length)), metrics
 
     def evaluate(state, hp, data):
         fn = jax.shard_map(

@@ -69,13 +69,15 @@ class Call:
             metrics = [jax.tree.map(lambda *xs: jnp.concatenate(xs), *metrics)]
         return metrics, self.evaluate()
 
-    def replay(self, start: int, length: int, until: np.ndarray) -> None:
-        """Replay the one-program chunk ``[start, start + length)``, keeping each trial's
-        updates of steps ``< until`` (:mod:`jaxtune.engine.quarantine`)."""
-        until = parallel.put(until, trial_sharding(self.program.mesh))
-        self.state = self.program.replay(length)(
-            self.state, self.hp, self.data, self.data_key, self.keys, np.int32(start), until
+    def replay(self, start: int, length: int, rows: np.ndarray) -> dict[str, jax.Array]:
+        """Replay the one-program chunk ``[start, start + length)`` for the trials ``rows``
+        with the per-step quarantine; returns its per-step metrics
+        (:mod:`jaxtune.engine.quarantine`)."""
+        rows = parallel.put(np.asarray(rows, bool), trial_sharding(self.program.mesh))
+        self.state, metrics = self.program.replay(length)(
+            self.state, self.hp, self.data, self.data_key, self.keys, np.int32(start), rows
         )
+        return metrics
 
     def evaluate(self) -> dict[str, jax.Array]:
         """Every trial's means on each evaluated split (those on the host batch by batch, their

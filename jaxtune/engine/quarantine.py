@@ -11,16 +11,28 @@ N = 1 and 8). A chunk of batched trials that runs as one program
 * its steps keep every update and only track each trial's divergence flag and step (scalars);
 * at the chunk's end, every diverged trial gets its state of the chunk's start back (one select
   per chunk, :func:`put_back_diverged`): a trial that had diverged before is left as it was;
-* a trial that diverged *within* the chunk, at step ``d``, is replayed when the host records
-  the chunk (:meth:`Replays.settle`): the chunk again from its start, with the quarantine per
-  step and the trial's updates kept for steps ``< d`` only, every other trial left as it is.
-  Its state then is exactly the quarantined one, and its evaluations are computed again.
+* a trial that diverged *within* the chunk is replayed when the host records the chunk
+  (:meth:`Replays.settle`): the chunk again from its start, with the quarantine per step (the
+  gradient norm included) for that trial, every other trial left as it is. Its state, its
+  divergence step and its per-step metrics then are exactly the quarantined ones, and its
+  evaluations are computed again.
+
+With ``train.grad_norm = false`` the chunk's steps compute no gradient norm (unless a trial
+clips): their divergence flags follow the loss, and at the chunk's end every live trial whose
+state is not finite is flagged too (:func:`flag_nonfinite`; a non-finite gradient with a finite
+loss leaves the parameters non-finite). The replay's per-step check then finds the exact step,
+so the results are those of the per-step quarantine. Two differences: a non-finite gradient
+that leaves no trace in the state (an optimizer that skips such updates, a masked parameter)
+does not count as a divergence; and a trial whose update overflows from a finite gradient at
+a chunk's last step (possible only for absurd learning rates) may record NaN as its learning
+rate of the next step, where the per-step check records it and marks the trial diverged.
 
 Until it is replayed the trial stays at the chunk's start (it is diverged, so later chunks put
 it back too), so the replay may run after the next chunk has been dispatched; the evaluation
 that chunk made of it is corrected when that chunk is recorded. A sweep in which nothing
-diverges never compiles the replay program. The per-step metrics need no replay: a diverged
-trial records NaN after its divergence step in every form.
+diverges never compiles the replay program. A replayed trial's per-step metrics of the chunk
+are the replay's; later chunks need none: a diverged trial records NaN after its divergence
+step in every form.
 """
 
 from __future__ import annotations
@@ -34,7 +46,10 @@ import numpy as np
 from jaxtune import parallel
 from jaxtune.engine.step import TrainState
 
-__all__ = ["Replays", "put_back_diverged"]
+__all__ = ["Replays", "flag_nonfinite", "put_back_diverged", "reset_flags"]
+
+#: The per-step metrics a replay gives again for the trials it replays.
+_STEP_METRICS = ("loss", "grad_norm", "clipped", "learning_rate")
 
 
 def put_back_diverged(old: TrainState, new: TrainState) -> TrainState:
@@ -49,6 +64,42 @@ def put_back_diverged(old: TrainState, new: TrainState) -> TrainState:
         params=jax.tree.map(pick, old.params, new.params),
         model_state=jax.tree.map(pick, old.model_state, new.model_state),
         opt_state=jax.tree.map(pick, old.opt_state, new.opt_state),
+    )
+
+
+def _trial_finite(tree: Any, n: int) -> jax.Array:
+    """Per trial of a stacked tree: whether every entry of every leaf is finite."""
+    ok = jnp.ones((n,), bool)
+    for a in jax.tree.leaves(tree):
+        if jnp.issubdtype(a.dtype, jnp.inexact):
+            ok &= jnp.isfinite(a.reshape(n, -1)).all(axis=1)
+    return ok
+
+
+def flag_nonfinite(state: TrainState, step: Any) -> TrainState:
+    """``state`` with every live trial whose parameters, model state or optimizer state are
+    not all finite marked diverged at ``step``.
+
+    Steps that record no gradient norm flag only non-finite losses; a chunk catches the rest
+    at its end (one pass over the state), flagged at its last step so that the replay finds
+    the exact one. A replay flags what its per-step check left non-finite (an update that
+    overflowed from a finite gradient at the chunk's last step) at the chunk's end: the step
+    whose check would catch it, as the per-step quarantine does."""
+    n = state.diverged.shape[0]
+    finite = _trial_finite((state.params, state.model_state, state.opt_state), n)
+    newly = ~finite & ~state.diverged
+    return state._replace(
+        diverged=state.diverged | newly,
+        diverged_step=jnp.where(newly, step, state.diverged_step).astype(jnp.int32),
+    )
+
+
+def reset_flags(state: TrainState, rows: jax.Array) -> TrainState:
+    """``state`` with the divergence flags of the trials ``rows`` cleared (a replay starts them
+    at the chunk's start, where they were live)."""
+    return state._replace(
+        diverged=state.diverged & ~rows,
+        diverged_step=jnp.where(rows, -1, state.diverged_step).astype(jnp.int32),
     )
 
 
@@ -80,8 +131,16 @@ class Replays:
                 steps = np.asarray(steps)
                 rows = (steps >= start) & (steps < stop)
                 if rows.any():
-                    until = np.where(rows, steps, start).astype(np.int32)
-                    call.replay(start, length, until)
+                    again = parallel.gather(call.replay(start, length, rows))
+                    metrics = [
+                        {
+                            **metrics[0],
+                            **{
+                                k: np.where(rows, np.asarray(again[k]), np.asarray(metrics[0][k]))
+                                for k in _STEP_METRICS
+                            },
+                        }
+                    ]
                     values = {k: np.asarray(v) for k, v in parallel.gather(call.evaluate()).items()}
                     ev = _patched(ev, rows, values)
                     for later in self.in_flight:

@@ -29,8 +29,15 @@ state already non-finite.
 ``train_step(..., keep=...)`` says which updates the step keeps: ``"finite"`` (the quarantine
 above, the default), ``"all"`` (every update; the divergence flags are kept as above, and the
 caller puts back the state of the trials that diverged: the sweep engine does that once per
-chunk, not once per step, see :mod:`jaxtune.engine.quarantine`) or a boolean (keep this update
-or not; the divergence flags are left as they were: the engine's replay of a chunk).
+chunk, not once per step, see :mod:`jaxtune.engine.quarantine`) or a boolean (``True``: the
+quarantine above; ``False``: the state, flags included, is left as it was: the engine's replay
+of a chunk for some of its trials).
+
+With ``make_train_step(..., grad_norm=False)`` the ``grad_norm`` metric is NaN, and a step with
+``keep="all"`` and no ``optimizer.clip_norm`` computes no gradient norm: its divergence flag
+follows the loss alone, so a non-finite gradient with a finite loss is not flagged there. The
+engine then checks the states at the chunk's end and replays the chunk with the norm
+(:mod:`jaxtune.engine.quarantine`), which finds the exact step.
 
 Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -88,6 +95,7 @@ class TrainStep(NamedTuple):
     train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
     evaluate: Callable[..., dict[str, jax.Array]]
     evaluate_batch: Callable[..., dict[str, jax.Array]]
+    grad_norm: bool = True  # whether train_step records the gradient norm
 
 
 def trial_keys(key: jax.Array) -> jax.Array:
@@ -119,6 +127,7 @@ def make_train_step(
     *,
     schedule: Callable[[Mapping[str, Any]], Any] | None = None,
     rng: bool = True,
+    grad_norm: bool = True,
 ) -> TrainStep:
     """The pure, unbatched training functions of one trial (see the module docstring).
 
@@ -131,6 +140,10 @@ def make_train_step(
         ``learning_rate`` of an ``optax.inject_hyperparams`` state, or NaN.
       rng: whether ``apply`` gets a dropout key when training (``False`` for models without
         randomness saves deriving a key per step).
+      grad_norm: whether ``train_step`` records the global gradient norm (``False``: its
+        ``grad_norm`` metric is NaN, and a step called with ``keep="all"`` and no clip norm
+        computes no norm at all: its divergence flag then follows the loss alone, see the
+        module docstring).
 
     Returns:
       A :class:`TrainStep` of ``init``, ``train_step`` and ``evaluate``. ``train_step``'s
@@ -167,9 +180,13 @@ def make_train_step(
             return _masked_mean(task.loss(outputs, targets, hp), mask), new_ms
 
         (loss, new_ms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.tree.norm(grads)  # as clip_by_global_norm computes it: shared
+        clip = hp.get("optimizer.clip_norm")
+        # The norm is skipped only where nothing reads it: not recorded, no clip norm, and
+        # the caller checks the states itself (keep="all", the engine's deferred quarantine).
+        needed = grad_norm or clip is not None or not (isinstance(keep, str) and keep == "all")
+        norm = optax.tree.norm(grads) if needed else None  # as clip_by_global_norm computes it
         # Decided before the update, so the selects below fuse into the update itself.
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite = jnp.isfinite(loss) if norm is None else jnp.isfinite(loss) & jnp.isfinite(norm)
         updates, new_opt = optimizer(hp).update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         new_state = _quarantined(state, step, finite, new_params, new_ms, new_opt, keep)
@@ -177,12 +194,11 @@ def make_train_step(
             lr = learning_rate_at(schedule(hp), step)
         else:
             lr = _injected_learning_rate(new_opt)
-        clip = hp.get("optimizer.clip_norm")
         alive = ~state.diverged
         metrics = {
             "loss": jnp.where(finite & alive, loss, jnp.nan),
-            "grad_norm": jnp.where(alive, grad_norm, jnp.nan),
-            "clipped": (grad_norm > clip) & alive if clip is not None else jnp.asarray(False),
+            "grad_norm": jnp.where(alive, norm, jnp.nan) if grad_norm else jnp.float32(jnp.nan),
+            "clipped": (norm > clip) & alive if clip is not None else jnp.asarray(False),
             "learning_rate": jnp.where(alive, jnp.asarray(lr, jnp.float32), jnp.nan),
         }
         return new_state, metrics
@@ -192,6 +208,7 @@ def make_train_step(
         train_step,
         functools.partial(_evaluate, task),
         functools.partial(_evaluate_batch, task),
+        grad_norm,
     )
 
 
@@ -216,8 +233,10 @@ def _quarantined(
         if keep == "all":
             return TrainState(new_params, new_ms, new_opt, state.key, diverged, diverged_step)
         ok = finite & ~state.diverged
-    else:
-        ok, diverged, diverged_step = keep, state.diverged, state.diverged_step
+    else:  # a replay: the per-step quarantine where keep, the old state elsewhere
+        ok = keep & finite & ~state.diverged
+        diverged = jnp.where(keep, diverged, state.diverged)
+        diverged_step = jnp.where(keep, diverged_step, state.diverged_step)
 
     def kept(new, old):
         return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
