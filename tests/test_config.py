@@ -111,6 +111,8 @@ _LR_SPACE = {"optimizer.learning_rate": {"distribution": "log_uniform", "low": 1
         ({"sweep": {"method": "bayes"}}, r"sweep.method"),
         ({"sweep": {"grid": {"optimizer.learning_rate": []}}}, r"empty"),
         ({"sweep": {"grid": {"train.steps": [1, 2]}}}, r"train.steps cannot vary"),
+        ({"train": {"grad_norm": "no"}}, r"train.grad_norm.*true or false"),
+        ({"sweep": {"grid": {"train.grad_norm": [True, False]}}}, r"train.grad_norm cannot vary"),
         ({"sweep": {"method": "random", "space": {}}}, r"sweep.space"),
         ({"sweep": {"gird": {}}}, r"did you mean 'grid'"),
         ({"optimizer": {"name": "adagrad", "momentum": 0.9}}, r"optimizer.momentum"),

@@ -19,6 +19,7 @@ from jaxtune import data as data_lib
 from jaxtune import diagnostics as D
 from jaxtune.config import SweepConfig
 from jaxtune.engine import Selection, SweepResult, TrialResult
+from jaxtune.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = {
@@ -363,6 +364,29 @@ def test_gradient_health_percentiles_and_clip_advice():
     assert r.clip_fraction[0] == pytest.approx(0.05)
     r = D.gradient_health(_fake_result(norms, clip_norm=10.0))
     assert not r.passed and "lower the learning rate instead" in r.recommendations[0]
+
+
+def test_gradient_health_refuses_a_sweep_run_without_the_norm():
+    result = _fake_result(np.ones(5), clip_norm=1.0)
+    result.config = result.config.replace({"train.grad_norm": False})
+    with pytest.raises(ConfigError, match="train.grad_norm = false: run it with train.grad_norm"):
+        D.gradient_health(result)
+
+
+def test_the_checks_record_the_gradient_norm_whatever_the_config():
+    subject = D.make_subject({"train": {"grad_norm": False}})
+    assert subject.cfg.base["train.grad_norm"] is True
+    state = subject.fns.init(subject.key, subject.hp)
+    x, y = (jnp.asarray(a[:32]) for a in subject.task.data.train)
+    _, m = subject.fns.train_step(state, subject.hp, (x, y), 0)
+
+    # Independently: the norm of the gradient of the task's own mean loss.
+    def loss(p):
+        out, _ = subject.task.apply(p, state.model_state, x, train=True, key=None, mask=None)
+        return jnp.mean(subject.task.loss(out, y, subject.hp))
+
+    want = float(optax.tree.norm(jax.grad(loss)(state.params)))
+    assert float(m["grad_norm"]) == pytest.approx(want, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

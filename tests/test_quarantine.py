@@ -224,3 +224,25 @@ def test_without_the_gradient_norm_a_nan_loss_is_caught_at_its_step(poisoned):
         result, replays = _sweep(task, "scan/vmap", mp, grad_norm=False)
     _check_against(result, model, task, refs, WANT_DIVERGED)
     assert replays == [(0, 6, [True, False, False]), (12, 6, [False, True, False])]
+
+
+def test_the_chunk_end_check_flags_exactly_the_trials_with_a_non_finite_state():
+    # Trial 0: huge but finite (a plain sum would overflow); 1: inf in the optimizer state
+    # only; 2: NaN in the model state; 3: finite, but diverged before (its step is kept).
+    from jaxtune.engine.quarantine import flag_nonfinite
+    from jaxtune.engine.step import TrainState
+
+    params = {"w": jnp.full((4, 3), 3e38, jnp.float32).at[1:].set(1.0)}
+    opt = {"mu": jnp.zeros((4, 3)).at[1, 2].set(jnp.inf), "count": jnp.zeros((4,), jnp.int32)}
+    ms = {"mean": jnp.zeros((4, 2)).at[2, 0].set(jnp.nan)}
+    state = TrainState(
+        params,
+        ms,
+        opt,
+        jnp.zeros((4, 2), jnp.uint32),
+        jnp.asarray([False, False, False, True]),
+        jnp.asarray([-1, -1, -1, 3], jnp.int32),
+    )
+    out = flag_nonfinite(state, 11)
+    assert np.asarray(out.diverged).tolist() == [False, True, True, True]
+    assert np.asarray(out.diverged_step).tolist() == [-1, 11, 11, 3]

@@ -68,11 +68,13 @@ def put_back_diverged(old: TrainState, new: TrainState) -> TrainState:
 
 
 def _trial_finite(tree: Any, n: int) -> jax.Array:
-    """Per trial of a stacked tree: whether every entry of every leaf is finite."""
+    """Per trial of a stacked tree: whether every entry of every leaf is finite. (A sum of
+    ``a * 0`` is 0, or NaN when an entry is inf or NaN: a float reduction, which XLA:CPU
+    vectorizes, where ``isfinite(a).all()`` reduces booleans.)"""
     ok = jnp.ones((n,), bool)
     for a in jax.tree.leaves(tree):
         if jnp.issubdtype(a.dtype, jnp.inexact):
-            ok &= jnp.isfinite(a.reshape(n, -1)).all(axis=1)
+            ok &= jnp.isfinite(jnp.sum(a.reshape(n, -1) * 0, axis=1))
     return ok
 
 

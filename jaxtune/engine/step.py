@@ -190,18 +190,9 @@ def make_train_step(
         updates, new_opt = optimizer(hp).update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         new_state = _quarantined(state, step, finite, new_params, new_ms, new_opt, keep)
-        if schedule is not None:
-            lr = learning_rate_at(schedule(hp), step)
-        else:
-            lr = _injected_learning_rate(new_opt)
-        alive = ~state.diverged
-        metrics = {
-            "loss": jnp.where(finite & alive, loss, jnp.nan),
-            "grad_norm": jnp.where(alive, norm, jnp.nan) if grad_norm else jnp.float32(jnp.nan),
-            "clipped": (norm > clip) & alive if clip is not None else jnp.asarray(False),
-            "learning_rate": jnp.where(alive, jnp.asarray(lr, jnp.float32), jnp.nan),
-        }
-        return new_state, metrics
+        sched = None if schedule is None else schedule(hp)
+        lr = _injected_learning_rate(new_opt) if sched is None else learning_rate_at(sched, step)
+        return new_state, _metrics(~state.diverged, loss, finite, norm, grad_norm, clip, lr)
 
     return TrainStep(
         init,
@@ -210,6 +201,25 @@ def make_train_step(
         functools.partial(_evaluate_batch, task),
         grad_norm,
     )
+
+
+def _metrics(
+    alive: jax.Array,
+    loss: jax.Array,
+    finite: jax.Array,
+    norm: jax.Array | None,
+    record_norm: bool,
+    clip: Any,
+    lr: Any,
+) -> dict[str, jax.Array]:
+    """A step's metrics: NaN (or False) where the trial had diverged, the loss NaN from its
+    divergence step on, the gradient norm NaN unless ``record_norm``."""
+    return {
+        "loss": jnp.where(finite & alive, loss, jnp.nan),
+        "grad_norm": jnp.where(alive, norm, jnp.nan) if record_norm else jnp.float32(jnp.nan),
+        "clipped": (norm > clip) & alive if clip is not None else jnp.asarray(False),
+        "learning_rate": jnp.where(alive, jnp.asarray(lr, jnp.float32), jnp.nan),
+    }
 
 
 def _quarantined(
