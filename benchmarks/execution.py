@@ -15,7 +15,8 @@ workload's reference learning rate, one seed, so the trials share their batches)
   the cost of that one feature is measured apart from the rest of the engine;
 * ``jaxtune[FORM]``: ``jaxtune.run_sweep`` with ``train.execution = FORM`` for every form, and
   ``jaxtune[auto]`` (what ``auto`` chose is recorded). ``--grad-norm off`` runs them with
-  ``train.grad_norm = false``: no gradient norm per step, the per-step work of ``scan_vmap``.
+  ``train.grad_norm = false``: no gradient norm per step, the per-step work of ``scan_vmap``;
+  ``--grad-norm both`` adds ``jaxtune[auto,no_norm]`` beside the rest (row key ``no_norm``).
 
 Every variant does the same work per chunk of ``--chunk`` steps: the training steps, then an
 evaluation of every trial on the validation and test splits (the engine evaluates after each
@@ -282,7 +283,7 @@ def cell(name, case, n, args) -> dict[str, Any]:
     log(f"{name} N={n}: compiling baselines")
     compile_base = base.compile()
     log(f"{name} N={n}: what auto chooses for {n} trials x {w.steps} steps")
-    norm = args.grad_norm == "on"
+    norm = args.grad_norm != "off"  # "both": the forms and auto with it, auto also without
     decided = decide_auto(case, task, lrs, chunk, norm)
     log(f"  {decided}")
     variants: dict[str, Any] = {
@@ -309,6 +310,14 @@ def cell(name, case, n, args) -> dict[str, Any]:
             return rate
 
         variants[f"jaxtune[{form}]"] = run
+    if args.grad_norm == "both":
+
+        def run_bare(k):
+            rate, meta = run_engine(case, task, lrs, chunk, k, "auto", False)
+            info["auto,no_norm"] = meta
+            return rate
+
+        variants["jaxtune[auto,no_norm]"] = run_bare
     # Calibrate: one chunk of each variant (compiles the engine's programs too).
     chunks, rates = {}, {v: [] for v in variants}
     for v, fn in variants.items():
@@ -374,6 +383,27 @@ def cell(name, case, n, args) -> dict[str, Any]:
         "pruned": pruned,
         "baseline_compile_s": compile_base,
     }
+    if "auto,no_norm" in info:
+        bare = "jaxtune[auto,no_norm]"
+        row["no_norm"] = {
+            "form": [e["form"] for e in info["auto,no_norm"]["execution"]],
+            **paired(
+                rates,
+                bare,
+                {
+                    "scan_vmap": "scan_vmap",
+                    "scan_vmap_norm": "scan_vmap_norm",
+                    "auto": "jaxtune[auto]",
+                },
+            ),
+        }
+        log(
+            f"{name} N={n}: auto without the gradient norm ({row['no_norm']['form']}): "
+            + ", ".join(
+                f"{_paired_text(row['no_norm'], k)} x {k}"
+                for k in ("scan_vmap", "scan_vmap_norm", "auto")
+            )
+        )
     log(
         f"{name} N={n}: auto {auto:.1f} ({row['auto_form']}) = {row['auto_vs_fastest']:.2f}x "
         f"fastest ({fastest} {form_rates[fastest]:.1f}), {row['auto_vs_loop']:.2f}x loop, "
@@ -439,9 +469,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-time", type=float, default=30.0)
     p.add_argument(
         "--grad-norm",
-        choices=("on", "off"),
+        choices=("on", "off", "both"),
         default="on",
-        help="the engine's train.grad_norm: 'off' does the per-step work of scan_vmap",
+        help="the engine's train.grad_norm: 'off' does the per-step work of scan_vmap; "
+        "'both': also auto with it off, jaxtune[auto,no_norm]",
     )
     p.add_argument("--quick", action="store_true", help="digits_mlp and digits_cnn at N=1, 8")
     p.add_argument("--out", default=None)

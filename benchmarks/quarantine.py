@@ -9,10 +9,14 @@ epoch shuffle and the steps, no evaluation) are timed side by side, nothing dive
 * ``per_step``: the engine's steps with the per-step quarantine (``keep="finite"``);
 * ``deferred``: the engine's steps keeping every update, diverged trials put back at the
   chunk's end (``keep="all"`` and :func:`jaxtune.engine.quarantine.put_back_diverged`: the
-  ``chunk`` program of batched trials).
+  ``chunk`` program of batched trials);
+* ``no_norm``: the engine's ``chunk`` program with ``train.grad_norm = false`` (no gradient
+  norm, the quarantine deferred in every form, the states checked at the chunk's end): the
+  per-step work of ``baseline``.
 
 Rounds alternate their order; each variant runs ``--chunks`` chunks per round. Ratios are
-medians over rounds of wall time and of process CPU time (lower is faster).
+medians over rounds of wall time and of process CPU time (lower is faster), with the 95% paired
+t interval of each wall-time ratio (``wall_ci``).
 
     python benchmarks/quarantine.py --out benchmarks/results/quarantine_cpu.json
 """
@@ -29,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from execution import Baselines, cases, engine_config, learning_rates
-from side_by_side import median_ratio, parser, run_cases, time_rounds
+from side_by_side import median_ratio, paired_interval, parser, run_cases, time_rounds
 
 import jaxtune
 from jaxtune.engine.bind import Binder
@@ -42,12 +46,17 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
     mod, _, attr = case["workload"].factory.partition(":")
     task = getattr(importlib.import_module(mod), attr)({})
     lrs = learning_rates(case["lr"], n)
-    cfg = jaxtune.SweepConfig.from_dict(engine_config(case, lrs, chunk, 1, form))
-    prep = Preparer(cfg, Binder(cfg, task=task), planned_trial_steps=n * chunk)
-    pop = prep.population(list(enumerate(jaxtune.config.expand_trials(cfg))))
-    if len(pop.calls) != 1:
-        raise SystemExit(f"{name} N={n}: {len(pop.calls)} calls; measure one call")
-    call = pop.calls[0]
+
+    def one_call(grad_norm):
+        config = engine_config(case, lrs, chunk, 1, form, grad_norm)
+        cfg = jaxtune.SweepConfig.from_dict(config)
+        prep = Preparer(cfg, Binder(cfg, task=task), planned_trial_steps=n * chunk)
+        pop = prep.population(list(enumerate(jaxtune.config.expand_trials(cfg))))
+        if len(pop.calls) != 1:
+            raise SystemExit(f"{name} N={n}: {len(pop.calls)} calls; measure one call")
+        return pop.calls[0]
+
+    call, bare = one_call(True), one_call(False)
     fns = call.program.fns
 
     def engine(keep):
@@ -58,7 +67,11 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
 
         return jax.jit(run, donate_argnums=0)
 
-    programs = {"per_step": engine("finite"), "deferred": engine("all")}
+    programs = {
+        "per_step": engine("finite"),
+        "deferred": engine("all"),
+        "no_norm": bare.program.chunk(chunk),
+    }
     base = Baselines(task, case["optimizer"], lrs, case["batch"], chunk)
     bases = {"baseline": False, "baseline_norm": True}  # with the gradient norm?
     states = {k: call.program.init()(call.hp, call.keys) for k in programs}
@@ -73,7 +86,7 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
             states[v], out = programs[v](states[v], *args)
         jax.block_until_ready(out)
 
-    names = ["baseline", "baseline_norm", "per_step", "deferred"]
+    names = ["baseline", "baseline_norm", "per_step", "deferred", "no_norm"]
     wall, cpu = time_rounds(names, run, rounds, chunks)
     ratio = median_ratio
 
@@ -82,6 +95,9 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
         ("per_step", "baseline"),
         ("deferred", "baseline"),
         ("deferred", "per_step"),
+        ("no_norm", "baseline"),
+        ("no_norm", "deferred"),
+        ("no_norm", "per_step"),
     ]
     row = {
         "workload": name,
@@ -92,13 +108,15 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
         "ms_per_chunk": {v: 1e3 * statistics.median(wall[v]) / chunks for v in names},
         "wall_ratio": {f"{a}/{b}": ratio(wall, a, b) for a, b in pairs},
         "cpu_ratio": {f"{a}/{b}": ratio(cpu, a, b) for a, b in pairs},
+        "wall_ci": {f"{a}/{b}": paired_interval(wall[a], wall[b]) for a, b in pairs},
     }
     w, c = row["wall_ratio"], row["cpu_ratio"]
     print(
         f"{name} N={n} {form}: time deferred/per_step wall {w['deferred/per_step']:.3f} cpu "
         f"{c['deferred/per_step']:.3f}; per_step/baseline {w['per_step/baseline']:.3f}; "
         f"deferred/baseline {w['deferred/baseline']:.3f}; baseline_norm/baseline wall "
-        f"{w['baseline_norm/baseline']:.3f} cpu {c['baseline_norm/baseline']:.3f}",
+        f"{w['baseline_norm/baseline']:.3f} cpu {c['baseline_norm/baseline']:.3f}; no_norm/"
+        f"baseline wall {w['no_norm/baseline']:.3f} cpu {c['no_norm/baseline']:.3f}",
         flush=True,
     )
     return row

@@ -52,9 +52,9 @@ def poisoned():
 def _sweep(task, form, monkeypatch, grad_norm=True):
     replays = []
 
-    def spy(self, start, length, rows):
-        replays.append((start, length, np.asarray(rows).tolist()))
-        return _REPLAY(self, start, length, rows)
+    def spy(self, start, length, until):
+        replays.append((start, length, np.asarray(until).tolist()))
+        return _REPLAY(self, start, length, until)
 
     monkeypatch.setattr(population_lib.Call, "replay", spy)
     result = jaxtune.run_sweep(
@@ -108,10 +108,10 @@ def test_diverged_trials_hold_their_last_finite_state_and_are_evaluated_on_it(fo
 
 
 def test_only_chunks_with_a_new_divergence_are_replayed(runs):
-    # Chunk [0, 6) replays trial 0 (diverged at step 4), chunk [12, 18) trial 1 (step 16);
-    # the other trials are left as they are.
+    # Chunk [0, 6) replays trial 0 up to step 4, chunk [12, 18) trial 1 up to step 16; the
+    # other trials are left as they are (until = -1).
     for form in ("scan/vmap", "scan/map:2"):
-        assert runs[form][1] == [(0, 6, [True, False, False]), (12, 6, [False, True, False])]
+        assert runs[form][1] == [(0, 6, [4, -1, -1]), (12, 6, [-1, 16, -1])]
     assert runs["host/vmap"][1] == []
 
 
@@ -214,8 +214,8 @@ def test_without_the_gradient_norm_a_nan_gradient_is_caught_at_its_step(form, na
     _check_against(result, model, task, refs, WANT_NAN_GRAD)
     if form == "host/vmap":  # the per-step quarantine computes the norm, and never replays
         assert replays == []
-    else:  # flagged at the chunk's end (step 6), and by the loss of step 10
-        assert replays == [(0, 6, [True, False, False]), (6, 6, [False, True, False])]
+    else:  # flagged by the check at the chunk's end (step 5), and by the loss of step 10
+        assert replays == [(0, 6, [5, -1, -1]), (6, 6, [-1, 10, -1])]
 
 
 def test_without_the_gradient_norm_a_nan_loss_is_caught_at_its_step(poisoned):
@@ -223,7 +223,7 @@ def test_without_the_gradient_norm_a_nan_loss_is_caught_at_its_step(poisoned):
     with pytest.MonkeyPatch.context() as mp:
         result, replays = _sweep(task, "scan/vmap", mp, grad_norm=False)
     _check_against(result, model, task, refs, WANT_DIVERGED)
-    assert replays == [(0, 6, [True, False, False]), (12, 6, [False, True, False])]
+    assert replays == [(0, 6, [4, -1, -1]), (12, 6, [-1, 16, -1])]
 
 
 def test_the_chunk_end_check_flags_exactly_the_trials_with_a_non_finite_state():
@@ -246,3 +246,35 @@ def test_the_chunk_end_check_flags_exactly_the_trials_with_a_non_finite_state():
     out = flag_nonfinite(state, 11)
     assert np.asarray(out.diverged).tolist() == [False, True, True, True]
     assert np.asarray(out.diverged_step).tolist() == [-1, 11, 11, 3]
+
+
+@pytest.mark.parametrize("grad_norm", [True, False])
+def test_a_trial_the_replay_does_not_catch_before_its_flag_is_marked_there(grad_norm):
+    # A learning rate of 3e38: step 0's gradients are finite and its update is kept, step
+    # 1's loss is not finite. The chunk flags step 1; the replay's per-step check finds
+    # nothing before it, so the trial is marked diverged at step 1, as the optax loop stops.
+    data = data_lib.make_classification()
+    model = jaxtune.mlp(num_outputs=4, input_shape=(16,), widths=(32,))
+    task = jaxtune.tasks.classification(model, data)
+    lrs = [0.05, 3e38]
+    result = jaxtune.run_sweep(
+        {
+            "train": {
+                "steps": 12,
+                "eval_every": 6,
+                "batch_size": BS,
+                "grad_norm": grad_norm,
+                "execution": "scan/vmap",
+            },
+            "sweep": {"grid": {"optimizer.learning_rate": lrs}},
+        },
+        task=task,
+        optimizer=lambda hp: optax.sgd(hp["optimizer.learning_rate"]),
+    )
+    for i, lr in enumerate(lrs):
+        params, _, hist = optax_loop(model, data.train, optax.sgd(lr), steps=12, batch_size=BS)
+        assert result.trials[i].diverged_step == hist["diverged_step"] == (None, 1)[i]
+        np.testing.assert_allclose(
+            result.history["train.loss"][i, : len(hist["loss"])], hist["loss"], rtol=1e-4
+        )
+        assert_tree_close(result.trial_state(i).params, params, rtol=1e-3, atol=1e-5)

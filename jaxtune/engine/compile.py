@@ -215,17 +215,17 @@ class CompiledCall:
 
     def replay(self, length: int) -> Any:
         """The program that replays a chunk of ``length`` steps with the quarantine per step
-        (``replay(state, hp, data, data_key, keys, start, rows)``, see
+        (``replay(state, hp, data, data_key, keys, start, until)``, see
         :class:`~jaxtune.engine.execution.CallFunctions`). Compiled when a trial first
         diverges within a :meth:`chunk`: a sweep without divergence never needs it."""
         hp, keys, data_key, data = self._args
-        rows = jax.ShapeDtypeStruct(keys.shape[:1], np.bool_, sharding=trial_sharding(self.mesh))
+        until = jax.ShapeDtypeStruct(keys.shape[:1], np.int32, sharding=trial_sharding(self.mesh))
 
         def lower():
             fn = jax.jit(self.fns.replay, static_argnames="length", donate_argnums=0)
             with jax.default_matmul_precision(self.precision):
                 return fn.lower(
-                    self.state_shape, hp, data, data_key, keys, np.int32(0), rows, length=length
+                    self.state_shape, hp, data, data_key, keys, np.int32(0), until, length=length
                 )
 
         return self._compiled(f"replay{length}", lower)

@@ -36,7 +36,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxtune.engine.batching import BatchLayout, make_evaluate, make_shuffle, make_step
-from jaxtune.engine.quarantine import flag_nonfinite, put_back_diverged, reset_flags
+from jaxtune.engine.quarantine import (
+    flag_nonfinite,
+    mark_diverged,
+    put_back_diverged,
+    reset_flags,
+)
 from jaxtune.engine.step import TrainStep
 from jaxtune.errors import ConfigError
 
@@ -144,21 +149,21 @@ def _over_trials(form: Form, fn: Callable, args: tuple) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
-def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *rows):
+def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *until):
     """``length`` steps of one device's trials in ``form``: ``(state, metrics [length, n])``.
-    ``keep`` is passed to every trial's step, or with ``rows`` (per trial) the trials of
-    ``rows`` step with the per-step quarantine and the others are left as they are."""
+    ``keep`` is passed to every trial's step, or with ``until`` (per trial) a trial steps with
+    the per-step quarantine where ``t < until`` and is left as it is elsewhere."""
 
     def body(s, ti):
         t, i = ti
         trial_step, per_trial = step_at(data, batches, t, i)
-        if not rows:
+        if not until:
             return _over_trials(form, lambda *a: trial_step(*a, keep=keep), (s, hp, *per_trial))
 
-        def replayed(si, hi, ri, *rest):
-            return trial_step(si, hi, *rest, keep=ri)
+        def replayed(si, hi, ui, *rest):
+            return trial_step(si, hi, *rest, keep=t < ui)
 
-        return _over_trials(form, replayed, (s, hp, *rows, *per_trial))
+        return _over_trials(form, replayed, (s, hp, *until, *per_trial))
 
     local = jnp.arange(length, dtype=jnp.int32)
     if form.loop == "scan":
@@ -193,10 +198,12 @@ class CallFunctions(NamedTuple):
       (``train.grad_norm = false``) defer the quarantine in every trial form, and the chunk
       flags the trials its steps left non-finite
       (:func:`jaxtune.engine.quarantine.flag_nonfinite`)
-    * ``replay(state, hp, data, data_key, keys, start, rows, *, length) -> (state,
-      metrics)``: the chunk again, the trials of ``rows`` (bool, per trial) with their flags
-      cleared and the quarantine per step, the others left as they are: a trial that diverged
-      within a deferred chunk gets exactly its quarantined state, divergence step and metrics
+    * ``replay(state, hp, data, data_key, keys, start, until, *, length) -> (state,
+      metrics)``: the chunk again for the trials with ``until >= 0`` (per trial: the step the
+      chunk flagged), their flags cleared, with the quarantine per step for steps ``< until``
+      and marked diverged at ``until`` unless caught before; the others (``until = -1``) left
+      as they are. A trial flagged within a deferred chunk gets exactly its quarantined state
+      and divergence step; ``metrics`` also hold ``diverged_step``
     * ``evaluate(state, hp, data) -> {"<split>.<metric>": [n]}`` over the splits in ``data``
     * ``evaluate_batch(state, hp, batch, mask) -> {"<metric>": [n]}``: sums over one batch of
       a split streamed from the host
@@ -260,11 +267,13 @@ def call_functions(
             return put_back_diverged(state, new), {**metrics, "diverged_step": new.diverged_step}
         return sharded_steps(state, hp, data, batches, start, length)
 
-    def replay(state, hp, data, data_key, keys, start, rows, *, length):
+    def replay(state, hp, data, data_key, keys, start, until, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
+        rows = until >= 0
         state = reset_flags(state, rows)
-        state, metrics = sharded_steps(state, hp, data, batches, start, length, "finite", rows)
-        return (state if fns.grad_norm else flag_nonfinite(state, start + length)), metrics
+        state, metrics = sharded_steps(state, hp, data, batches, start, length, "finite", until)
+        state = mark_diverged(state, rows, until)
+        return state, {**metrics, "diverged_step": state.diverged_step}
 
     def evaluate(state, hp, data):
         fn = jax.shard_map(

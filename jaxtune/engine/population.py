@@ -69,13 +69,13 @@ class Call:
             metrics = [jax.tree.map(lambda *xs: jnp.concatenate(xs), *metrics)]
         return metrics, self.evaluate()
 
-    def replay(self, start: int, length: int, rows: np.ndarray) -> dict[str, jax.Array]:
-        """Replay the one-program chunk ``[start, start + length)`` for the trials ``rows``
-        with the per-step quarantine; returns its per-step metrics
-        (:mod:`jaxtune.engine.quarantine`)."""
-        rows = parallel.put(np.asarray(rows, bool), trial_sharding(self.program.mesh))
+    def replay(self, start: int, length: int, until: np.ndarray) -> dict[str, jax.Array]:
+        """Replay the one-program chunk ``[start, start + length)`` for the trials flagged at
+        ``until`` (-1: not replayed) with the per-step quarantine; returns its per-step
+        metrics and ``diverged_step`` (:mod:`jaxtune.engine.quarantine`)."""
+        until = parallel.put(np.asarray(until, np.int32), trial_sharding(self.program.mesh))
         self.state, metrics = self.program.replay(length)(
-            self.state, self.hp, self.data, self.data_key, self.keys, np.int32(start), rows
+            self.state, self.hp, self.data, self.data_key, self.keys, np.int32(start), until
         )
         return metrics
 

@@ -11,21 +11,24 @@ N = 1 and 8). A chunk of batched trials that runs as one program
 * its steps keep every update and only track each trial's divergence flag and step (scalars);
 * at the chunk's end, every diverged trial gets its state of the chunk's start back (one select
   per chunk, :func:`put_back_diverged`): a trial that had diverged before is left as it was;
-* a trial that diverged *within* the chunk is replayed when the host records the chunk
+* a trial that the chunk flagged at step ``d`` is replayed when the host records the chunk
   (:meth:`Replays.settle`): the chunk again from its start, with the quarantine per step (the
-  gradient norm included) for that trial, every other trial left as it is. Its state, its
-  divergence step and its per-step metrics then are exactly the quarantined ones, and its
-  evaluations are computed again.
+  gradient norm included) for that trial up to step ``d``, every other trial left as it is;
+  if the per-step check has not caught it before ``d``, it is marked diverged at ``d`` (so
+  the replay always agrees with what later chunks, already dispatched, took it to be). Its
+  state, its divergence step and its per-step metrics then are exactly the quarantined ones,
+  and its evaluations are computed again.
 
 With ``train.grad_norm = false`` the chunk's steps compute no gradient norm (unless a trial
 clips): their divergence flags follow the loss, and at the chunk's end every live trial whose
-state is not finite is flagged too (:func:`flag_nonfinite`; a non-finite gradient with a finite
-loss leaves the parameters non-finite). The replay's per-step check then finds the exact step,
-so the results are those of the per-step quarantine. Two differences: a non-finite gradient
-that leaves no trace in the state (an optimizer that skips such updates, a masked parameter)
-does not count as a divergence; and a trial whose update overflows from a finite gradient at
-a chunk's last step (possible only for absurd learning rates) may record NaN as its learning
-rate of the next step, where the per-step check records it and marks the trial diverged.
+state is not finite is flagged too, at the chunk's last step (:func:`flag_nonfinite`; a
+non-finite gradient with a finite loss leaves the parameters non-finite). The replay's
+per-step check then finds the exact step, so the results are those of the per-step quarantine.
+Two differences: a non-finite gradient that leaves no trace in the state (an optimizer that
+skips such updates, a masked parameter) does not count as a divergence; and a trial whose
+update overflows from a finite gradient at a chunk's last step (possible only for absurd
+learning rates) is marked diverged at that step with its finite state of before it, where the
+per-step check catches it one step later with its state already non-finite.
 
 Until it is replayed the trial stays at the chunk's start (it is diverged, so later chunks put
 it back too), so the replay may run after the next chunk has been dispatched; the evaluation
@@ -46,7 +49,14 @@ import numpy as np
 from jaxtune import parallel
 from jaxtune.engine.step import TrainState
 
-__all__ = ["Replays", "flag_nonfinite", "put_back_diverged", "reset_flags"]
+__all__ = [
+    "Replays",
+    "after_divergence",
+    "flag_nonfinite",
+    "mark_diverged",
+    "put_back_diverged",
+    "reset_flags",
+]
 
 #: The per-step metrics a replay gives again for the trials it replays.
 _STEP_METRICS = ("loss", "grad_norm", "clipped", "learning_rate")
@@ -83,17 +93,35 @@ def flag_nonfinite(state: TrainState, step: Any) -> TrainState:
     not all finite marked diverged at ``step``.
 
     Steps that record no gradient norm flag only non-finite losses; a chunk catches the rest
-    at its end (one pass over the state), flagged at its last step so that the replay finds
-    the exact one. A replay flags what its per-step check left non-finite (an update that
-    overflowed from a finite gradient at the chunk's last step) at the chunk's end: the step
-    whose check would catch it, as the per-step quarantine does."""
+    at its end (one pass over the state), flagged at its last step, and the replay finds the
+    exact one."""
     n = state.diverged.shape[0]
-    finite = _trial_finite((state.params, state.model_state, state.opt_state), n)
-    newly = ~finite & ~state.diverged
+    return mark_diverged(
+        state, ~_trial_finite((state.params, state.model_state, state.opt_state), n), step
+    )
+
+
+def mark_diverged(state: TrainState, rows: jax.Array, step: Any) -> TrainState:
+    """``state`` with the live trials of ``rows`` marked diverged at ``step`` (per trial, or
+    one for all)."""
+    newly = rows & ~state.diverged
     return state._replace(
         diverged=state.diverged | newly,
         diverged_step=jnp.where(newly, step, state.diverged_step).astype(jnp.int32),
     )
+
+
+def after_divergence(metrics: dict, start: int, steps: np.ndarray, rows: np.ndarray) -> dict:
+    """The per-step metrics ``[length, n]`` of a chunk from ``start`` with the rule of a
+    diverged trial applied to the trials ``rows`` (diverged at ``steps``): the loss NaN from
+    the divergence step on, the other metrics NaN (or False) after it."""
+    t = start + np.arange(np.asarray(metrics["loss"]).shape[0])[:, None]
+    out = dict(metrics)
+    for k in _STEP_METRICS:
+        v = np.asarray(metrics[k])
+        gone = rows & ((t >= steps) if k == "loss" else (t > steps))
+        out[k] = np.where(gone, False if v.dtype == bool else np.nan, v)
+    return out
 
 
 def reset_flags(state: TrainState, rows: jax.Array) -> TrainState:
@@ -133,12 +161,15 @@ class Replays:
                 steps = np.asarray(steps)
                 rows = (steps >= start) & (steps < stop)
                 if rows.any():
-                    again = parallel.gather(call.replay(start, length, rows))
+                    until = np.where(rows, steps, -1).astype(np.int32)
+                    again = parallel.gather(call.replay(start, length, until))
+                    found = np.asarray(again["diverged_step"])
+                    fixed = after_divergence(again, start, found, rows)
                     metrics = [
                         {
                             **metrics[0],
                             **{
-                                k: np.where(rows, np.asarray(again[k]), np.asarray(metrics[0][k]))
+                                k: np.where(rows, fixed[k], np.asarray(metrics[0][k]))
                                 for k in _STEP_METRICS
                             },
                         }
