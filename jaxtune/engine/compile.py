@@ -98,7 +98,6 @@ class CompiledCall:
         host_evals: dict[str, Any] | None = None,
     ) -> None:
         self.form, self.precision, self.mesh = form, precision, mesh
-        self.grad_norm = group.binding.step.grad_norm  # whether the steps record the norm
         self.shared_batch = group.layout.shared_batch
         self.feed, self.host_evals = feed, dict(host_evals or {})
         self._args = (hp, keys, data_key, data)

@@ -79,14 +79,15 @@ class Form:
         trials = self.trials if self.batch is None else f"{self.trials}:{self.batch}"
         return f"{loop}/{trials}"
 
-    def defers_quarantine(self, grad_norm: bool = True) -> bool:
+    @property
+    def defers_quarantine(self) -> bool:
         """Whether a one-program chunk of this form defers the divergence quarantine to its end
-        (:mod:`jaxtune.engine.quarantine`): for batched trials, and for every trial axis when
-        the steps record no gradient norm (``grad_norm=False``: deferring then saves the norm
-        as well). For unrolled trials XLA fuses the per-step selects without a second pass
-        (deferring cost 3-7% more CPU time there for one digits-MLP trial,
-        benchmarks/results/quarantine_cpu.json)."""
-        return self.trials != "unroll" or not grad_norm
+        (:mod:`jaxtune.engine.quarantine`): for batched trials. For unrolled trials XLA fuses
+        the per-step selects without a second pass (deferring cost 3-9% more time there for
+        one digits-MLP trial, benchmarks/results/quarantine_cpu.json and
+        quarantine_cpu_no_norm.json, more than the gradient norm that ``train.grad_norm =
+        false`` saves when deferred)."""
+        return self.trials != "unroll"
 
     def steps_per_call(self, length: int) -> int:
         """Steps each dispatch runs for a chunk of ``length`` steps."""
@@ -194,10 +195,9 @@ class CallFunctions(NamedTuple):
       per-step selects, which cost XLA a second pass over the optimizer state) and at the
       chunk's end every diverged trial gets its state of the chunk's start back.
       ``metrics`` then also holds each trial's ``diverged_step``: a trial that diverged
-      within the chunk must be replayed. Steps that record no gradient norm
-      (``train.grad_norm = false``) defer the quarantine in every trial form, and the chunk
-      flags the trials its steps left non-finite
-      (:func:`jaxtune.engine.quarantine.flag_nonfinite`)
+      within the chunk must be replayed. When the steps record no gradient norm
+      (``train.grad_norm = false``) they compute none there, and the chunk also flags the
+      trials its steps left non-finite (:func:`jaxtune.engine.quarantine.flag_nonfinite`)
     * ``replay(state, hp, data, data_key, keys, start, until, *, length) -> (state,
       metrics)``: the chunk again for the trials with ``until >= 0`` (per trial: the step the
       chunk flagged), their flags cleared, with the quarantine per step for steps ``< until``
@@ -260,7 +260,7 @@ def call_functions(
 
     def chunk(state, hp, data, data_key, keys, start, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
-        if form.defers_quarantine(fns.grad_norm):
+        if form.defers_quarantine:
             new, metrics = sharded_steps(state, hp, data, batches, start, length, "all")
             if not fns.grad_norm:
                 new = flag_nonfinite(new, start + length - 1)  # the replay finds the step
