@@ -11,10 +11,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["STEP_KEYS", "empty_history", "eval_column", "eval_metric_keys"]
+__all__ = ["STEP_KEYS", "STEP_METRICS", "empty_history", "eval_column", "eval_metric_keys"]
 
 #: Per-step histories, shape [trials, steps].
 STEP_KEYS = ("train.loss", "grad_norm", "clipped", "learning_rate")
+#: The per-step metrics of a training step (:func:`jaxtune.make_train_step`), in the order of
+#: the history keys ``STEP_KEYS`` they are recorded under.
+STEP_METRICS = ("loss", "grad_norm", "clipped", "learning_rate")
 
 
 def empty_history(n: int, steps: int, eval_names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxtune import parallel
-from jaxtune.engine.history import STEP_KEYS
+from jaxtune.engine.history import STEP_KEYS, STEP_METRICS
 from jaxtune.engine.prepare import SPLITS
 
 __all__ = ["Checkpoints", "SweepCallback", "eval_keys", "train"]
@@ -122,11 +122,10 @@ def record(history, population: Any, outs, start: int, length: int) -> dict[str,
     plan, stop = population.plan, start + length
     n = history["train.loss"].shape[0]
     evals = {k: np.full((n,), np.nan, np.float32) for k in history if k.startswith(SPLITS)}
-    names = ("loss", "grad_norm", "clipped", "learning_rate")
     for call, (metrics, ev) in zip(population.calls, outs, strict=True):
         ids = np.asarray(plan.ids)[list(call.spec.positions)]
         k = len(ids)
-        for name, key in zip(names, STEP_KEYS, strict=True):
+        for name, key in zip(STEP_METRICS, STEP_KEYS, strict=True):
             steps = np.concatenate([np.asarray(m[name]) for m in metrics])
             history[key][ids, start:stop] = steps[:, :k].T
         for name, v in ev.items():

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune import parallel
+from jaxtune.engine.history import STEP_METRICS
 from jaxtune.engine.step import TrainState
 
 __all__ = [
@@ -57,9 +58,6 @@ __all__ = [
     "put_back_diverged",
     "reset_flags",
 ]
-
-#: The per-step metrics a replay gives again for the trials it replays.
-_STEP_METRICS = ("loss", "grad_norm", "clipped", "learning_rate")
 
 
 def put_back_diverged(old: TrainState, new: TrainState) -> TrainState:
@@ -117,7 +115,7 @@ def after_divergence(metrics: dict, start: int, steps: np.ndarray, rows: np.ndar
     the divergence step on, the other metrics NaN (or False) after it."""
     t = start + np.arange(np.asarray(metrics["loss"]).shape[0])[:, None]
     out = dict(metrics)
-    for k in _STEP_METRICS:
+    for k in STEP_METRICS:
         v = np.asarray(metrics[k])
         gone = rows & ((t >= steps) if k == "loss" else (t > steps))
         out[k] = np.where(gone, False if v.dtype == bool else np.nan, v)
@@ -170,7 +168,7 @@ class Replays:
                             **metrics[0],
                             **{
                                 k: np.where(rows, fixed[k], np.asarray(metrics[0][k]))
-                                for k in _STEP_METRICS
+                                for k in STEP_METRICS
                             },
                         }
                     ]
