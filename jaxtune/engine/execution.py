@@ -269,10 +269,9 @@ def call_functions(
 
     def replay(state, hp, data, data_key, keys, start, until, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
-        rows = until >= 0
-        state = reset_flags(state, rows)
+        state = reset_flags(state, until >= 0)
         state, metrics = sharded_steps(state, hp, data, batches, start, length, "finite", until)
-        state = mark_diverged(state, rows, until)
+        state = mark_diverged(state, until >= 0, until)  # where the check did not catch it
         return state, {**metrics, "diverged_step": state.diverged_step}
 
     def evaluate(state, hp, data):
