@@ -128,7 +128,17 @@ def run_checks(
         results["lr"] = lr
         path = plot_lr_find(lr, out_dir=out_dir)
         plots += [path] if path else []
-    sweep, own = None, [0]
+    plots += _trained_checks(subject, checks, steps, out_dir, results)
+    return _finish(results, plots, out_dir)
+
+
+def _trained_checks(
+    subject: Any, checks: Sequence[str], steps: int, out_dir: Any, results: dict[str, Check]
+) -> list[Path]:
+    """The ``norm`` and ``grads`` checks into ``results`` (the gradient check reads the
+    normalization sweep's trials of the subject's own normalization, else a one-trial sweep);
+    returns the plots written."""
+    sweep, own, plots = None, [0], []
     if "norm" in checks:
         norm = normalization_masking(subject=subject, steps=steps)
         results["norm"] = norm
@@ -141,7 +151,7 @@ def run_checks(
         results["grads"] = gradient_health(sweep, trials=own)
         if out_dir is not None:
             plots.append(plot_grad_norms(sweep, Path(out_dir) / "grad_norms.png"))
-    return _finish(results, plots, out_dir)
+    return plots
 
 
 def _one_trial_sweep(subject: Any, steps: int) -> Any:

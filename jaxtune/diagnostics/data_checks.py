@@ -213,19 +213,26 @@ def data_checks(
     if labels is not None:
         _check_labels(labels, num_outputs, imbalance, add, stats)
     errors = [f for f in findings if f[1] == "error"]
+    reason = _reason(findings, labels is not None, sampled)
+    out = DataCheckResult(not errors, reason, findings=findings, stats=stats)
+    out.name = "data checks"
+    return out
+
+
+def _reason(findings: list[tuple[str, str, str]], labelled: bool, sampled: dict) -> str:
+    """The one-line verdict of :func:`data_checks`."""
+    errors = [f for f in findings if f[1] == "error"]
     warnings = [f for f in findings if f[1] == "warning"]
     if not errors:
         reason = "finite, standardized on train, no leakage found"
-        reason += ", labels in range, classes balanced" if labels is not None else ""
+        reason += ", labels in range, classes balanced" if labelled else ""
         reason += f" ({len(warnings)} warning(s))" if warnings else ""
     else:
         reason = "; ".join(sorted({f[0] for f in errors})) + " problem(s) found"
     if sampled:
         reason += " (sampled " + ", ".join(f"{k} of {n} {m} rows" for m, (k, n) in sampled.items())
         reason += ")"
-    out = DataCheckResult(not errors, reason, findings=findings, stats=stats)
-    out.name = "data checks"
-    return out
+    return reason
 
 
 def _check_finite(present: dict[str, Any], add: Any) -> bool:
