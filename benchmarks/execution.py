@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -53,7 +52,7 @@ import jaxtune
 from jaxtune.data import batch_from_permutations, epoch_permutations
 
 sys.path.insert(0, str(Path(__file__).parent))
-from side_by_side import paired_interval
+from side_by_side import machine, paired_interval
 
 FORMS = ("scan/vmap", "scan:16/vmap", "host/vmap", "host/unroll", "host/map", "scan/map")
 _T0 = time.perf_counter()
@@ -495,12 +494,7 @@ def main(argv=None) -> int:
 
 def _write(path: str, rows: list[dict], args) -> None:
     blob = {
-        "machine": {
-            "backend": jax.default_backend(),
-            "devices": jax.device_count(),
-            "processor": platform.processor() or platform.machine(),
-            "jax": jax.__version__,
-        },
+        "machine": machine(),
         "settings": {k: v for k, v in vars(args).items()},
         "rows": rows,
     }

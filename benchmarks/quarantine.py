@@ -8,8 +8,12 @@ epoch shuffle and the steps, no evaluation) are timed side by side, nothing dive
   evaluation); ``baseline_norm``: the same, its steps also computing the gradient norm;
 * ``per_step``: the engine's steps with the per-step quarantine (``keep="finite"``);
 * ``deferred``: the engine's steps keeping every update, diverged trials put back at the
-  chunk's end (``keep="all"`` and :func:`jaxtune.engine.quarantine.put_back_diverged`: the
-  ``chunk`` program of batched trials);
+  chunk's end, the last step run after the loop so that the put-back's selects fuse into its
+  update (``keep="all"``, ``last_apart`` and
+  :func:`jaxtune.engine.quarantine.put_back_diverged`: the ``chunk`` program of batched
+  trials);
+* ``deferred_apart``: the same steps with the put-back as a pass of its own after the loop
+  (how the ``chunk`` program did it before);
 * ``no_norm``: the engine's ``chunk`` program with ``train.grad_norm = false`` (no gradient
   norm, the quarantine deferred in every form, the states checked at the chunk's end): the
   per-step work of ``baseline``.
@@ -59,17 +63,20 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
     call, bare = one_call(True), one_call(False)
     fns = call.program.fns
 
-    def engine(keep):
+    def engine(keep, last_apart=False):
         def run(state, hp, data, data_key, keys, start):
             batches = fns.shuffle(data_key, keys, hp, start, length=chunk)
-            new, metrics = fns.steps(state, hp, data, batches, start, length=chunk, keep=keep)
+            new, metrics = fns.steps(
+                state, hp, data, batches, start, length=chunk, keep=keep, last_apart=last_apart
+            )
             return (put_back_diverged(state, new) if keep == "all" else new), metrics
 
         return jax.jit(run, donate_argnums=0)
 
     programs = {
         "per_step": engine("finite"),
-        "deferred": engine("all"),
+        "deferred": engine("all", last_apart=True),
+        "deferred_apart": engine("all"),
         "no_norm": bare.program.chunk(chunk),
     }
     base = Baselines(task, case["optimizer"], lrs, case["batch"], chunk)
@@ -86,7 +93,7 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
             states[v], out = programs[v](states[v], *args)
         jax.block_until_ready(out)
 
-    names = ["baseline", "baseline_norm", "per_step", "deferred", "no_norm"]
+    names = ["baseline", "baseline_norm", "per_step", "deferred", "deferred_apart", "no_norm"]
     wall, cpu = time_rounds(names, run, rounds, chunks)
     ratio = median_ratio
 
@@ -95,6 +102,8 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
         ("per_step", "baseline"),
         ("deferred", "baseline"),
         ("deferred", "per_step"),
+        ("deferred", "deferred_apart"),
+        ("deferred_apart", "baseline"),
         ("no_norm", "baseline"),
         ("no_norm", "deferred"),
         ("no_norm", "per_step"),
@@ -114,7 +123,8 @@ def measure(name: str, n: int, form: str, chunk: int, rounds: int, chunks: int) 
     print(
         f"{name} N={n} {form}: time deferred/per_step wall {w['deferred/per_step']:.3f} cpu "
         f"{c['deferred/per_step']:.3f}; per_step/baseline {w['per_step/baseline']:.3f}; "
-        f"deferred/baseline {w['deferred/baseline']:.3f}; baseline_norm/baseline wall "
+        f"deferred/baseline {w['deferred/baseline']:.3f}; deferred/deferred_apart "
+        f"{w['deferred/deferred_apart']:.3f}; baseline_norm/baseline wall "
         f"{w['baseline_norm/baseline']:.3f} cpu {c['baseline_norm/baseline']:.3f}; no_norm/"
         f"baseline wall {w['no_norm/baseline']:.3f} cpu {c['no_norm/baseline']:.3f}",
         flush=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -60,16 +61,36 @@ def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95)
     return [math.exp(ci.low), math.exp(ci.high)]
 
 
+def machine() -> dict[str, Any]:
+    """The backend, the CPU model and its last-level cache: ratios between the engine and a
+    hand-written baseline have moved with the CPU model before, so every result names it."""
+    from jaxtune.engine.compile import _last_level_cache_bytes
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return {
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "last_level_cache_mib": _last_level_cache_bytes() / 2**20,
+        "jax": jax.__version__,
+    }
+
+
 def write_rows(path: str | None, settings: Any, rows: list[dict]) -> None:
     """Write the rows, the settings and the machine as JSON to ``path`` (None: nothing)."""
     if not path:
         return
     doc = {
-        "machine": {
-            "backend": jax.default_backend(),
-            "processor": platform.processor() or platform.machine(),
-            "jax": jax.__version__,
-        },
+        "machine": machine(),
         "settings": vars(settings),
         "rows": rows,
     }

@@ -150,10 +150,13 @@ def _over_trials(form: Form, fn: Callable, args: tuple) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
-def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *until):
+def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *until, last_apart):
     """``length`` steps of one device's trials in ``form``: ``(state, metrics [length, n])``.
     ``keep`` is passed to every trial's step, or with ``until`` (per trial) a trial steps with
-    the per-step quarantine where ``t < until`` and is left as it is elsewhere."""
+    the per-step quarantine where ``t < until`` and is left as it is elsewhere.
+    ``last_apart``: a ``scan`` runs the first ``length - 1`` steps and the last step follows
+    the loop, so that what the caller does with the final state (the deferred quarantine's
+    put-back) fuses into that step's update instead of making a pass of its own."""
 
     def body(s, ti):
         t, i = ti
@@ -167,6 +170,13 @@ def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *
         return _over_trials(form, replayed, (s, hp, *until, *per_trial))
 
     local = jnp.arange(length, dtype=jnp.int32)
+    if form.loop == "scan" and last_apart and length > 1:
+        head = length - 1
+        state, metrics = jax.lax.scan(
+            body, state, (start + local[:head], local[:head]), unroll=form.unroll or 1
+        )
+        state, last = body(state, (start + head, local[head]))
+        return state, jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), metrics, last)
     if form.loop == "scan":
         return jax.lax.scan(body, state, (start + local, local), unroll=form.unroll or 1)
     outs = []
@@ -184,7 +194,8 @@ class CallFunctions(NamedTuple):
     * ``steps(state, hp, data, batches, start, *, length, keep="finite") -> (state, metrics
       [length, n])``: ``batches`` is the chunk's ``(perms, first)`` on the device, or ``(feed,
       which, offset)`` fed from the host (:func:`jaxtune.engine.batching.make_step`);
-      ``keep``: which updates the steps keep (:mod:`jaxtune.engine.step`)
+      ``keep``: which updates the steps keep (:mod:`jaxtune.engine.step`); ``last_apart``:
+      a ``scan`` leaves the last step out of its loop (see ``chunk``)
     * ``chunk(state, hp, data, data_key, keys, start, *, length) -> (state, metrics)``: a
       whole chunk in one program, its shuffle included, for a chunk run in one dispatch from
       the on-device split (then there is no separate shuffle program and no hand-over between
@@ -193,7 +204,8 @@ class CallFunctions(NamedTuple):
       (benchmarks/results/folded_eval_cpu.json). For batched trials
       (``vmap``, ``map``) its quarantine is deferred: the steps keep every update (no
       per-step selects, which cost XLA a second pass over the optimizer state) and at the
-      chunk's end every diverged trial gets its state of the chunk's start back.
+      chunk's end every diverged trial gets its state of the chunk's start back; a ``scan``
+      runs the last step after its loop, so that those selects fuse into its update.
       ``metrics`` then also holds each trial's ``diverged_step``: a trial that diverged
       within the chunk must be replayed. When the steps record no gradient norm
       (``train.grad_norm = false``) they compute none there, and the chunk also flags the
@@ -243,10 +255,10 @@ def call_functions(
     def shuffle(data_key, keys, hp, start, *, length):
         return make_shuffle(layout, n_train, length)(data_key, keys, hp, start)
 
-    def sharded_steps(state, hp, data, batches, start, length, keep="finite", *until):
+    def sharded_steps(state, hp, data, batches, start, length, keep="finite", *until, last=False):
         fn = jax.shard_map(
             lambda s, h, d, b, t0, *u: _local_steps(
-                form, step_at, s, h, d, b, t0, length, keep, *u
+                form, step_at, s, h, d, b, t0, length, keep, *u, last_apart=last
             ),
             mesh=mesh,
             in_specs=(trials, trials, _P(), batch_specs, _P(), *(trials for _ in until)),
@@ -255,13 +267,13 @@ def call_functions(
         )
         return fn(state, hp, data, tuple(batches), start, *until)
 
-    def steps(state, hp, data, batches, start, *, length, keep="finite"):
-        return sharded_steps(state, hp, data, batches, start, length, keep)
+    def steps(state, hp, data, batches, start, *, length, keep="finite", last_apart=False):
+        return sharded_steps(state, hp, data, batches, start, length, keep, last=last_apart)
 
     def chunk(state, hp, data, data_key, keys, start, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
         if form.defers_quarantine:
-            new, metrics = sharded_steps(state, hp, data, batches, start, length, "all")
+            new, metrics = sharded_steps(state, hp, data, batches, start, length, "all", last=True)
             if not fns.grad_norm:
                 new = flag_nonfinite(new, start + length - 1)  # the replay finds the step
             return put_back_diverged(state, new), {**metrics, "diverged_step": new.diverged_step}
