@@ -10,6 +10,7 @@ sweep of the same shapes in one process compiles nothing.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -180,9 +181,12 @@ class CompiledCall:
         )
 
     def lower_steps(self, length: int, chunk: int) -> Any:
-        """The lowered (not compiled) program of :meth:`steps`."""
+        """The lowered (not compiled) program of :meth:`steps`. One that runs a whole chunk
+        leaves its last step out of the loop, as :meth:`chunk` does: a chunk fed from the host
+        then trains bit for bit what the same chunk trains from the device."""
         hp, _, _, data = self._args
-        fn = jax.jit(self.fns.steps, static_argnames="length", donate_argnums=0)
+        steps = functools.partial(self.fns.steps, last_apart=length == chunk)
+        fn = jax.jit(steps, static_argnames="length", donate_argnums=0)
         with jax.default_matmul_precision(self.precision):
             return fn.lower(
                 self.state_shape, hp, data, self.batches_shape(chunk), np.int32(0), length=length
