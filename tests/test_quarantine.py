@@ -49,7 +49,7 @@ def poisoned():
     return model, task, refs
 
 
-def _sweep(task, form, monkeypatch, grad_norm=True):
+def _sweep(task, form, monkeypatch, grad_norm=True, per_call="auto"):
     replays = []
 
     def spy(self, start, length, until):
@@ -65,6 +65,7 @@ def _sweep(task, form, monkeypatch, grad_norm=True):
                 "batch_size": BS,
                 "execution": form,
                 "grad_norm": grad_norm,
+                "max_trials_per_call": per_call,
             },
             "sweep": {"method": "list", "trials": [{"train.seed": s} for s in SEEDS]},
         },
@@ -84,8 +85,11 @@ def runs(poisoned):
 @pytest.mark.parametrize("form", FORMS)
 def test_diverged_trials_hold_their_last_finite_state_and_are_evaluated_on_it(form, poisoned, runs):
     model, task, refs = poisoned
-    result, _ = runs[form]
-    assert [e["form"] for e in result.timing["execution"]] == [form]
+    _check_poisoned(runs[form][0], model, task, refs, form)
+
+
+def _check_poisoned(result, model, task, refs, form):
+    assert {e["form"] for e in result.timing["execution"]} == {form}
     steps = result.history["eval_step"]
     for i, (params, model_state, hist) in enumerate(refs):
         trial = result.trials[i]
@@ -224,6 +228,22 @@ def test_without_the_gradient_norm_a_nan_loss_is_caught_at_its_step(poisoned):
         result, replays = _sweep(task, "scan/vmap", mp, grad_norm=False)
     _check_against(result, model, task, refs, WANT_DIVERGED)
     assert replays == [(0, 6, [4, -1, -1]), (12, 6, [-1, 16, -1])]
+
+
+def test_one_unrolled_trial_per_call_defers_its_quarantine(poisoned, nan_grad):
+    # One unrolled trial on a device carries its state apart and defers the quarantine like
+    # batched trials (jaxtune/engine/execution.py): its chunks flag, its replays find the step.
+    model, task, refs = poisoned
+    with pytest.MonkeyPatch.context() as mp:
+        result, replays = _sweep(task, "scan/unroll", mp, per_call=1)
+    assert result.timing["groups"][0]["calls"] == len(SEEDS)
+    _check_poisoned(result, model, task, refs, "scan/unroll")
+    assert replays == [(0, 6, [4]), (12, 6, [16])]
+    model, task, refs, _ = nan_grad
+    with pytest.MonkeyPatch.context() as mp:
+        result, replays = _sweep(task, "scan/unroll", mp, grad_norm=False, per_call=1)
+    _check_against(result, model, task, refs, WANT_NAN_GRAD)
+    assert replays == [(0, 6, [5]), (6, 6, [10])]
 
 
 def test_the_chunk_end_check_flags_exactly_the_trials_with_a_non_finite_state():

@@ -79,15 +79,14 @@ class Form:
         trials = self.trials if self.batch is None else f"{self.trials}:{self.batch}"
         return f"{loop}/{trials}"
 
-    @property
-    def defers_quarantine(self) -> bool:
-        """Whether a one-program chunk of this form defers the divergence quarantine to its end
-        (:mod:`jaxtune.engine.quarantine`): for batched trials. For unrolled trials XLA fuses
-        the per-step selects without a second pass (deferring cost 3-9% more time there for
-        one digits-MLP trial, benchmarks/results/quarantine_cpu.json and
-        quarantine_cpu_no_norm.json, more than the gradient norm that ``train.grad_norm =
-        false`` saves when deferred)."""
-        return self.trials != "unroll"
+    def defers_quarantine(self, per_device: int) -> bool:
+        """Whether a one-program chunk of this form, ``per_device`` trials on each device,
+        defers the divergence quarantine to its end (:mod:`jaxtune.engine.quarantine`): for
+        batched trials and for one unrolled trial. For several unrolled trials XLA fuses the
+        per-step selects without a second pass: deferring measured 1.03x the per-step time for
+        four digits-MLP trials, and 0.95x for one (benchmarks/results/
+        quarantine_cpu_unroll_split.json)."""
+        return self.trials != "unroll" or per_device == 1
 
     def steps_per_call(self, length: int) -> int:
         """Steps each dispatch runs for a chunk of ``length`` steps."""
@@ -294,7 +293,7 @@ def call_functions(
 
     def chunk(state, hp, data, data_key, keys, start, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
-        if form.defers_quarantine:
+        if form.defers_quarantine(jax.tree.leaves(state)[0].shape[0] // mesh.size):
             new, metrics = sharded_steps(state, hp, data, batches, start, length, "all", last=True)
             if not fns.grad_norm:
                 new = flag_nonfinite(new, start + length - 1)  # the replay finds the step

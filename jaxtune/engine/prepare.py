@@ -221,7 +221,7 @@ class Preparer:
         per_device = max(spec.size // k, 1)
         per_trial = call_memory_bytes(call.program.main(length)) / per_device
         working = per_trial
-        if call.program.one_program(length) and call.program.form.defers_quarantine:
+        if call.program.one_program(length) and call.program.form.defers_quarantine(per_device):
             # The deferred quarantine keeps the chunk's starting state until its end (read
             # once per chunk): not part of what each step touches.
             working -= state_bytes(call.program.state_shape) / spec.size
