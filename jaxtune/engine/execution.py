@@ -222,11 +222,12 @@ class CallFunctions(NamedTuple):
       the on-device split (then there is no separate shuffle program and no hand-over between
       two). The evaluation stays a program of its own: folding it in was neutral on the
       digits MLP and cost each chunk program's compile the evaluation's again
-      (benchmarks/results/folded_eval_cpu.json). For batched trials
-      (``vmap``, ``map``) its quarantine is deferred: the steps keep every update (no
-      per-step selects, which cost XLA a second pass over the optimizer state) and at the
-      chunk's end every diverged trial gets its state of the chunk's start back; a ``scan``
-      runs the last step after its loop, so that those selects fuse into its update.
+      (benchmarks/results/folded_eval_cpu.json). For batched trials (``vmap``, ``map``)
+      and one unrolled trial per device its quarantine is deferred: the steps keep every
+      update (no per-step selects, which cost XLA a second pass over the optimizer state)
+      and at the chunk's end every diverged trial gets its state of the chunk's start
+      back; a ``scan`` runs the last step after its loop, so that those selects fuse into
+      its update.
       ``metrics`` then also holds each trial's ``diverged_step``: a trial that diverged
       within the chunk must be replayed. When the steps record no gradient norm
       (``train.grad_norm = false``) they compute none there, and the chunk also flags the

@@ -5,8 +5,9 @@ leaf of the state is selected between its new and its old value. On a small dens
 select costs XLA a second pass over the optimizer state each step (it recomputes the update
 rather than read it back). Deferring it made the digits MLP's chunk program of vmapped trials
 up to 16% faster on a 2-core CPU (0.84-1.00x the time in two runs of benchmarks/quarantine.py,
-N = 1 and 8). A chunk of batched trials that runs as one program
-(:meth:`jaxtune.engine.compile.CompiledCall.chunk`) therefore defers it:
+N = 1 and 8). A chunk of batched trials, or of one unrolled trial per device, that runs as
+one program (:meth:`jaxtune.engine.compile.CompiledCall.chunk`) therefore defers it
+(:meth:`jaxtune.engine.execution.Form.defers_quarantine`):
 
 * its steps keep every update and only track each trial's divergence flag and step (scalars);
 * at the chunk's end, every diverged trial gets its state of the chunk's start back (one select
