@@ -158,6 +158,15 @@ def _over_trials(form: Form, fn: Callable, args: tuple) -> Any:
     return _stacked([fn(*_trial(args, i)) for i in range(n)])
 
 
+def _evaluated(form: Form, state: Any) -> Form:
+    """The form a device evaluates its trials (``state``: their states) in: one unrolled trial
+    is evaluated vmapped, the same computation, which XLA:CPU ran 1.5x faster for the bytes_lm
+    transformer's evaluation (453 against 673 ms) and as fast for the dense and conv nets."""
+    if form.trials == "unroll" and jax.tree.leaves(state)[0].shape[0] == 1:
+        return dataclasses.replace(form, trials="vmap")
+    return form
+
+
 def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *until, last_apart):
     """``length`` steps of one device's trials in ``form``: ``(state, metrics [length, n])``.
     ``keep`` is passed to every trial's step, or with ``until`` (per trial) a trial steps with
@@ -310,7 +319,7 @@ def call_functions(
 
     def evaluate(state, hp, data):
         fn = jax.shard_map(
-            lambda s, h, d: _over_trials(form, evaluate_on(d), (s, h)),
+            lambda s, h, d: _over_trials(_evaluated(form, s), evaluate_on(d), (s, h)),
             mesh=mesh,
             in_specs=(trials, trials, _P()),
             out_specs=trials,
@@ -320,7 +329,8 @@ def call_functions(
 
     def evaluate_batch(state, hp, batch, mask):
         def local(s, h, b, m):
-            return _over_trials(form, lambda si, hi: fns.evaluate_batch(si, hi, b, m), (s, h))
+            fn = lambda si, hi: fns.evaluate_batch(si, hi, b, m)
+            return _over_trials(_evaluated(form, s), fn, (s, h))
 
         fn = jax.shard_map(
             local,
