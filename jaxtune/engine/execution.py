@@ -279,8 +279,7 @@ def call_functions(
     batch_specs = (_P(), trials, _P()) if fed else (own, own)
 
     def init(hp, keys):
-        # lax.map (a loop inside one program) instead of vmap: vmapped key-dependent
-        # initializers take far longer to compile, and init runs once per sweep.
+        # lax.map, not vmap: vmapped key-dependent initializers compile far more slowly.
         return jax.lax.map(lambda a: fns.init(a[1], a[0]), (hp, keys))
 
     def shuffle(data_key, keys, hp, start, *, length):
