@@ -157,6 +157,8 @@ def test_forms_round_trip_their_configuration_value(text, form):
         "scan/vmap:2",
         "loop/vmap",
         "scan:0/vmap",
+        "scan:00/vmap",
+        "scan/map:00",
         "scan/map:x",
         "host(unroll=2)/vmap",
         "unroll(unroll=2)/vmap",
@@ -273,10 +275,12 @@ def test_auto_measures_records_its_choice_and_a_resumed_run_reuses_it(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         jaxtune.run_sweep(cfg, out_dir=tmp_path / "cut", callbacks=[StopAt()])
     # A new process knows nothing of this one's measurements: the resumed run must take the
-    # checkpoint's record, never measure again.
+    # checkpoint's record, never measure again, also when it changes what a resume may change
+    # (where it logs and checkpoints).
     monkeypatch.setattr(prepare, "_CHOSEN", {})
     monkeypatch.setattr(form_choice, "choose", lambda *a, **k: pytest.fail("measured again"))
-    resumed = jaxtune.run_sweep(cfg, out_dir=tmp_path / "cut", resume=True)
+    changed = {**cfg, "checkpoint": {"every": 5}, "log": {"tensorboard": False, "plots": True}}
+    resumed = jaxtune.run_sweep(changed, out_dir=tmp_path / "cut", resume=True)
     (again,) = resumed.timing["execution"]
     assert (again["form"], again["how"]) == (chosen["form"], "recorded (resumed run)")
     for key, value in whole.history.items():

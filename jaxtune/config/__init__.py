@@ -35,6 +35,7 @@ from jaxtune.config.space import trial_name as trial_name
 from jaxtune.config.sweep_config import SweepConfig as SweepConfig
 from jaxtune.config.sweep_config import check_same as check_same
 from jaxtune.config.sweep_config import config_hash as config_hash
+from jaxtune.config.sweep_config import determines_results as determines_results
 from jaxtune.config.sweep_config import diff_configs as diff_configs
 from jaxtune.config.sweep_config import expand_trials as expand_trials
 from jaxtune.config.toml_io import default_config as default_config

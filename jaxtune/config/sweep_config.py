@@ -14,7 +14,14 @@ from jaxtune.config.dotted import dotted, nested
 from jaxtune.config.schema import KEYS, check_value, is_hparam, unknown
 from jaxtune.errors import ConfigError
 
-__all__ = ["SweepConfig", "check_same", "config_hash", "diff_configs", "expand_trials"]
+__all__ = [
+    "SweepConfig",
+    "check_same",
+    "config_hash",
+    "determines_results",
+    "diff_configs",
+    "expand_trials",
+]
 
 _SWEEP_KEYS = ("method", "strategy", "num_trials", "seeds", "seed", "grid", "space", "trials")
 
@@ -294,14 +301,21 @@ _NOT_HASHED_SECTIONS = ("checkpoint", "log", "parallel", "data")
 _NOT_HASHED_KEYS = ("train.max_trials_per_call", "train.execution")
 
 
+def determines_results(key: str) -> bool:
+    """Whether a dotted key is part of what a run computes (it may not change on resume),
+    rather than of where and how it runs.
+
+    Example:
+      >>> determines_results("optimizer.learning_rate"), determines_results("log.plots")
+      (True, False)
+    """
+    return key.split(".")[0] not in _NOT_HASHED_SECTIONS and key not in _NOT_HASHED_KEYS
+
+
 def _results_keys(cfg: SweepConfig) -> dict[str, Any]:
     """``section.name`` -> value of what determines the results (``sweep.grid`` kept whole)."""
     flat = dotted(cfg.to_dict(), depth=2)
-    return {
-        k: v
-        for k, v in flat.items()
-        if k.split(".")[0] not in _NOT_HASHED_SECTIONS and k not in _NOT_HASHED_KEYS
-    }
+    return {k: v for k, v in flat.items() if determines_results(k)}
 
 
 def config_hash(cfg: SweepConfig) -> str:
@@ -330,8 +344,10 @@ def check_same(
 ) -> None:
     """Refuse to continue a run whose configuration changed in what determines its results.
 
-    Where and how a run executes (``checkpoint.*``, ``log.*``, ``parallel.*``,
-    ``train.max_trials_per_call``) may change; any other key may not.
+    Where and how a run executes (``checkpoint.*``, ``log.*``, ``parallel.*``, ``data.*``,
+    ``train.max_trials_per_call``, ``train.execution``) may change; any other key may not.
+    (A resume with ``train.execution = "auto"`` runs the forms the run recorded; one that
+    names a form runs that form, equal to the recorded one to float32 rounding.)
 
     Args:
       stored: the configuration the run was started with.

@@ -199,7 +199,14 @@ class Binder:
         so that a factory reading its structure lazily counts.)"""
         if self.task is None:
             return
-        if not isinstance(self.task, Task):
+        if isinstance(self.task, Task):  # built already: it reads no task.* key
+            for k in _TASK_KEYS:
+                if _set(k, structure.get(k)):
+                    raise ConfigError(
+                        f"{k} = {structure[k]!r} has no effect: the given Task is built "
+                        "already; leave it unset, or pass a factory that reads it"
+                    )
+        else:
             given = self._reads[tuple(sorted(structure.items(), key=lambda kv: kv[0]))]
             for k in _TASK_KEYS:
                 if k not in given.read and _set(k, structure.get(k)):

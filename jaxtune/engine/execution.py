@@ -115,13 +115,13 @@ def parse_form(text: str, key: str = "train.execution") -> Form:
     unroll = None
     if loop_text.endswith(")") and "(unroll=" in loop_text:
         loop_text, _, num = loop_text[:-1].partition("(unroll=")
-        if not num.isdigit() or int(num) < 1:
+        if not _positive(num):
             raise bad
         unroll = int(num)
 
     def split(part: str, names: Sequence[str]) -> tuple[str, int | None]:
         name, _, num = part.partition(":")
-        if name not in names or (num and not num.isdigit()) or num in ("0",) or ":" in num:
+        if name not in names or (num and not _positive(num)):
             raise bad
         return name, int(num) if num else None
 
@@ -132,6 +132,11 @@ def parse_form(text: str, key: str = "train.execution") -> Form:
     if unroll is not None and loop != "scan":
         raise bad
     return Form(loop, steps, trials, batch, unroll)
+
+
+def _positive(text: str) -> bool:
+    """Whether ``text`` spells a positive integer in ASCII digits."""
+    return text.isascii() and text.isdigit() and int(text) >= 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,8 +41,12 @@ class Group:
 
     @property
     def signature(self) -> str:
-        """Names the group's compiled program within a sweep (layout and structure)."""
-        return repr((self.layout, self.structure))
+        """Names the group's compiled program within a sweep and across its resumes: the
+        layout and the structure without the keys a resume may change (``log.*``,
+        ``checkpoint.*``, ...: :func:`jaxtune.config.determines_results`), which are the
+        same for every trial of a sweep."""
+        kept = tuple((k, v) for k, v in self.structure if config_lib.determines_results(k))
+        return repr((self.layout, kept))
 
 
 @dataclasses.dataclass(frozen=True)
