@@ -298,3 +298,29 @@ def test_a_trial_the_replay_does_not_catch_before_its_flag_is_marked_there(grad_
             result.history["train.loss"][i, : len(hist["loss"])], hist["loss"], rtol=1e-4
         )
         assert_tree_close(result.trial_state(i).params, params, rtol=1e-3, atol=1e-5)
+
+
+def _overflowing_loss(out, y):
+    # A marked row adds 1e30 times its first logit: the loss and the update stay finite, the
+    # gradient's entries (about 1e28) square past float32, so only its norm is not finite.
+    ce = optax.softmax_cross_entropy_with_integer_labels(out, y % 4)
+    return ce + jnp.where(y >= 4, 1e30 * out[..., 0], 0.0)
+
+
+def test_without_the_gradient_norm_an_overflowing_norm_at_a_chunks_last_step_is_caught(nan_grad):
+    # Seed 0 meets the marked row at step 5, a chunk's last step: no later step of the chunk
+    # shows it, and the state it leaves is finite, so the chunk's last step checks the norm.
+    model, nan_task, _, _ = nan_grad
+    task = nan_task._replace(loss=lambda out, t, hp: _overflowing_loss(out, t))
+    tx = optax.sgd(LR, momentum=0.9)
+    refs = [
+        optax_loop(
+            model, task.data.train, tx, steps=STEPS, batch_size=BS, seed=s, loss=_overflowing_loss
+        )
+        for s in SEEDS
+    ]
+    assert [r[2]["diverged_step"] for r in refs] == [5, 9, None]
+    with pytest.MonkeyPatch.context() as mp:
+        result, replays = _sweep(task, "scan/vmap", mp, grad_norm=False)
+    _check_against(result, model, task, refs, [5, 9, None])
+    assert replays == [(0, 6, [5, -1, -1]), (6, 6, [-1, 10, -1])]

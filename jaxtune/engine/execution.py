@@ -176,10 +176,13 @@ def _evaluated(form: Form, state: Any) -> Form:
     return form
 
 
-def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *until, last_apart):
+def _local_steps(
+    form, step_at, state, hp, data, batches, start, length, keep, *until, last_apart, last_keep
+):
     """``length`` steps of one device's trials in ``form``: ``(state, metrics [length, n])``.
-    ``keep`` is passed to every trial's step, or with ``until`` (per trial) a trial steps with
-    the per-step quarantine where ``t < until`` and is left as it is elsewhere.
+    ``keep`` is passed to every trial's step (``last_keep``, when given, to the last one), or
+    with ``until`` (per trial) a trial steps with the per-step quarantine where ``t < until``
+    and is left as it is elsewhere.
     ``last_apart``: a ``scan`` runs the first ``length - 1`` steps and the last step follows
     the loop, so that what the caller does with the final state (the deferred quarantine's
     put-back) fuses into that step's update instead of making a pass of its own.
@@ -190,7 +193,7 @@ def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *
     hand-written loop copies; the chunk took 1.05x its time for one trial, 1.15x for four)."""
     split = form.trials == "unroll" and form.loop == "scan"
 
-    def body(s, ti):
+    def body(s, ti, keep=keep):
         t, i = ti
         trial_step, per_trial = step_at(data, batches, t, i)
 
@@ -207,19 +210,20 @@ def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *
         return tuple(o[0] for o in outs), _stacked([o[1] for o in outs])
 
     local = jnp.arange(length, dtype=jnp.int32)
+    last_keep = keep if last_keep is None else last_keep
     if form.loop != "scan":
         outs = []
         for i in range(length):
-            state, metrics = body(state, (start + i, i))
+            state, metrics = body(state, (start + i, i), last_keep if i == length - 1 else keep)
             outs.append(metrics)
         return state, _stacked(outs)
     carry = tuple(_trial(state, j) for j in range(_num_trials(state))) if split else state
-    head = length - 1 if last_apart and length > 1 else length
+    head = length - 1 if (last_apart or last_keep != keep) and length > 1 else length
     carry, metrics = jax.lax.scan(
         body, carry, (start + local[:head], local[:head]), unroll=form.unroll or 1
     )
     if head < length:
-        carry, last = body(carry, (start + head, local[head]))
+        carry, last = body(carry, (start + head, local[head]), last_keep)
         metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), metrics, last)
     return (_stacked(carry) if split else carry), metrics
 
@@ -293,10 +297,23 @@ def call_functions(
     def shuffle(data_key, keys, hp, start, *, length):
         return make_shuffle(layout, n_train, length)(data_key, keys, hp, start)
 
-    def sharded_steps(state, hp, data, batches, start, length, keep="finite", *until, last=False):
+    def sharded_steps(
+        state, hp, data, batches, start, length, keep="finite", *until, last=False, last_keep=None
+    ):
         fn = jax.shard_map(
             lambda s, h, d, b, t0, *u: _local_steps(
-                form, step_at, s, h, d, b, t0, length, keep, *u, last_apart=last
+                form,
+                step_at,
+                s,
+                h,
+                d,
+                b,
+                t0,
+                length,
+                keep,
+                *u,
+                last_apart=last,
+                last_keep=last_keep,
             ),
             mesh=mesh,
             in_specs=(trials, trials, _P(), batch_specs, _P(), *(trials for _ in until)),
@@ -311,7 +328,11 @@ def call_functions(
     def chunk(state, hp, data, data_key, keys, start, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
         if form.defers_quarantine(_num_trials(state) // mesh.size):
-            new, metrics = sharded_steps(state, hp, data, batches, start, length, "all", last=True)
+            # The last step flags by the gradient norm too, also where none is recorded: no
+            # later step of the chunk would reveal an overflowing norm with a finite update.
+            new, metrics = sharded_steps(
+                state, hp, data, batches, start, length, "all", last=True, last_keep="flag"
+            )
             if not fns.grad_norm:
                 new = flag_nonfinite(new, start + length - 1)  # the replay finds the step
             return put_back_diverged(state, new), {**metrics, "diverged_step": new.diverged_step}

@@ -23,8 +23,11 @@ one program (:meth:`jaxtune.engine.compile.CompiledCall.chunk`) therefore defers
 With ``train.grad_norm = false`` the chunk's steps compute no gradient norm (unless a trial
 clips): their divergence flags follow the loss, and at the chunk's end every live trial whose
 state is not finite is flagged too, at the chunk's last step (:func:`flag_nonfinite`; a
-non-finite gradient with a finite loss leaves the parameters non-finite). The replay's
-per-step check then finds the exact step, so the results are those of the per-step quarantine.
+non-finite gradient with a finite loss leaves the parameters non-finite). The chunk's last step
+computes the gradient norm for its flag (``keep="flag"``, not recorded): a norm that overflows
+there with a finite loss and update would otherwise show only in the next chunk, the update
+kept. The replay's per-step check then finds the exact step, so the results are those of the
+per-step quarantine.
 Two differences: a non-finite gradient that leaves no trace in the state (an optimizer that
 skips such updates, a masked parameter) does not count as a divergence; and a trial whose
 update overflows from a finite gradient at a chunk's last step (possible only for absurd

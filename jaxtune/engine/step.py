@@ -29,15 +29,17 @@ state already non-finite.
 ``train_step(..., keep=...)`` says which updates the step keeps: ``"finite"`` (the quarantine
 above, the default), ``"all"`` (every update; the divergence flags are kept as above, and the
 caller puts back the state of the trials that diverged: the sweep engine does that once per
-chunk, not once per step, see :mod:`jaxtune.engine.quarantine`) or a boolean (``True``: the
-quarantine above; ``False``: the state, flags included, is left as it was: the engine's replay
-of a chunk for some of its trials).
+chunk, not once per step, see :mod:`jaxtune.engine.quarantine`), ``"flag"`` (as ``"all"``, its
+flag always from the loss and the gradient norm) or a boolean (``True``: the quarantine above;
+``False``: the state, flags included, is left as it was: the engine's replay of a chunk for
+some of its trials).
 
 With ``make_train_step(..., grad_norm=False)`` the ``grad_norm`` metric is NaN, and a step with
 ``keep="all"`` and no ``optimizer.clip_norm`` computes no gradient norm: its divergence flag
 follows the loss alone, so a non-finite gradient with a finite loss is not flagged there. The
 engine then checks the states at the chunk's end and replays the chunk with the norm
-(:mod:`jaxtune.engine.quarantine`), which finds the exact step.
+(:mod:`jaxtune.engine.quarantine`), which finds the exact step; the chunk's last step, whose
+update no later step of the chunk would reveal, runs with ``keep="flag"``.
 
 Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -183,6 +185,7 @@ def make_train_step(
         clip = hp.get("optimizer.clip_norm")
         # The norm is skipped only where nothing reads it: not recorded, no clip norm, and
         # the caller checks the states itself (keep="all", the engine's deferred quarantine).
+        # keep="flag" keeps every update too, its flag from the loss and the norm.
         needed = grad_norm or clip is not None or not (isinstance(keep, str) and keep == "all")
         norm = optax.tree.norm(grads) if needed else None  # as clip_by_global_norm computes it
         # Decided before the update, so the selects below fuse into the update itself.
@@ -238,9 +241,11 @@ def _quarantined(
     diverged = state.diverged | ~finite
     diverged_step = jnp.where(newly, step, state.diverged_step).astype(jnp.int32)
     if isinstance(keep, str):
-        if keep not in ("finite", "all"):
-            raise ValueError(f"keep = {keep!r} is invalid: expected 'finite', 'all' or a bool")
-        if keep == "all":
+        if keep not in ("finite", "all", "flag"):
+            raise ValueError(
+                f"keep = {keep!r} is invalid: expected 'finite', 'all', 'flag' or a bool"
+            )
+        if keep in ("all", "flag"):
             return TrainState(new_params, new_ms, new_opt, state.key, diverged, diverged_step)
         ok = finite & ~state.diverged
     else:  # a replay: the per-step quarantine where keep, the old state elsewhere
