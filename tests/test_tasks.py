@@ -48,7 +48,7 @@ def test_a_task_restating_classification_equals_the_builtin_path():
     builtin = jaxtune.run_sweep(cfg)
     splits = data_lib.make_classification()
     model = jaxtune.mlp(num_outputs=4, input_shape=(16,), widths=(16,), normalization="batch")
-    mine = jaxtune.run_sweep({**cfg, "task": {}}, task=_classification_by_hand(model, splits))
+    mine = jaxtune.run_sweep(cfg, task=_classification_by_hand(model, splits))
     for k in builtin.history:
         np.testing.assert_array_equal(mine.history[k], builtin.history[k], err_msg=k)
     for t in builtin.trials:
@@ -317,9 +317,9 @@ def test_a_factory_returning_something_else_is_named():
 
 def test_settings_a_user_task_ignores_are_refused_before_training(tmp_path):
     """A structure key of the built-in task that a factory never reads, set or swept, would
-    label identical trials as different settings (a given Task object reads none);
-    augmentation strengths need an augment function. A factory that reads its whole
-    structure (a copy) may use any key."""
+    label identical trials as different settings, and so would one that the sweep varies
+    for a given Task object; augmentation strengths need an augment function. A factory
+    that reads its whole structure (a copy) may use any key."""
     grid = {"task.normalization": ["none", "batch"]}
     cases = [
         (
@@ -342,7 +342,8 @@ def test_settings_a_user_task_ignores_are_refused_before_training(tmp_path):
         (
             {"sweep": {"grid": {"task.dtype": ["float32", "bfloat16"]}}},
             _linen_task(8),
-            r"task.dtype = 'bfloat16' has no effect: the given Task is built already",
+            r"task.dtype = 'bfloat16' has no effect: the given Task is built already, so "
+            r"trials that vary it train the same task",
         ),
     ]
     for cfg, task, message in cases:

@@ -100,6 +100,7 @@ class Binder:
             )
         self.task, self.optimizer = task, optimizer
         self.model, self.dataset = model, dataset
+        self._base = base
         self._tasks: dict[tuple, Task] = {}
         self._reads: dict[tuple, _Reads] = {}  # what each factory call read of its structure
         self._checked: dict[int, list[str]] = {}
@@ -199,12 +200,13 @@ class Binder:
         so that a factory reading its structure lazily counts.)"""
         if self.task is None:
             return
-        if isinstance(self.task, Task):  # built already: it reads no task.* key
-            for k in _TASK_KEYS:
-                if _set(k, structure.get(k)):
+        if isinstance(self.task, Task):  # built already: trials varying a task.* key differ
+            for k in _TASK_KEYS:  # in nothing (its base value may say how it was built)
+                if structure.get(k) != self._base.get(k):
                     raise ConfigError(
                         f"{k} = {structure[k]!r} has no effect: the given Task is built "
-                        "already; leave it unset, or pass a factory that reads it"
+                        "already, so trials that vary it train the same task; vary it in a "
+                        "factory that reads it"
                     )
         else:
             given = self._reads[tuple(sorted(structure.items(), key=lambda kv: kv[0]))]
