@@ -115,6 +115,7 @@ def test_ctrl_c_stops_at_a_chunk_boundary_with_a_final_checkpoint(tmp_path, refe
 def test_resume_with_a_different_config_is_refused(tmp_path):
     cfg = {**CFG, "train": {**CFG["train"], "steps": 20}}
     jaxtune.run_sweep(cfg, out_dir=tmp_path)
+    written = (tmp_path / "config.toml").read_text()
     changed = {**cfg, "optimizer": {"clip_norm": 2.0}, "train": {**cfg["train"], "seed": 3}}
     with pytest.raises(
         jaxtune.ConfigError, match=r"optimizer.clip_norm \(stored 1.0, now 2.0\), train.seed"
@@ -122,7 +123,9 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
         jaxtune.run_sweep(changed, out_dir=tmp_path, resume=True)
     # A fresh run into a directory with checkpoints would overwrite them: refused too.
     with pytest.raises(jaxtune.ConfigError, match="already holds checkpoints"):
-        jaxtune.run_sweep(cfg, out_dir=tmp_path)
+        jaxtune.run_sweep({**changed, "train": cfg["train"]}, out_dir=tmp_path)
+    # Neither refused call rewrote the run's configuration (`--resume` without CONFIG reads it).
+    assert (tmp_path / "config.toml").read_text() == written
 
 
 # Orbax's restore of a damaged file fails (as it should); the tensorstore reads still in flight

@@ -220,3 +220,29 @@ def test_calls_of_one_trial_share_one_feed_and_equal_the_device(on_device, monke
     assert host.timing["groups"][0]["calls"] == 3
     assert len(built) == CFG["train"]["steps"] // CFG["train"]["eval_every"]  # one per chunk
     _assert_same(host, device)
+
+
+def test_a_split_evaluated_from_the_host_equals_the_device_means_bit_for_bit(tmp_path):
+    """One trial per call, the validation split memmapped: its means from the host's batch
+    sums equal the device program's, in one batch and in several."""
+    splits = _splits()
+    x = splits.valid[0]
+    mm = np.lib.format.open_memmap(tmp_path / "vx.npy", mode="w+", dtype=x.dtype, shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    task = _task(
+        splits._replace(valid=(np.load(tmp_path / "vx.npy", mmap_mode="r"), splits.valid[1]))
+    )
+    for eval_batch in (1024, 48):
+        runs = []
+        for placement in ("device", "host"):
+            cfg = {
+                **CFG,
+                "train": {**CFG["train"], "max_trials_per_call": 1},
+                "eval": {"batch_size": eval_batch},
+                "data": {"placement": placement},
+                "sweep": SHARED,
+            }
+            runs.append(jaxtune.run_sweep(cfg, task=task, optimizer=_momentum))
+        assert runs[1].timing["data"][0]["host_splits"] == ["train", "valid"]
+        _assert_same(runs[1], runs[0])

@@ -25,7 +25,7 @@ from jaxtune.engine.compile import CompiledCall, dispatches
 from jaxtune.engine.plan import CallSpec, Plan, trial_sharding
 from jaxtune.engine.quarantine import Replays
 from jaxtune.engine.result import TrainedUnit
-from jaxtune.engine.step import TrainState
+from jaxtune.engine.step import TrainState, split_mean
 from jaxtune.engine.trials import pad_trials
 
 __all__ = ["Call", "Population"]
@@ -91,7 +91,7 @@ class Call:
                 if total is None:
                     total = jax.tree.map(jnp.zeros_like, sums)
                 total = jax.tree.map(jnp.add, total, sums)
-            out.update({f"{split}.{k}": v / host.n for k, v in total.items()})
+            out.update({f"{split}.{k}": split_mean(v, host.n) for k, v in total.items()})
         return out
 
 

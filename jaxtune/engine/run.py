@@ -126,16 +126,18 @@ class Sweep:
         return pop
 
     def open_checkpoints(self) -> None:
-        """Write ``config.toml`` and open the checkpoints (after everything compiled)."""
+        """Open the checkpoints, then write ``config.toml`` (after everything compiled): a run
+        the checkpoints refuse (a resume that changed a key, a folder holding another run)
+        leaves the folder's configuration as it was."""
         parallel.barrier("jaxtune-compiled")
         base = self.cfg.base
-        if self.out_dir is not None and parallel.is_primary():
-            _write_config(self.out_dir, self.cfg)
         if self.out_dir is not None and base["checkpoint.every"] > 0:
             checkpointer = ckpt_lib.SweepCheckpointer(
                 self.out_dir / "checkpoints", self.cfg, resume=self.resume
             )
             self.checkpoints = Checkpoints(checkpointer, base["checkpoint.every"])
+        if self.out_dir is not None and parallel.is_primary():
+            _write_config(self.out_dir, self.cfg)
 
     def start(
         self, first: Population, rebuild: Callable[[dict], Population] | None = None

@@ -70,13 +70,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxtune.data import num_examples
 from jaxtune.optimizers import learning_rate_at
 from jaxtune.tasks import Task
 
-__all__ = ["TrainState", "TrainStep", "make_train_step", "trial_keys"]
+__all__ = ["TrainState", "TrainStep", "make_train_step", "split_mean", "trial_keys"]
 
 
 class TrainState(NamedTuple):
@@ -291,8 +292,11 @@ def _evaluate(
     n = num_examples(split)
     size = n if batch_size is None else max(1, min(int(batch_size), n))
     num_batches = -(-n // size)
+    # A mean is the sum times float32(1 / n), written out: XLA turns a division by a constant
+    # into that product anyway, and a split evaluated from the host, its batch sums added up
+    # outside the program (jaxtune.engine.population), takes the same product (split_mean).
     if num_batches == 1:
-        return {k: v / n for k, v in _evaluate_batch(task, state, hp, split).items()}
+        return {k: split_mean(v, n) for k, v in _evaluate_batch(task, state, hp, split).items()}
 
     def sums(b):
         idx = b * size + jnp.arange(size)
@@ -305,4 +309,15 @@ def _evaluate(
         return jax.tree.map(jnp.add, carry, sums(b)), None
 
     totals, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
-    return {k: v / n for k, v in totals.items()}
+    return {k: split_mean(v, n) for k, v in totals.items()}
+
+
+def split_mean(total: jax.Array, n: int) -> jax.Array:
+    """The mean of ``n`` examples from their float32 sum: ``total * float32(1 / n)``, the same
+    bits inside a compiled program and out of one.
+
+    Example:
+      >>> float(split_mean(jnp.float32(171.0), 180)) == float(jnp.float32(171.0) * (1 / 180))
+      True
+    """
+    return total * np.float32(1.0 / n)
