@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subparsers.add_parser("show", help="print the ranked table of a sweep's results")
     p.add_argument("dir", metavar="DIR", help="a sweep's output folder (with results.json)")
-    p.add_argument("--top", type=int, default=None, metavar="N", help="show only the best N")
+    p.add_argument(
+        "--top", type=_at_least_one, default=None, metavar="N", help="show only the best N (>= 1)"
+    )
     p.set_defaults(func=cmd_show)
 
     p = subparsers.add_parser("plot", help="redraw a sweep's plots")
@@ -146,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Modules that add subcommands (``add_subcommands(subparsers, add_config_arguments)``).
 _PLUGINS = ("jaxtune.diagnostics", "jaxtune.search.cli", "jaxtune.bench.cli")
+
+
+def _at_least_one(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag when it raises)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected an integer >= 1, e.g. 5")
+    return value
 
 
 def _add_plugin_subcommands(subparsers: Any) -> None:
@@ -369,7 +382,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``jaxtune`` command line; returns the exit status."""
     use_every_cpu_core()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse leaves a second optional positional after an option unparsed (``jaxtune check
+    # data --steps 5 CONFIG``): it is the CONFIG of a command that has none yet.
+    if len(extra) == 1 and not extra[0].startswith("-") and getattr(args, "config", "") is None:
+        args.config, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)

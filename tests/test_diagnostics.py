@@ -482,6 +482,21 @@ def test_cli_lr_find_vectorized(toml_config, tmp_path, capsys):
     assert "suggestion best" in capsys.readouterr().out
 
 
+def test_the_checks_run_on_configs_with_a_search_of_their_own(tmp_path, capsys):
+    # The user task's config has a [sweep.grid], quasi_random.toml a [sweep.space]: each check
+    # replaces the search whole (the gradient check's one trial, the LR finder's grid).
+    from jaxtune.cli import main
+
+    custom = str(REPO / "examples" / "custom_task.toml")
+    argv = ["check", "grads", "--steps", "5", custom, "--set", "task.widths=[8]"]
+    assert main(argv) == 0  # options between WHAT and CONFIG parse too
+    assert "000-base" in capsys.readouterr().out
+    space = str(REPO / "examples" / "quasi_random.toml")
+    argv = ["lr-find", space, "--mode", "vectorized", "--lrs", "0.01,0.1", "--steps", "5"]
+    assert main([*argv, "--set", "task.widths=[8]", "--out", str(tmp_path)]) == 0
+    assert "suggestion best" in capsys.readouterr().out
+
+
 def _check_all(*extra):
     cmd = [sys.executable, "-m", "jaxtune.cli", "check", "all"]
     cmd += [str(REPO / "examples" / "custom_task.toml"), "--fast", "--set", "task.widths=[16]"]

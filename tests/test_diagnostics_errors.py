@@ -36,6 +36,8 @@ FLAG_CASES = {
     "check overfit --steps x": (["check", "overfit", "--steps", "x"], "--steps", "'x'"),
     "check init --depth 0": (["check", "init", "--depth", "0"], "--depth", ">= 1"),
     "check init --width 0": (["check", "init", "--depth", "3", "--width", "0"], "--width", ">= 1"),
+    "show --top 0": (["show", "--top", "0"], "--top", ">= 1"),
+    "show --top -2": (["show", "--top=-2"], "--top", ">= 1"),
 }
 
 

@@ -198,6 +198,25 @@ class SweepConfig:
                 base[key] = check_value(key, value)
         return SweepConfig.from_dict({**nested(base), "sweep": sweep})
 
+    def searching(
+        self, sweep: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+    ) -> SweepConfig:
+        """A copy whose ``[sweep]`` table is ``sweep`` alone (none of this one's grid, space,
+        trials or strategy), with dotted base ``overrides``, validated: the search of a
+        diagnostic run on a configuration that has a search of its own.
+
+        Example:
+          >>> cfg = SweepConfig.from_dict({"sweep": {"space": {"optimizer.learning_rate": {
+          ...     "distribution": "log_uniform", "low": 1e-3, "high": 1.0}}, "num_trials": 4,
+          ...     "method": "random"}})
+          >>> one = cfg.searching({"method": "list", "trials": [{}]}, {"train.steps": 5})
+          >>> len(expand_trials(one)), one.base["train.steps"]
+          (1, 5)
+        """
+        base = {k: v for k, v in self.base.items() if v is not None}
+        base.update({k: check_value(k, v) for k, v in (overrides or {}).items()})
+        return SweepConfig.from_dict({**nested(base), "sweep": dict(sweep)})
+
     @property
     def hparams(self) -> dict[str, Any]:
         """The user hyperparameters (``hparams.*`` keys) of the base configuration."""
@@ -221,7 +240,7 @@ def _check_unused_tables(
     if grid and method != "grid":
         raise ConfigError(
             f"sweep.grid is only used by sweep.method = 'grid' (got {method!r}): put its values "
-            "in sweep.space as {{ choice = [...] }} or in sweep.trials"
+            "in sweep.space as { choice = [...] } or in sweep.trials"
         )
     if trials and method != "list":
         raise ConfigError(

@@ -156,15 +156,9 @@ def _trained_checks(
 
 def _one_trial_sweep(subject: Any, steps: int) -> Any:
     """The base trial alone, trained ``steps`` steps (for the gradient check)."""
-    one = subject.cfg.replace(
-        {
-            "train.steps": steps,
-            "train.eval_every": steps,
-            "checkpoint.every": 0,
-            "sweep.method": "list",
-            "sweep.trials": [{}],
-            "sweep.seeds": 1,
-        }
+    one = subject.cfg.searching(
+        {"method": "list", "trials": [{}], "seeds": 1},
+        {"train.steps": steps, "train.eval_every": steps, "checkpoint.every": 0},
     )
     return run_sweep(one, task=subject.task_source, optimizer=subject.optimizer_source)
 

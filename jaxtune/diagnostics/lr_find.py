@@ -202,16 +202,18 @@ def lr_sweep_test(
     """
     steps = require_int("steps", steps)
     lrs = np.logspace(-4, 1, 13) if lrs is None else np.asarray(sorted(require_lrs("lrs", lrs)))
-    cfg = SweepConfig.from_dict(config if config is not None else {}).replace(
+    cfg = SweepConfig.from_dict(config if config is not None else {}).searching(
+        {
+            "method": "grid",
+            "seeds": 1,
+            "grid": {"optimizer.learning_rate": [float(x) for x in lrs]},
+        },
         {
             "train.steps": int(steps),
             "train.eval_every": int(steps),
             "checkpoint.every": 0,
             **({"schedule.name": "constant"} if optimizer is None else {}),
-            "sweep.method": "grid",
-            "sweep.seeds": 1,
-            "sweep.grid": {"optimizer.learning_rate": [float(x) for x in lrs]},
-        }
+        },
     )
     result = run_sweep(cfg, task=task, optimizer=optimizer)
     w = max(1, steps // 5)

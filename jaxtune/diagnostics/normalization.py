@@ -110,15 +110,9 @@ def normalization_masking(
     if why is not None:
         out.skipped, out.reason = True, why
         return out
-    cfg: SweepConfig = subject.cfg.replace(
-        {
-            "train.steps": int(steps),
-            "train.eval_every": int(steps),
-            "checkpoint.every": 0,
-            "sweep.method": "grid",
-            "sweep.seeds": 1,
-            "sweep.grid": {"task.normalization": norms},
-        }
+    cfg: SweepConfig = subject.cfg.searching(
+        {"method": "grid", "seeds": 1, "grid": {"task.normalization": norms}},
+        {"train.steps": int(steps), "train.eval_every": int(steps), "checkpoint.every": 0},
     )
     result = run_sweep(cfg, task=subject.task_source, optimizer=subject.optimizer_source)
     out.result = result

@@ -289,8 +289,9 @@ def _examine(rep: InitReport, preset: str, measured: Any, low: float, high: floa
 
 
 def _flags(names, act_ratio, grad_ratio, low, high) -> list[str]:
-    """The layers whose activation or gradient scale ratio leaves ``[low, high]`` (the last
-    layer's gradient ratio is the reference, so it is not judged)."""
+    """The layers whose activation or gradient scale ratio leaves ``[low, high]``. Gradient
+    ratios are against the last hidden layer's (the reference, 1 by construction); the output
+    layer's gradient is not judged: its scale is the loss's, whatever the initialization."""
     flags = []
     for k, name in enumerate(names):
         a = act_ratio[k]
