@@ -176,15 +176,12 @@ def _evaluated(form: Form, state: Any) -> Form:
     return form
 
 
-def _local_steps(
-    form, step_at, state, hp, data, batches, start, length, keep, *until, last_apart, last_keep
-):
+def _local_steps(form, step_at, state, hp, data, batches, start, length, keep, *until, last):
     """``length`` steps of one device's trials in ``form``: ``(state, metrics [length, n])``.
-    ``keep`` is passed to every trial's step (``last_keep``, when given, to the last one), or
-    with ``until`` (per trial) a trial steps with the per-step quarantine where ``t < until``
-    and is left as it is elsewhere.
-    ``last_apart``: a ``scan`` runs the first ``length - 1`` steps and the last step follows
-    the loop, so that what the caller does with the final state (the deferred quarantine's
+    ``keep`` is passed to every trial's step, or with ``until`` (per trial) a trial steps with
+    the per-step quarantine where ``t < until`` and is left as it is elsewhere.
+    ``last``: None, or the ``keep`` of the last step, which a ``scan`` then runs after its
+    loop, so that what the caller does with the final state (the deferred quarantine's
     put-back) fuses into that step's update instead of making a pass of its own.
 
     Unrolled trials in a ``scan`` carry their states apart, a tuple of one state per trial,
@@ -210,7 +207,7 @@ def _local_steps(
         return tuple(o[0] for o in outs), _stacked([o[1] for o in outs])
 
     local = jnp.arange(length, dtype=jnp.int32)
-    last_keep = keep if last_keep is None else last_keep
+    last_keep = keep if last is None else last
     if form.loop != "scan":
         outs = []
         for i in range(length):
@@ -218,7 +215,7 @@ def _local_steps(
             outs.append(metrics)
         return state, _stacked(outs)
     carry = tuple(_trial(state, j) for j in range(_num_trials(state))) if split else state
-    head = length - 1 if (last_apart or last_keep != keep) and length > 1 else length
+    head = length - 1 if last is not None and length > 1 else length
     carry, metrics = jax.lax.scan(
         body, carry, (start + local[:head], local[:head]), unroll=form.unroll or 1
     )
@@ -297,23 +294,10 @@ def call_functions(
     def shuffle(data_key, keys, hp, start, *, length):
         return make_shuffle(layout, n_train, length)(data_key, keys, hp, start)
 
-    def sharded_steps(
-        state, hp, data, batches, start, length, keep="finite", *until, last=False, last_keep=None
-    ):
+    def sharded_steps(state, hp, data, batches, start, length, keep="finite", *until, last=None):
         fn = jax.shard_map(
             lambda s, h, d, b, t0, *u: _local_steps(
-                form,
-                step_at,
-                s,
-                h,
-                d,
-                b,
-                t0,
-                length,
-                keep,
-                *u,
-                last_apart=last,
-                last_keep=last_keep,
+                form, step_at, s, h, d, b, t0, length, keep, *u, last=last
             ),
             mesh=mesh,
             in_specs=(trials, trials, _P(), batch_specs, _P(), *(trials for _ in until)),
@@ -323,15 +307,15 @@ def call_functions(
         return fn(state, hp, data, tuple(batches), start, *until)
 
     def steps(state, hp, data, batches, start, *, length, keep="finite", last_apart=False):
-        return sharded_steps(state, hp, data, batches, start, length, keep, last=last_apart)
+        last = keep if last_apart else None
+        return sharded_steps(state, hp, data, batches, start, length, keep, last=last)
 
     def chunk(state, hp, data, data_key, keys, start, *, length):
         batches = shuffle(data_key, keys, hp, start, length=length)
         if form.defers_quarantine(_num_trials(state) // mesh.size):
-            # The last step flags by the gradient norm too, also where none is recorded: no
-            # later step of the chunk would reveal an overflowing norm with a finite update.
+            # The last step flags by the norm, also unrecorded (no later step would show it).
             new, metrics = sharded_steps(
-                state, hp, data, batches, start, length, "all", last=True, last_keep="flag"
+                state, hp, data, batches, start, length, "all", last="flag"
             )
             if not fns.grad_norm:
                 new = flag_nonfinite(new, start + length - 1)  # the replay finds the step
@@ -345,28 +329,21 @@ def call_functions(
         state = mark_diverged(state, until >= 0, until)  # where the check did not catch it
         return state, {**metrics, "diverged_step": state.diverged_step}
 
-    def evaluate(state, hp, data):
-        fn = jax.shard_map(
-            lambda s, h, d: _over_trials(_evaluated(form, s), evaluate_on(d), (s, h)),
+    def sharded_eval(local, *replicated):
+        # An evaluation of (state, hp, *replicated arguments) per trial, sharded over the trials.
+        return jax.shard_map(
+            lambda s, h, *r: _over_trials(_evaluated(form, s), local(*r), (s, h)),
             mesh=mesh,
-            in_specs=(trials, trials, _P()),
+            in_specs=(trials, trials, *(_P() for _ in replicated)),
             out_specs=trials,
             check_vma=False,
         )
-        return fn(state, hp, data)
+
+    def evaluate(state, hp, data):
+        return sharded_eval(evaluate_on, data)(state, hp, data)
 
     def evaluate_batch(state, hp, batch, mask):
-        def local(s, h, b, m):
-            fn = lambda si, hi: fns.evaluate_batch(si, hi, b, m)
-            return _over_trials(_evaluated(form, s), fn, (s, h))
-
-        fn = jax.shard_map(
-            local,
-            mesh=mesh,
-            in_specs=(trials, trials, _P(), _P()),
-            out_specs=trials,
-            check_vma=False,
-        )
-        return fn(state, hp, batch, mask)
+        per_trial = lambda b, m: lambda si, hi: fns.evaluate_batch(si, hi, b, m)
+        return sharded_eval(per_trial, batch, mask)(state, hp, batch, mask)
 
     return CallFunctions(init, shuffle, steps, chunk, replay, evaluate, evaluate_batch)

@@ -186,7 +186,6 @@ def make_train_step(
         clip = hp.get("optimizer.clip_norm")
         # The norm is skipped only where nothing reads it: not recorded, no clip norm, and
         # the caller checks the states itself (keep="all", the engine's deferred quarantine).
-        # keep="flag" keeps every update too, its flag from the loss and the norm.
         needed = grad_norm or clip is not None or not (isinstance(keep, str) and keep == "all")
         norm = optax.tree.norm(grads) if needed else None  # as clip_by_global_norm computes it
         # Decided before the update, so the selects below fuse into the update itself.
