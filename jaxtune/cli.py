@@ -152,10 +152,7 @@ _PLUGINS = ("jaxtune.diagnostics", "jaxtune.search.cli", "jaxtune.bench.cli")
 
 def _at_least_one(text: str) -> int:
     """An argparse type: an integer >= 1 (argparse names the flag when it raises)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    value = int(text) if text.strip().lstrip("+-").isdigit() else 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected an integer >= 1, e.g. 5")
     return value
@@ -383,8 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_every_cpu_core()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # argparse leaves a second optional positional after an option unparsed (``jaxtune check
-    # data --steps 5 CONFIG``): it is the CONFIG of a command that has none yet.
+    # argparse leaves a CONFIG after an option unparsed (``jaxtune check data --steps 5 CONFIG``)
     if len(extra) == 1 and not extra[0].startswith("-") and getattr(args, "config", "") is None:
         args.config, extra = extra[0], []
     if extra:

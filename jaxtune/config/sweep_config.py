@@ -206,9 +206,7 @@ class SweepConfig:
         diagnostic run on a configuration that has a search of its own.
 
         Example:
-          >>> cfg = SweepConfig.from_dict({"sweep": {"space": {"optimizer.learning_rate": {
-          ...     "distribution": "log_uniform", "low": 1e-3, "high": 1.0}}, "num_trials": 4,
-          ...     "method": "random"}})
+          >>> cfg = SweepConfig.from_dict({"sweep": {"grid": {"train.seed": [0, 1]}}})
           >>> one = cfg.searching({"method": "list", "trials": [{}]}, {"train.steps": 5})
           >>> len(expand_trials(one)), one.base["train.steps"]
           (1, 5)
